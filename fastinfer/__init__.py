@@ -1,0 +1,1 @@
+"""fastinfer: verified ONNX graphs, numba kernels and batched ONNX Runtime for trading models."""

@@ -1,0 +1,1 @@
+"""Numba kernels: leaf modules with no imports from the rest of fastinfer."""

@@ -1,0 +1,237 @@
+"""ModelLoader: finds a model in the run, trusts it under the checksum policy, opens it.
+
+Lazy and cached per (target, family, view, universe, symbol). Each model comes back as a
+``LoadedModel`` handle: ``predict(X)``, its meta, the feature order it needs and which
+backend serves it (the verified ONNX graph when the run has a lock, else the native file).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+from . import artifacts, native
+from . import families as fam
+from .artifacts import ModelLocation, ModelSpec
+from .config import Settings, load_config
+from .errors import InferenceError, ModelLoadError
+from .integrity import ChecksumPolicy, check_file
+
+log = logging.getLogger(__name__)
+
+
+class LoadedModel:
+    """A model ready to predict, whatever serves it."""
+
+    def __init__(self, spec: ModelSpec, backend: str, feature_order: tuple[str, ...],
+                 columns: tuple[str, ...], runner: Callable[[np.ndarray], np.ndarray],
+                 native_model: Any = None, integrity: str = "verified", graph_path: Path | None = None):
+        self.spec = spec
+        self.backend = backend  # "onnx" or "native"
+        self.feature_order = feature_order
+        self.columns = columns
+        self.native = native_model
+        self.integrity = integrity
+        self.graph_path = graph_path
+        self._runner = runner
+
+    family = property(lambda self: self.spec.family)
+    target = property(lambda self: self.spec.target)
+    meta = property(lambda self: self.spec)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_order)
+
+    def arrange(self, features: Any) -> np.ndarray:
+        """A 2-D (or 3-D for sequential families) float array in this model's feature order.
+
+        Arrays are taken as already ordered; a dict, Series or DataFrame is placed by name.
+        """
+        if isinstance(features, Mapping) or hasattr(features, "columns") or hasattr(features, "index"):
+            return self._by_name(features)
+        X = np.asarray(features)
+        if X.dtype.kind not in "fiu":
+            raise InferenceError(f"{self._who()}: features must be numeric, got dtype {X.dtype}")
+        rank = self.family.input_rank
+        if X.ndim == rank - 1:
+            X = X[None]
+        if X.ndim != rank or X.shape[-1] != self.n_features:
+            want = "(N, T, F)" if rank == 3 else "(N, F)"
+            raise InferenceError(f"{self._who()}: expected {want} with F={self.n_features}, got shape {X.shape}")
+        return X
+
+    def _by_name(self, features: Any) -> np.ndarray:
+        if self.family.input_rank == 3:
+            raise InferenceError(f"{self._who()}: sequential models take an (N, T, F) array, not named features")
+        if hasattr(features, "columns"):  # DataFrame
+            names = set(map(str, features.columns))
+            get = lambda n: features[n].to_numpy(dtype=np.float64)  # noqa: E731
+        else:  # dict or Series: one row
+            names = set(map(str, features.keys()))
+            get = lambda n: np.atleast_1d(np.asarray(features[n], dtype=np.float64))  # noqa: E731
+        missing = [n for n in self.feature_order if n not in names]
+        if missing:
+            raise InferenceError(f"{self._who()}: missing feature(s) {', '.join(missing[:10])}")
+        return np.column_stack([get(n) for n in self.feature_order])
+
+    def predict(self, features: Any) -> np.ndarray:
+        """float64 (N,) for point models, (N, K) with ``columns`` for multi-output ones."""
+        out = np.asarray(self._runner(self.arrange(features)), dtype=np.float64)
+        if out.ndim == 2 and out.shape[1] == 1:
+            out = out[:, 0]
+        return out
+
+    def _who(self) -> str:
+        return f"target={self.target!r} family={self.family.name!r}"
+
+    def __repr__(self) -> str:
+        return f"<LoadedModel {self.target}/{self.family.name} backend={self.backend} features={self.n_features}>"
+
+
+class ModelLoader:
+    """The spec's loader: ``ModelLoader(run_root, verify_checksums=None, strict_checksums=None)``.
+
+    ``load`` returns None when the run has no such model (as the spec's examples expect) and
+    raises ``ModelLoadError`` when a model exists but cannot be trusted or opened.
+    """
+
+    def __init__(self, run_root: str | Path, verify_checksums: bool | None = None,
+                 strict_checksums: bool | None = None, allow_unsigned: bool | None = None, *,
+                 settings: Settings | None = None, config_path: str | Path | None = None,
+                 prefer_onnx: bool | None = None):
+        self.settings = settings if settings is not None else load_config(config_path)
+        ms = self.settings.models
+        self.policy = ChecksumPolicy(
+            verify=ms.verify_checksums if verify_checksums is None else verify_checksums,
+            strict=ms.strict_checksums if strict_checksums is None else strict_checksums,
+            allow_unsigned=ms.allow_unsigned if allow_unsigned is None else allow_unsigned,
+        )
+        self.prefer_onnx = ms.prefer_onnx if prefer_onnx is None else prefer_onnx
+        self.run_root = artifacts.resolve_run_root(run_root)
+        self._locations: dict[tuple, ModelLocation] = {loc.key: loc for loc in artifacts.discover(self.run_root)}
+        self._cache: dict[tuple, LoadedModel] = {}
+        self.errors: dict[tuple[str, str], ModelLoadError] = {}
+        self.lock = self._read_lock()
+        if not ms.lazy_load:
+            self.load_all()
+
+    # ------------------------------------------------------------ discovery
+
+    def list_targets(self) -> list[str]:
+        indexed = artifacts.read_manifest(self.run_root).get("target_index") or {}
+        found = {loc.target for loc in self._locations.values()}
+        return sorted(found | (set(indexed) & found))
+
+    def list_families(self, target: str, view: str | None = None) -> list[str]:
+        return sorted({loc.family.name for loc in self._locations.values()
+                       if loc.target == target and (view is None or loc.view == view)})
+
+    def locations(self) -> list[ModelLocation]:
+        return list(self._locations.values())
+
+    def locate(self, target: str, family: str | fam.Family, view: str | None = None, *,
+               universe: str | None = None, symbol: str | None = None) -> ModelLocation | None:
+        """The model's directory; with no view, CROSS_SECTIONAL first, else its only view."""
+        family = self._family(family, target)
+        matches = [loc for loc in self._locations.values()
+                   if loc.target == target and loc.family is family and loc.universe == universe
+                   and loc.symbol == symbol and (view is None or loc.view == view)]
+        if len(matches) > 1:
+            preferred = [m for m in matches if m.view == artifacts.CROSS_SECTIONAL]
+            if len(preferred) != 1:
+                views = ", ".join(sorted(m.view for m in matches))
+                raise ModelLoadError(family.name, target, f"found in several views ({views}): name one")
+            matches = preferred
+        return matches[0] if matches else None
+
+    def spec(self, target: str, family: str, view: str | None = None, **scope: Any) -> ModelSpec:
+        loc = self.locate(target, family, view, **scope)
+        if loc is None:
+            raise ModelLoadError(str(family), target, "no such model in the run", self.run_root)
+        return artifacts.read_spec(loc, self.run_root)
+
+    def get_feature_list(self, target: str, family: str, view: str | None = None, **scope: Any) -> list[str]:
+        """The meta's ``feature_list`` (as TRAINING wrote it); a handle's ``feature_order`` is the model's."""
+        return list(self.spec(target, family, view, **scope).feature_list)
+
+    def get_routing_decision(self, target: str, view: str = artifacts.CROSS_SECTIONAL) -> dict | None:
+        return artifacts.read_routing_decision(self.run_root, target, view)
+
+    # ------------------------------------------------------------ loading
+
+    def load(self, target: str, family: str, view: str | None = None, *,
+             universe: str | None = None, symbol: str | None = None) -> LoadedModel | None:
+        loc = self.locate(target, family, view, universe=universe, symbol=symbol)
+        if loc is None:
+            return None
+        if loc.key in self._cache:
+            return self._cache[loc.key]
+        model = self._open(loc)
+        if self.settings.models.cache_models:
+            self._cache[loc.key] = model
+        return model
+
+    def load_all(self, targets: Iterable[str] | None = None, families: Iterable[str] | None = None,
+                 view: str | None = None) -> dict[tuple[str, str], LoadedModel]:
+        """Every (target, family) asked for that exists; failures are logged and kept in ``errors``."""
+        targets = list(targets) if targets is not None else self.list_targets()
+        models: dict[tuple[str, str], LoadedModel] = {}
+        for target in targets:
+            names = list(families) if families is not None else self.list_families(target, view)
+            for name in names:
+                try:
+                    model = self.load(target, name, view)
+                except ModelLoadError as exc:
+                    log.warning("skipping %s", exc)
+                    self.errors[(target, str(name))] = exc
+                    continue
+                if model is not None:
+                    models[(target, model.family.name)] = model
+        return models
+
+    def is_loaded(self, target: str, family: str, view: str | None = None) -> bool:
+        loc = self.locate(target, family, view)
+        return loc is not None and loc.key in self._cache
+
+    # ------------------------------------------------------------ internals
+
+    def _family(self, name: str | fam.Family, target: str) -> fam.Family:
+        try:
+            return fam.resolve(name)
+        except ValueError as exc:
+            raise ModelLoadError(str(name), target, str(exc)) from None
+
+    def _read_lock(self) -> Any:
+        return None
+
+    def _open(self, loc: ModelLocation) -> LoadedModel:
+        spec = artifacts.read_spec(loc, self.run_root)
+        return self._open_native(spec)
+
+    def _open_native(self, spec: ModelSpec) -> LoadedModel:
+        family, target = spec.family.name, spec.target
+        integrity = check_file(spec.model_path, spec.model_checksum, self.policy, family=family, target=target,
+                               executes_code=spec.model_path.name in fam.PICKLE_FORMATS)
+        try:
+            model = native.load_native(spec.model_path)
+        except Exception as exc:  # every library raises its own types for a broken file
+            raise ModelLoadError(family, target, f"cannot open: {type(exc).__name__}: {str(exc)[:200]}",
+                                 spec.model_path) from exc
+        order = _feature_order(spec, native.feature_names(model))
+        return LoadedModel(spec, "native", order, native.output_columns(model),
+                           lambda X, m=model: native.native_predict(m, X), model, integrity)
+
+
+def _feature_order(spec: ModelSpec, recorded: list[str] | None) -> tuple[str, ...]:
+    """The model's own recorded order, else the meta's training order, else feature_list."""
+    order = tuple(recorded) if recorded else (spec.feature_names or spec.feature_list)
+    if set(order) != set(spec.feature_list):
+        extra = sorted(set(order) - set(spec.feature_list))
+        missing = sorted(set(spec.feature_list) - set(order))
+        raise ModelLoadError(spec.family.name, spec.target,
+                             f"model's features disagree with feature_list: model has {extra[:5]}, "
+                             f"feature_list has {missing[:5]} the model lacks", spec.meta_path)
+    return order

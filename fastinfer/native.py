@@ -1,0 +1,182 @@
+"""Native loaders, one per file format, and the one adapter that runs a native model.
+
+Model libraries are imported only here and only when a model of theirs is opened or run,
+so a tree-only run never pays the TensorFlow import.
+
+``native_predict(model, X)`` returns float64 of shape (N,) for point models, (N, 2)
+``[loc, scale]`` for NGBoost (Normal) and (N, Q) for quantile models (one column per
+quantile, in the order the artifact lists them).
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import families as fam
+
+# ---------------------------------------------------------------- loaders (one per format)
+
+
+def _load_lightgbm(path: Path) -> Any:
+    import lightgbm
+
+    return lightgbm.Booster(model_file=str(path))
+
+
+def _load_xgboost(path: Path) -> Any:
+    import xgboost
+
+    model = xgboost.XGBRegressor()
+    model.load_model(str(path))
+    return model
+
+
+def _load_catboost(path: Path) -> Any:
+    import catboost
+
+    model = catboost.CatBoostRegressor()
+    model.load_model(str(path), format="cbm")
+    return model
+
+
+def _load_joblib(path: Path) -> Any:
+    import joblib
+
+    return joblib.load(path)
+
+
+def _load_pickle(path: Path) -> Any:
+    import pickle
+
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+def _load_keras(path: Path) -> Any:
+    import keras
+
+    # safe_mode refuses lambda layers (arbitrary code); compile=False: inference only.
+    return keras.models.load_model(str(path), compile=False, safe_mode=True)
+
+
+def _load_keras_h5(path: Path) -> Any:
+    import keras
+
+    return keras.models.load_model(str(path), compile=False)
+
+
+LOADERS: dict[str, Callable[[Path], Any]] = {
+    fam.LIGHTGBM_TXT: _load_lightgbm,
+    fam.XGBOOST_JSON: _load_xgboost,
+    fam.XGBOOST_UBJ: _load_xgboost,
+    fam.CATBOOST_CBM: _load_catboost,
+    fam.JOBLIB: _load_joblib,
+    fam.PICKLE: _load_pickle,
+    fam.KERAS: _load_keras,
+    fam.KERAS_H5: _load_keras_h5,
+}
+
+
+def load_native(path: Path) -> Any:
+    """Open a model file with the loader for its format (no integrity checks here: see loader)."""
+    return LOADERS[path.name](path)
+
+
+# ---------------------------------------------------------------- what kind of object is it
+
+
+def _module_of(obj: Any) -> str:
+    return type(obj).__module__.split(".")[0]
+
+
+def is_keras(obj: Any) -> bool:
+    if "keras" not in sys.modules:
+        return False
+    import keras
+
+    return isinstance(obj, keras.Model)
+
+
+def is_quantile_set(obj: Any) -> bool:
+    """The quantile LightGBM artifact: ``{"quantiles": [...], "models": [...]}``."""
+    return isinstance(obj, dict) and set(obj) >= {"quantiles", "models"}
+
+
+def is_ngboost(obj: Any) -> bool:
+    return _module_of(obj) == "ngboost"
+
+
+# ---------------------------------------------------------------- feature order the model records
+
+
+def _generic_names(names: list[str]) -> bool:
+    """Names libraries invent for unnamed columns carry no order information."""
+    return all(n == f"Column_{i}" or n == f"f{i}" or n == str(i) for i, n in enumerate(names))
+
+
+def feature_names(obj: Any) -> list[str] | None:
+    """The column order the model was trained with, where the model itself records it."""
+    if is_quantile_set(obj):
+        return feature_names(obj["models"][0]) if obj["models"] else None
+    names = None
+    if _module_of(obj) == "lightgbm":
+        booster = obj if hasattr(obj, "feature_name") else getattr(obj, "booster_", None)
+        names = booster.feature_name() if booster is not None else None
+    elif _module_of(obj) == "xgboost":
+        booster = obj.get_booster() if hasattr(obj, "get_booster") else obj
+        names = booster.feature_names
+    elif _module_of(obj) == "catboost":
+        names = obj.feature_names_
+    elif hasattr(obj, "feature_names_in_"):
+        names = obj.feature_names_in_
+    if names is None:
+        return None
+    names = [str(n) for n in names]
+    return None if _generic_names(names) else names
+
+
+# ---------------------------------------------------------------- running it
+
+
+def _predict_keras(model: Any, X: np.ndarray) -> np.ndarray:
+    # __call__ rather than model.predict: same weights and kernels without the
+    # per-call tf.data pipeline (~100 ms), which Keras recommends for small batches.
+    return np.asarray(model(X.astype(np.float32, copy=False), training=False), dtype=np.float64)
+
+
+def native_predict(model: Any, X: np.ndarray) -> np.ndarray:
+    """Run any supported native model; float64 (N,), or (N, K) for multi-output families."""
+    if is_quantile_set(model):
+        return np.column_stack([native_predict(m, X) for m in model["models"]])
+    if is_ngboost(model):
+        params = model.pred_dist(X).params
+        return np.column_stack([params["loc"], params["scale"]]).astype(np.float64)
+    if is_keras(model):
+        out = _predict_keras(model, X)
+    elif _module_of(model) == "xgboost" and not hasattr(model, "get_booster"):
+        import xgboost
+
+        out = model.predict(xgboost.DMatrix(X, feature_names=model.feature_names))
+    else:
+        with warnings.catch_warnings():
+            # sklearn warns when a model fitted on a DataFrame gets an array: the loader
+            # has already placed the columns in the model's order.
+            warnings.filterwarnings("ignore", message="X does not have valid feature names")
+            out = model.predict(X)
+    out = np.asarray(out, dtype=np.float64)
+    if out.ndim == 2 and out.shape[1] == 1:
+        out = out[:, 0]
+    return out
+
+
+def output_columns(model: Any) -> tuple[str, ...]:
+    """Names of the columns ``native_predict`` returns."""
+    if is_quantile_set(model):
+        return tuple(f"q{float(q):g}" for q in model["quantiles"])
+    if is_ngboost(model):
+        return ("loc", "scale")
+    return ("prediction",)

@@ -1,0 +1,36 @@
+"""Session fixtures: real small models of every family, trained once per test session."""
+from __future__ import annotations
+
+import os
+import shutil
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter
+
+import pytest
+
+from fastinfer import families, testing
+
+ALL_FAMILIES = [f.name for f in families.FAMILIES]
+TARGET = "fwd_ret_5m"
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    """(features DataFrame in training order, {target: y}) — deterministic."""
+    return testing.synthetic_features(n_rows=400, n_features=8, seed=0)
+
+
+@pytest.fixture(scope="session")
+def full_run(tmp_path_factory, synthetic):
+    """A run with every family on one target (both family-dir spellings are tested elsewhere)."""
+    X, targets = synthetic
+    out = tmp_path_factory.mktemp("full_run")
+    return testing.write_training_run(out, X, {TARGET: targets[TARGET]}, ALL_FAMILIES)
+
+
+@pytest.fixture
+def run_copy(tmp_path, full_run):
+    """A private copy of ``full_run`` that a test may damage."""
+    dest = tmp_path / "run" / full_run.name
+    shutil.copytree(full_run, dest)
+    return dest
