@@ -6,18 +6,20 @@ backend serves it (the verified ONNX graph when the run has a lock, else the nat
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from . import artifacts, native
+from . import artifacts, executor, native
 from . import families as fam
 from .artifacts import ModelLocation, ModelSpec
 from .config import Settings, load_config
 from .errors import InferenceError, ModelLoadError
-from .integrity import ChecksumPolicy, check_file
+from .integrity import ChecksumPolicy, check_file, sha256_file
+from .lock import Lock, LockEntry, read_lock
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,8 @@ class LoadedModel:
 
     def __init__(self, spec: ModelSpec, backend: str, feature_order: tuple[str, ...],
                  columns: tuple[str, ...], runner: Callable[[np.ndarray], np.ndarray],
-                 native_model: Any = None, integrity: str = "verified", graph_path: Path | None = None):
+                 native_model: Any = None, integrity: str = "verified", graph_path: Path | None = None,
+                 graph: Any = None, lock_entry: LockEntry | None = None):
         self.spec = spec
         self.backend = backend  # "onnx" or "native"
         self.feature_order = feature_order
@@ -35,6 +38,8 @@ class LoadedModel:
         self.native = native_model
         self.integrity = integrity
         self.graph_path = graph_path
+        self.graph = graph  # the verified onnx.ModelProto when backend == "onnx"
+        self.lock_entry = lock_entry
         self._runner = runner
 
     family = property(lambda self: self.spec.family)
@@ -204,12 +209,56 @@ class ModelLoader:
         except ValueError as exc:
             raise ModelLoadError(str(name), target, str(exc)) from None
 
-    def _read_lock(self) -> Any:
-        return None
+    def _read_lock(self) -> Lock | None:
+        return read_lock(self.run_root)
 
     def _open(self, loc: ModelLocation) -> LoadedModel:
         spec = artifacts.read_spec(loc, self.run_root)
+        entry = self.lock.find(loc.key) if self.lock is not None and self.prefer_onnx else None
+        if entry is not None and entry.status == "onnx":
+            model = self._open_onnx(spec, entry)
+            if model is not None:
+                return model
         return self._open_native(spec)
+
+    def _open_onnx(self, spec: ModelSpec, entry: LockEntry) -> LoadedModel | None:
+        """The verified graph, or None (serve native) when the lock is stale or, non-strict, tampered."""
+        import onnx
+
+        from .converters import check_graph
+        from .errors import ConversionError, IntegrityError
+
+        family, target = spec.family.name, spec.target
+        native_sha = spec.model_checksum.lower() if spec.model_checksum else sha256_file(spec.model_path)
+        if native_sha != entry.native_sha256 or set(entry.feature_order) != set(spec.feature_list):
+            log.warning("%s/%s: lock is stale (native model changed since conversion): serving native",
+                        target, family)
+            return None
+        path = artifacts.inside(self.run_root, entry.onnx_file, what="lock onnx_file", loc=spec.location)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ModelLoadError(family, target, f"cannot read graph ({exc.strerror})", path) from None
+        if hashlib.sha256(data).hexdigest() != entry.onnx_sha256:
+            if self.policy.strict:
+                raise IntegrityError(family, target, "ONNX graph sha256 differs from the lock", path)
+            log.warning("%s: ONNX graph sha256 differs from the lock: serving native", path)
+            return None
+        try:
+            graph = onnx.load_from_string(data)
+            check_graph(graph)
+            session = executor.open_session(data, self.settings.executor, name=f"{target}/{family}")
+        except (ConversionError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
+            raise ModelLoadError(family, target, f"graph refused: {exc}", path) from None
+        except Exception as exc:  # protobuf / onnxruntime errors on a malformed graph
+            raise ModelLoadError(family, target, f"graph refused: {type(exc).__name__}: {str(exc)[:200]}", path) from None
+        out_name, in_name = entry.output.get("name", "prediction"), entry.input.get("name", "features")
+
+        def run(X: np.ndarray) -> np.ndarray:
+            return session.run([out_name], {in_name: np.ascontiguousarray(X, dtype=np.float32)})[0]
+
+        return LoadedModel(spec, "onnx", tuple(entry.feature_order), tuple(entry.output.get("columns", ("prediction",))),
+                           run, None, "verified", path, graph, entry)
 
     def _open_native(self, spec: ModelSpec) -> LoadedModel:
         family, target = spec.family.name, spec.target

@@ -34,3 +34,22 @@ def run_copy(tmp_path, full_run):
     dest = tmp_path / "run" / full_run.name
     shutil.copytree(full_run, dest)
     return dest
+
+
+@pytest.fixture(scope="session")
+def compiled_run(tmp_path_factory, full_run):
+    """A copy of ``full_run`` compiled to ONNX (lock + model.onnx files)."""
+    from fastinfer.compiler import compile_run
+
+    dest = tmp_path_factory.mktemp("compiled") / "run" / full_run.name
+    shutil.copytree(full_run, dest)
+    compile_run(dest)
+    return dest
+
+
+@pytest.fixture
+def compiled_copy(tmp_path, compiled_run):
+    """A private copy of ``compiled_run`` that a test may damage."""
+    dest = tmp_path / "crun" / compiled_run.name
+    shutil.copytree(compiled_run, dest)
+    return dest

@@ -1,0 +1,108 @@
+"""The compiled manifest ``fastinfer.lock.json`` at the run root.
+
+One entry per model: where its native file and ONNX graph are (relative to the run root),
+their sha256, how the graph was made (converter, opsets, library versions), its I/O
+contract, the feature order it reads, the parity figures, and whether it is served from
+ONNX or stays native (with the reason). Written atomically; validated on read.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .artifacts import inside, read_json_limited
+from .atomic import write_atomic_json
+from .errors import StateError
+
+LOCK_FILE = "fastinfer.lock.json"
+LOCK_VERSION = 1
+ONNX_FILE = "model.onnx"
+
+
+@dataclass
+class LockEntry:
+    target: str
+    view: str
+    family: str
+    universe: str | None
+    symbol: str | None
+    native_file: str  # relative to the run root
+    native_sha256: str
+    status: str  # "onnx" or "native"
+    reason: str = ""  # why it stays native
+    onnx_file: str | None = None
+    onnx_sha256: str | None = None
+    converter: str | None = None
+    opsets: dict[str, int] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    input: dict[str, Any] = field(default_factory=dict)  # name, shape, dtype
+    output: dict[str, Any] = field(default_factory=dict)  # name, columns
+    feature_order: list[str] = field(default_factory=list)
+    parity: dict[str, Any] = field(default_factory=dict)  # max_abs, max_rel, tolerance, n_rows
+    convert_seconds: float = 0.0
+
+    @property
+    def key(self) -> tuple[str, str, str, str | None, str | None]:
+        return (self.target, self.family, self.view, self.universe, self.symbol)
+
+
+@dataclass
+class Lock:
+    entries: list[LockEntry]
+    created: str = ""
+    version: int = LOCK_VERSION
+
+    def find(self, key: tuple) -> LockEntry | None:
+        return next((e for e in self.entries if e.key == key), None)
+
+
+def lock_path(run_root: Path) -> Path:
+    return run_root / LOCK_FILE
+
+
+def write_lock(run_root: Path, lock: Lock) -> Path:
+    path = lock_path(run_root)
+    write_atomic_json(path, {"version": lock.version, "created": lock.created,
+                             "entries": [asdict(e) for e in lock.entries]})
+    return path
+
+
+_STR_FIELDS = ("target", "view", "family", "native_file", "native_sha256", "status")
+
+
+def read_lock(run_root: Path) -> Lock | None:
+    """The run's lock, or None when it has none; ``StateError`` naming the field when it is bad."""
+    path = lock_path(run_root)
+    if not path.exists():
+        return None
+    try:
+        data = read_json_limited(path)
+    except Exception as exc:  # ModelLoadError from the limited reader: re-type as bad state
+        raise StateError(f"{path}: {getattr(exc, 'reason', exc)}") from None
+    if not isinstance(data, dict) or data.get("version") != LOCK_VERSION or not isinstance(data.get("entries"), list):
+        raise StateError(f"{path}: not a version-{LOCK_VERSION} fastinfer lock")
+    entries = []
+    known = set(LockEntry.__dataclass_fields__)
+    for i, raw in enumerate(data["entries"]):
+        where = f"{path}: entries[{i}]"
+        if not isinstance(raw, dict) or set(raw) - known:
+            raise StateError(f"{where}: unexpected fields {sorted(set(raw) - known) if isinstance(raw, dict) else raw!r}")
+        for name in _STR_FIELDS:
+            if not isinstance(raw.get(name), str):
+                raise StateError(f"{where}.{name}: expected a string")
+        if raw["status"] not in ("onnx", "native"):
+            raise StateError(f"{where}.status: {raw['status']!r} is not onnx or native")
+        for name in ("native_file", "onnx_file"):
+            if raw.get(name) is not None:
+                try:
+                    inside(run_root, raw[name], what=f"lock {name}")
+                except Exception:
+                    raise StateError(f"{where}.{name}: {raw[name]!r} escapes the run root") from None
+        if raw["status"] == "onnx" and not (isinstance(raw.get("onnx_file"), str) and isinstance(raw.get("onnx_sha256"), str)):
+            raise StateError(f"{where}: status onnx without onnx_file and onnx_sha256")
+        try:
+            entries.append(LockEntry(**raw))
+        except TypeError as exc:
+            raise StateError(f"{where}: {exc}") from None
+    return Lock(entries, str(data.get("created", "")))
