@@ -1,0 +1,404 @@
+"""Features from OHLCV bars: the spec's ``FeatureBuilder`` and the incremental ``StreamingFeatures``.
+
+Both compute the definitions in ``fastinfer.kernels.indicators`` (its docstring has the
+formulas, warm-up lengths and flat-price values). Names: the spec's names are the defaults and
+follow TA-Lib (Wilder RSI/ATR, Bollinger std with ddof 0); named variants add a suffix:
+
+- ``_sma``: RSI / ATR with simple means over the period instead of Wilder smoothing
+  (``rsi_14_sma``, ``atr_14_sma``), as the upstream TRAINING code computed them;
+- ``_ddof1``: Bollinger bands with the sample std, pandas' default
+  (``bb_upper_ddof1``, ``bb_lower_ddof1``, ``bb_pct_ddof1``).
+
+A bar whose open, high, low, close or volume is missing (not finite) is not a bar for that
+symbol: both paths skip it, and the streaming path marks the symbol ``stale``.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .errors import FeatureBuildError, StateError
+from .kernels import indicators as _k
+
+KNOWN_FEATURES: tuple[str, ...] = _k.FEATURES
+DEFAULT_FEATURES: tuple[str, ...] = KNOWN_FEATURES[:14]
+OHLCV = ("open", "high", "low", "close", "volume")
+
+
+def resolve_features(features: Iterable[str] | None) -> tuple[str, ...]:
+    """The requested feature names as a tuple (default: ``DEFAULT_FEATURES``), checked."""
+    if features is None:
+        return DEFAULT_FEATURES
+    if isinstance(features, str):
+        raise FeatureBuildError(f"features must be a list of names, not the string {features!r}")
+    names = tuple(features)
+    unknown = [f for f in names if f not in KNOWN_FEATURES]
+    if unknown:
+        raise FeatureBuildError(f"unknown feature(s) {unknown}; known features: {list(KNOWN_FEATURES)}")
+    if not names:
+        raise FeatureBuildError(f"no features requested; known features: {list(KNOWN_FEATURES)}")
+    if len(set(names)) != len(names):
+        dup = sorted({f for f in names if names.count(f) > 1})
+        raise FeatureBuildError(f"feature(s) requested twice: {dup}")
+    return names
+
+
+def ohlcv_arrays(df: pd.DataFrame, where: str = "OHLCV data") -> dict[str, np.ndarray]:
+    """The five OHLCV columns of ``df`` (names in any case) as float64 arrays, checked."""
+    if not isinstance(df, pd.DataFrame):
+        raise FeatureBuildError(f"{where}: expected a pandas DataFrame, got {type(df).__name__}")
+    by_lower: dict[str, Any] = {}
+    for col in df.columns:
+        key = str(col).lower()
+        if key in OHLCV and key in by_lower:
+            raise FeatureBuildError(f"{where}: columns {by_lower[key]!r} and {col!r} both mean {key!r}")
+        by_lower[key] = col
+    missing = [c for c in OHLCV if c not in by_lower]
+    if missing:
+        raise FeatureBuildError(f"{where}: missing column(s) {missing}; columns present: {list(df.columns)}")
+    arrays = {}
+    for name in OHLCV:
+        col = df[by_lower[name]]
+        try:
+            arrays[name] = np.ascontiguousarray(col.to_numpy(dtype=np.float64, na_value=np.nan))
+        except (TypeError, ValueError) as e:
+            raise FeatureBuildError(f"{where}: column {by_lower[name]!r} is not numeric ({e})") from None
+    return arrays
+
+
+# ---------------------------------------------------------------- FeatureBuilder (pandas)
+
+
+def _seeded_ewm(x: pd.Series, alpha: float, first: int, seed: float) -> pd.Series:
+    """y[first] = seed, then y[t] = (1 - alpha) y[t-1] + alpha x[t]; NaN before ``first``."""
+    if len(x) <= first:
+        return pd.Series(np.nan, index=x.index)
+    s = x.copy()
+    s.iloc[:first] = np.nan
+    s.iloc[first] = seed
+    return s.ewm(alpha=alpha, adjust=False).mean()
+
+
+def _windows(x: pd.Series, p: int) -> np.ndarray:
+    """Every full window of p values, oldest first: (len(x) - p + 1, p) view."""
+    return sliding_window_view(x.to_numpy(), p) if len(x) >= p else np.empty((0, p))
+
+
+def _per_window(x: pd.Series, p: int, values: np.ndarray) -> pd.Series:
+    """One value per full window, aligned on the window's last row (NaN before)."""
+    out = np.full(len(x), np.nan)
+    out[p - 1:] = values
+    return pd.Series(out, index=x.index)
+
+
+def _rolling_mean(x: pd.Series, p: int) -> pd.Series:
+    """Each window's mean recomputed from the window (exact 0 for zeros; pandas' running
+    add/remove keeps the rounding of a large value after it left the window)."""
+    return _per_window(x, p, _windows(x, p).mean(axis=1))
+
+
+def _mean_around_last(w: np.ndarray) -> np.ndarray:
+    """Mean of each row summed around its last value (a flat row gives that value exactly)."""
+    ref = w[:, -1]
+    return ref + (w - ref[:, None]).mean(axis=1)
+
+
+def _rsi(g: pd.Series, lo: pd.Series) -> pd.Series:
+    s = g + lo
+    return (100.0 * (g / s)).mask(s == 0, 50.0)
+
+
+def _returns(f: pd.DataFrame) -> dict[str, pd.Series]:
+    c = f["close"]
+    return {f"ret_{n}": (c - c.shift(n)) / c.shift(n) for n in _k.RETURN_HORIZONS}
+
+
+def _gains_losses(f: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    d = f["close"].diff()
+    return d.clip(lower=0.0), (-d).clip(lower=0.0)
+
+
+def _rsi_wilder(f: pd.DataFrame) -> dict[str, pd.Series]:
+    p = _k.RSI_PERIOD
+    g, lo = _gains_losses(f)
+    avg = [_seeded_ewm(x, 1.0 / p, p, x.iloc[1:p + 1].mean() if len(x) > p else np.nan)
+           for x in (g, lo)]
+    return {"rsi_14": _rsi(*avg)}
+
+
+def _rsi_sma(f: pd.DataFrame) -> dict[str, pd.Series]:
+    p = _k.RSI_PERIOD
+    g, lo = _gains_losses(f)
+    return {"rsi_14_sma": _rsi(_rolling_mean(g, p), _rolling_mean(lo, p))}
+
+
+def _true_range(f: pd.DataFrame) -> pd.Series:
+    h, lo, pc = f["high"], f["low"], f["close"].shift(1)
+    return pd.concat([h - lo, (h - pc).abs(), (lo - pc).abs()], axis=1).max(axis=1, skipna=False)
+
+
+def _atr_wilder(f: pd.DataFrame) -> dict[str, pd.Series]:
+    p = _k.ATR_PERIOD
+    tr = _true_range(f)
+    seed = tr.iloc[1:p + 1].mean() if len(tr) > p else np.nan
+    return {"atr_14": _seeded_ewm(tr, 1.0 / p, p, seed)}
+
+
+def _atr_sma(f: pd.DataFrame) -> dict[str, pd.Series]:
+    return {"atr_14_sma": _rolling_mean(_true_range(f), _k.ATR_PERIOD)}
+
+
+def _macd(f: pd.DataFrame) -> dict[str, pd.Series]:
+    c = f["close"]
+    fast, slow, sig = _k.MACD_FAST, _k.MACD_SLOW, _k.MACD_SIGNAL
+    first = slow - 1
+    if len(c) <= first:
+        nan = pd.Series(np.nan, index=c.index)
+        return {"macd": nan, "macd_signal": nan, "macd_hist": nan}
+    seeds = [_mean_around_last(c.to_numpy()[None, first - k + 1:first + 1])[0] for k in (fast, slow)]
+    ema_fast = _seeded_ewm(c, 2.0 / (fast + 1), first, seeds[0])
+    ema_slow = _seeded_ewm(c, 2.0 / (slow + 1), first, seeds[1])
+    macd = ema_fast - ema_slow
+    first_sig = first + sig - 1
+    seed = macd.iloc[first:first_sig + 1].mean() if len(c) > first_sig else np.nan
+    signal = _seeded_ewm(macd, 2.0 / (sig + 1), first_sig, seed)
+    return {"macd": macd, "macd_signal": signal, "macd_hist": macd - signal}
+
+
+def _bollinger(ddof: int, suffix: str) -> Callable[[pd.DataFrame], dict[str, pd.Series]]:
+    def bands(f: pd.DataFrame) -> dict[str, pd.Series]:
+        c, p = f["close"], _k.BB_PERIOD
+        w = _windows(c, p)
+        m = _mean_around_last(w)
+        mid = _per_window(c, p, m)
+        std = _per_window(c, p, np.sqrt(((w - m[:, None]) ** 2).sum(axis=1) / (p - ddof)))
+        upper, lower = mid + _k.BB_NSTD * std, mid - _k.BB_NSTD * std
+        width = upper - lower
+        pct = ((c - lower) / width).mask(width == 0, 0.5)
+        return {f"bb_upper{suffix}": upper, f"bb_lower{suffix}": lower, f"bb_pct{suffix}": pct}
+    return bands
+
+
+def _vol_ratio(f: pd.DataFrame) -> dict[str, pd.Series]:
+    v = f["volume"]
+    ma = _rolling_mean(v, _k.VOL_PERIOD)
+    return {"vol_ratio": (v / ma).mask(ma == 0, 1.0)}
+
+
+# Each group computes the features named beside it, all from one pass of pandas.
+_GROUPS: tuple[tuple[tuple[str, ...], Callable[[pd.DataFrame], dict[str, pd.Series]]], ...] = (
+    (tuple(f"ret_{n}" for n in _k.RETURN_HORIZONS), _returns),
+    (("rsi_14",), _rsi_wilder),
+    (("rsi_14_sma",), _rsi_sma),
+    (("macd", "macd_signal", "macd_hist"), _macd),
+    (("bb_upper", "bb_lower", "bb_pct"), _bollinger(0, "")),
+    (("bb_upper_ddof1", "bb_lower_ddof1", "bb_pct_ddof1"), _bollinger(1, "_ddof1")),
+    (("atr_14",), _atr_wilder),
+    (("atr_14_sma",), _atr_sma),
+    (("vol_ratio",), _vol_ratio),
+)
+
+
+class FeatureBuilder:
+    """The spec's batch path: pandas over a window of bars → the feature vector of the last bar.
+
+    ``FeatureBuilder(features=None)`` fixes the default feature order (``DEFAULT_FEATURES``);
+    ``build`` may override it per call (e.g. with a model's ``feature_list``).
+    """
+
+    def __init__(self, features: Sequence[str] | None = None):
+        self.features = resolve_features(features)
+
+    def build(self, df: pd.DataFrame, lookback: int | None = 60,
+              features: Sequence[str] | None = None) -> np.ndarray:
+        """Features of the last bar of ``df`` (columns open, high, low, close, volume, any case).
+
+        Bars with a missing value are dropped first; the features are then computed over the
+        last bar and the ``lookback`` bars before it (``lookback + 1`` rows; 60 is what
+        ``ret_60`` needs; None: all rows). Returns float64 of shape (len(features),), NaN for a
+        feature still warming up. Equal to ``StreamingFeatures`` fed the same bars.
+        """
+        names = self.features if features is None else resolve_features(features)
+        rows = self.frame(df, lookback, names)
+        if not len(rows):
+            return np.full(len(names), np.nan)
+        return rows.iloc[-1].to_numpy(dtype=np.float64)
+
+    def frame(self, df: pd.DataFrame, lookback: int | None = None,
+              features: Sequence[str] | None = None) -> pd.DataFrame:
+        """Every bar's features as a DataFrame (rows: the kept bars, with ``df``'s index)."""
+        names = self.features if features is None else resolve_features(features)
+        if lookback is not None and (not isinstance(lookback, (int, np.integer)) or lookback < 0):
+            raise FeatureBuildError(f"lookback must be a non-negative int or None, got {lookback!r}")
+        arrays = ohlcv_arrays(df)
+        valid = np.logical_and.reduce([np.isfinite(a) for a in arrays.values()])
+        f = pd.DataFrame({k: a[valid] for k, a in arrays.items()}, index=df.index[valid])
+        if lookback is not None:
+            f = f.iloc[-(lookback + 1):]
+        index = f.index
+        f = f.reset_index(drop=True)
+        wanted = set(names)
+        cols: dict[str, pd.Series] = {}
+        for group, compute in _GROUPS:
+            if wanted.intersection(group):
+                cols.update(compute(f))
+        out = pd.DataFrame({n: cols[n] for n in names}, index=f.index)
+        out.index = index
+        return out
+
+
+# ---------------------------------------------------------------- StreamingFeatures
+
+STATE_VERSION = 1
+_STATE_KIND = "fastinfer.StreamingFeatures"
+_STATE_ARRAYS = ("closes", "true_ranges", "volumes", "floats", "ints")
+
+
+def _layout() -> dict[str, Any]:
+    """What a saved state depends on besides its version: kernel features and parameters."""
+    return {
+        "kernel_features": list(_k.FEATURES),
+        "params": [list(_k.RETURN_HORIZONS), _k.RSI_PERIOD, _k.ATR_PERIOD, _k.BB_PERIOD, _k.BB_NSTD,
+                   _k.VOL_PERIOD, _k.MACD_FAST, _k.MACD_SLOW, _k.MACD_SIGNAL, _k.CLOSE_WINDOW],
+        "n_float": _k.N_FLOAT,
+        "n_int": _k.N_INT,
+    }
+
+
+def _encode(a: np.ndarray) -> dict[str, Any]:
+    a = np.ascontiguousarray(a)
+    return {"dtype": a.dtype.str, "shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode("ascii")}
+
+
+def _decode(d: Any, name: str, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        if d["dtype"] != dtype.str or tuple(d["shape"]) != shape:
+            raise StateError(f"state array {name!r}: expected {dtype.str} {shape}, got {d['dtype']} {d['shape']}")
+        raw = base64.b64decode(d["data"].encode("ascii"), validate=True)
+    except (KeyError, TypeError, AttributeError, binascii.Error) as e:
+        raise StateError(f"state array {name!r} is malformed ({e!r})") from None
+    if len(raw) != dtype.itemsize * int(np.prod(shape)):
+        raise StateError(f"state array {name!r}: {len(raw)} bytes do not fill {shape}")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+
+
+class StreamingFeatures:
+    """Incremental features for many symbols: one jitted call per bar, no allocation per bar.
+
+    ``update`` returns ``out``, the same (n_symbols, len(features)) array every bar (float32 by
+    default; ``dtype=np.float64`` for full precision). ``stale[i]`` is True when symbol i's
+    last bar was missing (its row then repeats its last features); ``n_bars[i]`` counts the
+    valid bars it has seen. State round-trips through ``state_dict`` / ``from_state_dict``
+    (JSON-safe, versioned; save it with ``fastinfer.atomic.write_atomic_json``).
+    """
+
+    def __init__(self, symbols: Sequence[str], features: Sequence[str] | None = None,
+                 dtype: Any = np.float32):
+        if isinstance(symbols, str):
+            raise FeatureBuildError(f"symbols must be a list of names, not the string {symbols!r}")
+        self.symbols = tuple(str(s) for s in symbols)
+        if not self.symbols:
+            raise FeatureBuildError("no symbols given")
+        if len(set(self.symbols)) != len(self.symbols):
+            dup = sorted({s for s in self.symbols if self.symbols.count(s) > 1})
+            raise FeatureBuildError(f"symbol(s) listed twice: {dup}")
+        self.features = resolve_features(features)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise FeatureBuildError(f"dtype must be float32 or float64, got {self.dtype}")
+        n = len(self.symbols)
+        self._index = {s: i for i, s in enumerate(self.symbols)}
+        self._shape = (n,)
+        self._state = _k.new_state(n)
+        self._cols = np.full(_k.N_FEATURES, -1, dtype=np.int64)
+        for j, name in enumerate(self.features):
+            self._cols[KNOWN_FEATURES.index(name)] = j
+        self.out = np.full((n, len(self.features)), np.nan, dtype=self.dtype)
+        self.stale = np.zeros(n, dtype=np.bool_)
+
+    @property
+    def n_bars(self) -> np.ndarray:
+        """Valid bars seen per symbol (a read-only view)."""
+        v = self._state.ints[:, _k.I_COUNT]
+        v.flags.writeable = False
+        return v
+
+    def _input(self, a: Any, name: str) -> np.ndarray:
+        if type(a) is np.ndarray and a.dtype == np.float64 and a.shape == self._shape and a.flags.c_contiguous:
+            return a  # the hot path: no conversion
+        a = np.ascontiguousarray(a, dtype=np.float64)
+        if a.shape != self._shape:
+            raise FeatureBuildError(f"{name}: expected shape {self._shape} (one value per symbol), got {a.shape}")
+        return a
+
+    def update(self, open: Any, high: Any, low: Any, close: Any, volume: Any) -> np.ndarray:
+        """Advance every symbol by one bar (arrays of length n_symbols, NaN = missing); return ``out``."""
+        s = self._state
+        _k.update_bar(self._input(open, "open"), self._input(high, "high"), self._input(low, "low"),
+                      self._input(close, "close"), self._input(volume, "volume"),
+                      s.closes, s.true_ranges, s.volumes, s.floats, s.ints, self._cols, self.out, self.stale)
+        return self.out
+
+    def warm_start(self, history: Mapping[str, pd.DataFrame]) -> np.ndarray:
+        """Replace the state of each symbol in ``history`` by its bars (an OHLCV DataFrame each,
+        oldest first); symbols not in ``history`` keep theirs. Returns ``out``."""
+        unknown = [s for s in history if s not in self._index]
+        if unknown:
+            raise FeatureBuildError(f"warm_start: unknown symbol(s) {unknown}; symbols: {list(self.symbols)}")
+        st = self._state
+        for sym, df in history.items():
+            a = ohlcv_arrays(df, where=f"history of {sym!r}")
+            i = self._index[sym]
+            _k.reset_symbol(st, i)
+            self.stale[i] = _k.update_series(i, a["open"], a["high"], a["low"], a["close"], a["volume"],
+                                             *st, self._cols, self.out)
+        return self.out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a restart needs, JSON-serialisable (arrays as base64 of their raw bytes)."""
+        return {
+            "version": STATE_VERSION,
+            "kind": _STATE_KIND,
+            "symbols": list(self.symbols),
+            "features": list(self.features),
+            "dtype": self.dtype.name,
+            "layout": _layout(),
+            "stale": [bool(x) for x in self.stale],
+            "arrays": {name: _encode(a) for name, a in zip(_STATE_ARRAYS, self._state)},
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> "StreamingFeatures":
+        """Rebuild from ``state_dict()``; a corrupt, foreign or other-version state is a ``StateError``."""
+        if not isinstance(state, Mapping):
+            raise StateError(f"feature state must be a dict, got {type(state).__name__}")
+        if state.get("kind") != _STATE_KIND:
+            raise StateError(f"not a StreamingFeatures state (kind={state.get('kind')!r})")
+        if state.get("version") != STATE_VERSION:
+            raise StateError(f"feature state version {state.get('version')!r}; this fastinfer reads {STATE_VERSION}")
+        if state.get("layout") != _layout():
+            raise StateError("feature state was written by kernels with other features or parameters")
+        try:
+            self = cls(state["symbols"], state["features"], dtype=state["dtype"])
+            stale = np.asarray(state["stale"], dtype=np.bool_)
+            arrays = state["arrays"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise StateError(f"feature state is malformed ({e!r})") from None
+        n = len(self.symbols)
+        if stale.shape != (n,) or not isinstance(arrays, Mapping):
+            raise StateError("feature state is malformed (stale flags or arrays do not match the symbols)")
+        fresh = self._state
+        loaded = [_decode(arrays.get(name), name, a.dtype, a.shape) for name, a in zip(_STATE_ARRAYS, fresh)]
+        self._state = _k.IndicatorState(*loaded)
+        if (self._state.ints[:, _k.I_COUNT] < 0).any():
+            raise StateError("feature state is corrupt (negative bar count)")
+        nan = np.full(n, np.nan)
+        self.update(nan, nan, nan, nan, nan)  # a bar of missing values only rewrites ``out``
+        self.stale[:] = stale
+        return self
