@@ -1,1 +1,33 @@
-"""fastinfer: verified ONNX graphs, numba kernels and batched ONNX Runtime for trading models."""
+"""fastinfer: verified ONNX graphs, numba kernels and batched ONNX Runtime for trading models.
+
+The public API is the spec's (``ModelLoader``, ``InferenceEngine``, ``FeatureBuilder``,
+``SeqBufferManager``, ``ModelLoadError``) plus the live predictor and ``warmup``.
+"""
+from .buffers import SeqBufferManager
+from .engine import InferenceEngine
+from .errors import (ConfigError, ConversionError, FeatureBuildError, InferenceError, IntegrityError,
+                     ModelLoadError, StateError)
+from .features import FeatureBuilder, StreamingFeatures
+from .loader import LoadedModel, ModelLoader
+
+__all__ = [
+    "ConfigError", "ConversionError", "FeatureBuildError", "FeatureBuilder", "InferenceEngine", "InferenceError",
+    "IntegrityError", "LivePredictor", "LoadedModel", "ModelLoadError", "ModelLoader", "SeqBufferManager",
+    "StateError", "StreamingFeatures", "warmup",
+]
+
+
+def __getattr__(name: str):
+    if name == "LivePredictor":  # imports onnxruntime: only when asked for
+        from .predictor import LivePredictor
+
+        return LivePredictor
+    raise AttributeError(f"module 'fastinfer' has no attribute {name!r}")
+
+
+def warmup() -> None:
+    """Compile every numba kernel now (from numba's on-disk cache when warm), not on the first bar."""
+    from .kernels import forest, indicators, ring, spsc
+
+    for kernel in (indicators, ring, spsc, forest):
+        kernel.warmup()

@@ -127,33 +127,95 @@ def fuse(members: Sequence[FuseMember], union_width: int, input_shape: Sequence[
 
 
 class BoundGraph:
-    """A session with pre-allocated input and output arrays bound once (IOBinding) per batch size.
+    """A session whose input and outputs are bound once (IOBinding) to pre-allocated arrays.
 
-    ``input(n)`` is the array to fill; ``run(n)`` runs the graph and returns the bound output
-    arrays, written in place: no allocation in Python per call.
+    The caller writes into ``input`` (bound in place, no copy); ``run()`` writes ``outputs``
+    in place: nothing is allocated in Python per call.
     """
 
-    def __init__(self, session, output_widths: dict[str, int], input_tail: Sequence[int], batch_sizes: Sequence[int]):
+    def __init__(self, session, input_array: np.ndarray, output_widths: dict[str, int]):
+        if input_array.dtype != np.float32 or not input_array.flags.c_contiguous:
+            raise ValueError("bound input must be a C-contiguous float32 array")
         self.session = session
-        self.output_names = list(output_widths)
-        self._inputs: dict[int, np.ndarray] = {}
-        self._outputs: dict[int, dict[str, np.ndarray]] = {}
-        self._bindings = {}
-        for n in sorted(set(batch_sizes)):
-            x = np.zeros((n, *input_tail), dtype=np.float32)
-            outs = {name: np.zeros((n, k), dtype=np.float32) for name, k in output_widths.items()}
-            binding = session.io_binding()
-            binding.bind_input(INPUT_NAME, "cpu", 0, np.float32, list(x.shape), x.ctypes.data)
-            for name, arr in outs.items():
-                binding.bind_output(name, "cpu", 0, np.float32, list(arr.shape), arr.ctypes.data)
-            self._inputs[n], self._outputs[n], self._bindings[n] = x, outs, binding
+        self.input = input_array
+        n = input_array.shape[0]
+        self.outputs = {name: np.zeros((n, k), dtype=np.float32) for name, k in output_widths.items()}
+        self._binding = session.io_binding()
+        self._binding.bind_input(INPUT_NAME, "cpu", 0, np.float32, list(input_array.shape), input_array.ctypes.data)
+        for name, arr in self.outputs.items():
+            self._binding.bind_output(name, "cpu", 0, np.float32, list(arr.shape), arr.ctypes.data)
 
-    def input(self, n: int) -> np.ndarray:
-        return self._inputs[n]
+    def run(self) -> dict[str, np.ndarray]:
+        self.session.run_with_iobinding(self._binding)
+        return self.outputs
 
-    def outputs(self, n: int) -> dict[str, np.ndarray]:
-        return self._outputs[n]
 
-    def run(self, n: int) -> dict[str, np.ndarray]:
-        self.session.run_with_iobinding(self._bindings[n])
-        return self._outputs[n]
+# ---------------------------------------------------------------- plan: every model of a predictor
+
+
+class Plan:
+    """Runs a set of loaded models over one batch of symbols, writing one output matrix.
+
+    ONNX-served models are fused per input kind: all tabular graphs into one, sequence graphs
+    per sequence length. Native-fallback models run beside them through the same interface.
+    ``out`` is (batch, n_columns) float32; ``columns[j]`` is (target, family, column name).
+    Inputs are filled by the caller into ``tabular_input`` and ``sequence_inputs[T]``.
+    """
+
+    def __init__(self, models: Sequence, union: Sequence[str], batch: int, settings: ExecutorSettings):
+        self.models = list(models)
+        self.union = list(union)
+        self.batch = batch
+        width = len(self.union)
+        self.columns: list[tuple[str, str, str]] = []
+        self.model_slices: list[slice] = []
+        for m in self.models:
+            start = len(self.columns)
+            self.columns += [(m.target, m.family.name, c) for c in m.columns]
+            self.model_slices.append(slice(start, len(self.columns)))
+        self.out = np.full((batch, len(self.columns)), np.nan, dtype=np.float32)
+        self.tabular_input = np.zeros((batch, width), dtype=np.float32)
+        seq_lens = sorted({m.spec.sequence_length for m in self.models if m.family.sequential})
+        self.sequence_inputs = {t: np.zeros((batch, t, width), dtype=np.float32) for t in seq_lens}
+
+        self._groups: list[tuple[BoundGraph, list[tuple[np.ndarray, np.ndarray]]]] = []
+        self._native: list[tuple[object, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.fused_graphs: dict[str, onnx.ModelProto] = {}
+        kinds: dict[int, list[int]] = {}  # 0 = tabular, T = sequence length
+        for i, m in enumerate(self.models):
+            cols = np.array([self.union.index(f) for f in m.feature_order], dtype=np.int64)
+            kind = m.spec.sequence_length if m.family.sequential else 0
+            source = self.sequence_inputs[kind] if kind else self.tabular_input
+            if m.backend == "onnx":
+                kinds.setdefault(kind, []).append(i)
+            else:
+                self._native.append((m, cols, source, self.out[:, self.model_slices[i]]))
+        for kind, members in kinds.items():
+            source = self.sequence_inputs[kind] if kind else self.tabular_input
+            fuse_members = [FuseMember(f"{self.models[i].target}/{self.models[i].family.name}", self.models[i].graph,
+                                       tuple(self.union.index(f) for f in self.models[i].feature_order),
+                                       len(self.models[i].columns)) for i in members]
+            shape = ["N", kind, width] if kind else ["N", width]
+            fused = fuse(fuse_members, width, shape)
+            name = f"fused-seq{kind}" if kind else "fused-tabular"
+            self.fused_graphs[name] = fused
+            session = open_session(fused.SerializeToString(), settings, name)
+            bound = BoundGraph(session, source, {fm.name: fm.n_outputs for fm in fuse_members})
+            copies = [(bound.outputs[fm.name], self.out[:, self.model_slices[i]])
+                      for fm, i in zip(fuse_members, members)]
+            self._groups.append((bound, copies))
+
+    def run(self) -> np.ndarray:
+        """Run every model on the current inputs; returns ``out`` (written in place)."""
+        for bound, copies in self._groups:
+            bound.run()
+            for src, dst in copies:
+                np.copyto(dst, src)
+        for model, cols, source, dst in self._native:
+            X = source[..., cols]
+            rows = np.isfinite(X).reshape(len(X), -1).all(axis=1) if not model.family.handles_nan else slice(None)
+            dst[...] = np.nan  # rows a native model cannot take (NaN inputs) stay NaN
+            if np.any(rows):
+                pred = np.asarray(model._runner(X[rows]), dtype=np.float32)
+                dst[rows] = pred.reshape(-1, dst.shape[1])
+        return self.out

@@ -288,3 +288,36 @@ def synthetic_features(n_rows: int = 400, n_features: int = 8, seed: int = 0) ->
     return X, targets
 
 
+
+
+# ------------------------------------------------------------------ runs trained on market data
+
+
+def horizon_label(bars: int, interval_minutes: float) -> str:
+    """``fwd_ret_{label}``: days for daily bars, minutes otherwise (the spec's ``fwd_ret_15m``)."""
+    return f"{bars}d" if interval_minutes == 1440 else f"{int(round(bars * interval_minutes))}m"
+
+
+def market_dataset(ohlcv: pd.DataFrame, horizons: tuple[int, ...], interval_minutes: float,
+                   feature_names: tuple[str, ...] | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Features of every bar (rows where all are defined) and forward returns per horizon.
+
+    Features come from ``FeatureBuilder`` in its default (non-alphabetical) order, so the
+    meta's sorted ``feature_list`` differs from the training order, as in TRAINING.
+    """
+    from .features import FeatureBuilder, ohlcv_arrays
+
+    frame = FeatureBuilder(feature_names).frame(ohlcv)
+    close = pd.Series(ohlcv_arrays(ohlcv)["close"], index=ohlcv.index).loc[frame.index]
+    keep = frame.notna().all(axis=1).to_numpy()
+    targets = {f"fwd_ret_{horizon_label(h, interval_minutes)}": (close.shift(-h) / close - 1.0).to_numpy()[keep]
+               for h in horizons}
+    return frame[keep], targets
+
+
+def write_market_run(out_dir: str | Path, ohlcv: pd.DataFrame, families: list[str], *,
+                     horizons: tuple[int, ...] = (1, 5, 10), interval_minutes: float = 1440.0,
+                     feature_names: tuple[str, ...] | None = None, **kwargs: Any) -> Path:
+    """Train ``families`` on features and forward returns of real bars; returns the run root."""
+    X, targets = market_dataset(ohlcv, horizons, interval_minutes, feature_names)
+    return write_training_run(out_dir, X, targets, families, interval_minutes=interval_minutes, **kwargs)

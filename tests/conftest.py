@@ -53,3 +53,25 @@ def compiled_copy(tmp_path, compiled_run):
     dest = tmp_path / "crun" / compiled_run.name
     shutil.copytree(compiled_run, dest)
     return dest
+
+
+MARKET_FAMILIES = ["lightgbm", "xgboost", "ridge", "mlp", "lstm"]
+MARKET_TRAIN_BARS = 900
+
+
+@pytest.fixture(scope="session")
+def goog():
+    from backtesting.test import GOOG
+
+    return GOOG
+
+
+@pytest.fixture(scope="session")
+def market_run(tmp_path_factory, goog):
+    """3 horizons × LightGBM, XGBoost, Ridge, MLP, LSTM trained on real GOOG daily bars, compiled."""
+    from fastinfer.compiler import compile_run
+
+    root = testing.write_market_run(tmp_path_factory.mktemp("market"), goog.iloc[:MARKET_TRAIN_BARS],
+                                    MARKET_FAMILIES, sequence_length=10)
+    compile_run(root)
+    return root

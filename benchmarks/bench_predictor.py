@@ -1,0 +1,145 @@
+"""Issue 6 / TARGETS P1a, P1b, P3: the live predictor against what a user would run instead.
+
+Models: 3 horizons × LightGBM, XGBoost, Ridge, MLP (12) and one LSTM per horizon, trained on
+GOOG daily bars and converted. Every group prints baseline median / fastinfer median.
+
+- seed-path: the spec's path per bar — pandas ``FeatureBuilder.build`` over a 60-bar window,
+  then each model's native predict (Keras ``model.predict``).
+- talib-ort: TA-Lib features on the window + one ONNX Runtime session per model.
+- per-symbol loop (500 symbols): a one-symbol fastinfer predictor called once per symbol.
+- fused vs per-model sessions: the plan's one fused run vs each model's own session.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastinfer import testing
+from fastinfer.compiler import compile_run
+from fastinfer.features import FeatureBuilder, ohlcv_arrays
+from fastinfer.loader import ModelLoader
+from fastinfer.predictor import LivePredictor
+
+FAMILIES = ["lightgbm", "xgboost", "ridge", "mlp", "lstm"]
+SIZE = testing.TrainSize(trees=200, depth=6, leaves=31, epochs=1, hidden=32)
+N_SYMBOLS = 500
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from backtesting.test import GOOG
+
+    root = testing.write_market_run(tmp_path_factory.mktemp("bench_pred"), GOOG.iloc[:1500], FAMILIES,
+                                    sequence_length=10, size=SIZE)
+    compile_run(root)
+    bars = ohlcv_arrays(GOOG)
+    return root, GOOG, bars
+
+
+def _warm(predictor, bars, n_symbols, upto=200):
+    for t in range(upto):
+        predictor.on_bar(*(np.full(n_symbols, bars[k][t]) for k in ("open", "high", "low", "close", "volume")))
+
+
+def test_one_symbol_fastinfer(benchmark, record_ratio, setup):
+    root, _, bars = setup
+    predictor = LivePredictor(root, ["GOOG"], 1440.0)
+    _warm(predictor, bars, 1)
+    bar = [np.array([bars[k][200]]) for k in ("open", "high", "low", "close", "volume")]
+    benchmark(predictor.on_bar, *bar)
+    assert not np.isnan(predictor.predictions).any()
+    record_ratio("one-symbol-bar", subject=True, name="fastinfer on_bar")
+    record_ratio("one-symbol-bar-vs-peer", subject=True, name="fastinfer on_bar")
+
+
+def test_one_symbol_seed_path(benchmark, record_ratio, setup):
+    root, goog, _ = setup
+    loader = ModelLoader(root, prefer_onnx=False)
+    models = list(loader.load_all().values())
+    builder = FeatureBuilder()
+    window = goog.iloc[140:201]
+
+    def seed_path():
+        features = builder.build(window)
+        named = dict(zip(builder.features, features))
+        out = []
+        for m in models:
+            x = np.array([[named[f] for f in m.feature_order]])
+            if m.family.sequential:
+                x = np.repeat(x[:, None, :], m.spec.sequence_length, axis=1)
+            out.append(m.native.predict(x, verbose=0) if hasattr(m.native, "layers") else m.native.predict(x))
+        return out
+
+    benchmark.pedantic(seed_path, rounds=5, iterations=1, warmup_rounds=1)
+    record_ratio("one-symbol-bar", name="seed path (pandas + native predict)")
+
+
+def test_one_symbol_talib_plus_ort_sessions(benchmark, record_ratio, setup):
+    import talib
+
+    root, _, bars = setup
+    loader = ModelLoader(root)
+    models = list(loader.load_all().values())
+    w = {k: np.ascontiguousarray(bars[k][140:201]) for k in bars}
+
+    def peer():
+        c, h, lo, v = w["close"], w["high"], w["low"], w["volume"]
+        macd, signal, hist = talib.MACD(c)
+        upper, middle, lower = talib.BBANDS(c, 20, 2, 2)
+        f = {"rsi_14": talib.RSI(c, 14)[-1], "macd": macd[-1], "macd_signal": signal[-1], "macd_hist": hist[-1],
+             "bb_upper": upper[-1], "bb_lower": lower[-1], "bb_pct": (c[-1] - lower[-1]) / (upper[-1] - lower[-1]),
+             "atr_14": talib.ATR(h, lo, c, 14)[-1], "vol_ratio": v[-1] / talib.SMA(v, 20)[-1]}
+        for n in (1, 5, 10, 20, 60):
+            f[f"ret_{n}"] = c[-1] / c[-1 - n] - 1.0
+        out = []
+        for m in models:
+            x = np.array([[f[name] for name in m.feature_order]], dtype=np.float32)
+            if m.family.sequential:
+                x = np.repeat(x[:, None, :], m.spec.sequence_length, axis=1)
+            out.append(m._runner(x))
+        return out
+
+    benchmark(peer)
+    record_ratio("one-symbol-bar-vs-peer", name="TA-Lib + one ORT session per model")
+
+
+def test_500_symbols_batched(benchmark, record_ratio, setup):
+    root, _, bars = setup
+    symbols = [f"S{i}" for i in range(N_SYMBOLS)]
+    predictor = LivePredictor(root, symbols, 1440.0)
+    _warm(predictor, bars, N_SYMBOLS)
+    bar = [np.full(N_SYMBOLS, bars[k][200]) for k in ("open", "high", "low", "close", "volume")]
+    benchmark(predictor.on_bar, *bar)
+    record_ratio("500-symbols-bar", subject=True, name="fastinfer batched")
+
+
+def test_500_symbols_per_symbol_loop(benchmark, record_ratio, setup):
+    root, _, bars = setup
+    predictor = LivePredictor(root, ["S"], 1440.0)  # same work per call as one of 500 one-symbol predictors
+    _warm(predictor, bars, 1)
+    bar = [np.array([bars[k][200]]) for k in ("open", "high", "low", "close", "volume")]
+
+    def loop():
+        for _ in range(N_SYMBOLS):
+            predictor.on_bar(*bar)
+
+    benchmark.pedantic(loop, rounds=5, iterations=1, warmup_rounds=1)
+    record_ratio("500-symbols-bar", name="per-symbol loop of fastinfer")
+
+
+@pytest.mark.parametrize("mode", ["fused", "per-model"])
+def test_fused_vs_per_model_sessions(benchmark, record_ratio, setup, mode):
+    root, _, bars = setup
+    predictor = LivePredictor(root, ["GOOG"], 1440.0)
+    _warm(predictor, bars, 1)
+    plan = predictor.plan
+    if mode == "fused":
+        benchmark(plan.run)
+    else:
+        inputs = []
+        for m in plan.models:
+            cols = [plan.union.index(f) for f in m.feature_order]
+            src = plan.sequence_inputs[m.spec.sequence_length] if m.family.sequential else plan.tabular_input
+            inputs.append((m._runner, np.ascontiguousarray(src[..., cols])))
+        benchmark(lambda: [run(x) for run, x in inputs])
+    record_ratio("fused-vs-sessions", subject=mode == "fused", name=mode)

@@ -1,0 +1,214 @@
+"""LivePredictor: OHLCV bars in, predictions for every horizon × family out.
+
+Per bar: ``StreamingFeatures`` updates every symbol's indicators in one jitted call; the
+feature rows go into the sequence buffers; the executor's plan runs one fused ONNX graph
+per input kind (plus any native fallbacks) over all symbols at once; a jitted pass marks
+outputs NaN where a model's inputs were not ready. Nothing is allocated per bar on the
+ONNX path.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from numba import njit
+
+from . import executor
+from .buffers import SeqBufferManager
+from .config import Settings, load_config
+from .errors import InferenceError, ModelLoadError
+from .features import KNOWN_FEATURES, StreamingFeatures
+from .latency import LatencyHistogram
+from .loader import LoadedModel, ModelLoader
+
+log = logging.getLogger(__name__)
+
+POINT_COLUMNS = ("prediction", "loc", "q0.5")  # the column a {horizon: {family: value}} view shows
+
+
+def horizon_of(target: str) -> str:
+    """``fwd_ret_15m`` → ``15m``: the spec keys predictions by horizon."""
+    return target[len("fwd_ret_"):] if target.startswith("fwd_ret_") else target
+
+
+@njit(cache=True)
+def _mask_not_ready(features, needs, pass_nan, stale, ready, model_of_column, out):
+    """out[i, c] = NaN where model_of_column[c] could not see valid inputs for symbol i."""
+    n, width = features.shape
+    for i in range(n):
+        for c in range(out.shape[1]):
+            m = model_of_column[c]
+            ok = ready[m, i] and not stale[i]
+            if ok and not pass_nan[m]:
+                for u in range(width):
+                    if needs[m, u] and features[i, u] != features[i, u]:
+                        ok = False
+                        break
+            if not ok:
+                out[i, c] = np.nan
+
+
+class LivePredictor:
+    """Built from a run root and the data's bar interval; ``on_bar`` once per bar for all symbols.
+
+    ``symbols``: the universe, in the order of the arrays given to ``on_bar``.
+    ``interval_minutes``: the bar interval of the data; models trained on another interval
+    are an error at construction (or, with ``predictor.on_interval_mismatch: skip``, left out
+    with a warning).
+    """
+
+    def __init__(self, run_root: str | Path, symbols: Sequence[str], interval_minutes: float, *,
+                 targets: Iterable[str] | None = None, families: Iterable[str] | None = None,
+                 settings: Settings | None = None, config_path: str | Path | None = None,
+                 loader: ModelLoader | None = None):
+        self.settings = settings if settings is not None else load_config(config_path)
+        self.loader = loader or ModelLoader(run_root, settings=self.settings)
+        self.symbols = tuple(symbols)
+        self.interval_minutes = float(interval_minutes)
+        self.unavailable: dict[tuple[str, str], str] = {}
+        self.fallback_log: dict[str, list[tuple[str, str]]] = {}
+        models = self.loader.load_all(targets, families)
+        for key, err in self.loader.errors.items():
+            self.unavailable[key] = f"failed to load: {err.reason}"
+        self.models: list[LoadedModel] = [m for m in models.values() if self._interval_ok(m)]
+        if not self.models:
+            raise ModelLoadError(None, None, "no usable model in the run for these targets/families",
+                                 self.loader.run_root)
+        self.union = self._union_features()
+        self.features = StreamingFeatures(self.symbols, self.union)
+        n = len(self.symbols)
+        seq_lens = sorted({m.spec.sequence_length for m in self.models if m.family.sequential})
+        self.buffers = {t: SeqBufferManager(t, len(self.union), symbols=self.symbols, settings=self.settings.models)
+                        for t in seq_lens}
+        self.plan = executor.Plan(self.models, self.union, n, self.settings.executor)
+        self.columns = self.plan.columns
+        self.column_index = {col: j for j, col in enumerate(self.columns)}
+        self._point_column = {}
+        for m, sl in zip(self.models, self.plan.model_slices):
+            names = list(m.columns)
+            pick = next((names.index(c) for c in POINT_COLUMNS if c in names), 0)
+            self._point_column[(m.target, m.family.name)] = sl.start + pick
+
+        # Readiness inputs of the masking kernel, allocated once.
+        n_models = len(self.models)
+        self._needs = np.zeros((n_models, len(self.union)), dtype=np.bool_)
+        self._pass_nan = np.zeros(n_models, dtype=np.bool_)
+        self._ready = np.ones((n_models, n), dtype=np.bool_)
+        self._ready_rows: list[tuple[SeqBufferManager, np.ndarray]] = []
+        nan_pass = self.settings.predictor.nan_policy == "pass"
+        for i, m in enumerate(self.models):
+            if m.family.sequential:
+                self._ready_rows.append((self.buffers[m.spec.sequence_length], self._ready[i]))
+            else:
+                self._needs[i, [self.union.index(f) for f in m.feature_order]] = True
+                self._pass_nan[i] = nan_pass and m.family.handles_nan
+        self._model_of_column = np.repeat(np.arange(n_models), [sl.stop - sl.start for sl in self.plan.model_slices])
+        self._seq_inputs = [(buf, self.plan.sequence_inputs[t]) for t, buf in self.buffers.items()]
+        self.latency = LatencyHistogram()
+        self.bars = 0
+        # Compile (or load from numba's cache) now, not on the first bar; out is all NaN here.
+        _mask_not_ready(self.features.out, self._needs, self._pass_nan, self.features.stale, self._ready,
+                        self._model_of_column, self.plan.out)
+
+    # ------------------------------------------------------------ construction checks
+
+    def _interval_ok(self, m: LoadedModel) -> bool:
+        trained = m.spec.interval_minutes
+        if trained is None:
+            return True
+        tol = self.settings.predictor.interval_rel_tol
+        if abs(trained - self.interval_minutes) <= tol * max(abs(trained), abs(self.interval_minutes)):
+            return True
+        reason = f"trained on {trained:g}-minute bars, data is {self.interval_minutes:g}-minute bars"
+        if self.settings.predictor.on_interval_mismatch == "error":
+            raise ModelLoadError(m.family.name, m.target, f"interval mismatch: {reason}", m.spec.meta_path)
+        log.warning("%s/%s left out: %s", m.target, m.family.name, reason)
+        self.unavailable[(m.target, m.family.name)] = f"interval mismatch: {reason}"
+        return False
+
+    def _union_features(self) -> list[str]:
+        used = {f for m in self.models for f in m.feature_order}
+        unknown = sorted(used - set(KNOWN_FEATURES))
+        if unknown:
+            who = next(m for m in self.models if set(m.feature_order) & set(unknown))
+            raise ModelLoadError(who.family.name, who.target,
+                                 f"features {unknown[:5]} cannot be computed from OHLCV bars "
+                                 f"(known: {', '.join(KNOWN_FEATURES)})", who.spec.meta_path)
+        return [f for f in KNOWN_FEATURES if f in used]
+
+    # ------------------------------------------------------------ the hot path
+
+    def on_bar(self, open: Any, high: Any, low: Any, close: Any, volume: Any, timestamp: Any = None) -> np.ndarray:
+        """One bar for every symbol (arrays in ``symbols`` order; NaN = no bar for that symbol).
+
+        Returns the (n_symbols, n_columns) float32 prediction matrix (the same array every
+        bar; ``columns`` names its columns, NaN where a model's inputs were not ready).
+        """
+        start = time.perf_counter_ns()
+        feats = self.features.update(open, high, low, close, volume)
+        np.copyto(self.plan.tabular_input, feats)
+        for buf, seq_input in self._seq_inputs:
+            buf.push_all(feats, timestamp=timestamp, strict=False)  # rows still warming up (NaN) stay out
+            buf.get_batch(None, out=seq_input)
+        for buf, row in self._ready_rows:
+            buf.ready_mask(timestamp, out=row)
+        out = self.plan.run()
+        _mask_not_ready(feats, self._needs, self._pass_nan, self.features.stale, self._ready,
+                        self._model_of_column, out)
+        self.bars += 1
+        self.latency.record(time.perf_counter_ns() - start)
+        return out
+
+    # ------------------------------------------------------------ views
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.plan.out
+
+    def as_dict(self, symbol: str | None = None) -> dict[str, dict[str, float]]:
+        """The spec's ``{horizon: {family: value}}`` for one symbol (the only one if None)."""
+        i = self._symbol_index(symbol)
+        result: dict[str, dict[str, float]] = {}
+        for (target, family), j in self._point_column.items():
+            result.setdefault(horizon_of(target), {})[family] = float(self.plan.out[i, j])
+        return result
+
+    def predict_with_fallback(self, target: str, families: Iterable[str] | None = None,
+                              symbol: str | None = None) -> float | None:
+        """The first family in ``family_priority`` order with a usable prediction for ``target``.
+
+        Skips families that failed to load, were left out, are absent or not ready (NaN),
+        recording why in ``fallback_log[target]``; None when all failed.
+        """
+        from .families import resolve
+
+        i = self._symbol_index(symbol)
+        order = list(families) if families is not None else list(self.settings.models.family_priority)
+        skipped: list[tuple[str, str]] = []
+        self.fallback_log[target] = skipped
+        for name in order:
+            family = resolve(name).name
+            j = self._point_column.get((target, family))
+            if j is None:
+                skipped.append((family, self.unavailable.get((target, family), "not in the run")))
+                continue
+            value = float(self.plan.out[i, j])
+            if value != value:
+                skipped.append((family, "inputs not ready (warm-up or missing bar)"))
+                continue
+            return value
+        log.debug("no prediction for %s: %s", target, skipped)
+        return None
+
+    def _symbol_index(self, symbol: str | None) -> int:
+        if symbol is None:
+            if len(self.symbols) != 1:
+                raise InferenceError(f"name a symbol: this predictor serves {len(self.symbols)}")
+            return 0
+        try:
+            return self.symbols.index(symbol)
+        except ValueError:
+            raise InferenceError(f"unknown symbol {symbol!r}") from None

@@ -1,0 +1,177 @@
+"""LivePredictor on replayed real bars against the slow reference path; fusion; fallback; intervals."""
+from __future__ import annotations
+
+import tracemalloc
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from fastinfer import executor
+from fastinfer.config import Settings
+from fastinfer.converters import parity
+from fastinfer.errors import ModelLoadError
+from fastinfer.features import FeatureBuilder, ohlcv_arrays
+from fastinfer.loader import ModelLoader
+from fastinfer.predictor import LivePredictor
+
+from .conftest import MARKET_FAMILIES, MARKET_TRAIN_BARS
+
+DAILY = 1440.0
+
+
+def _bars(df):
+    a = ohlcv_arrays(df)
+    return a["open"], a["high"], a["low"], a["close"], a["volume"]
+
+
+def _replay(predictor, frames):
+    """Feed every bar of each symbol's frame (aligned by position); yield the output after each bar."""
+    cols = [_bars(f) for f in frames]
+    for t in range(len(frames[0])):
+        bar = [np.array([c[k][t] for c in cols]) for k in range(5)]
+        yield t, predictor.on_bar(*bar, timestamp=frames[0].index[t])
+
+
+def test_replay_equals_slow_reference_path(market_run, goog):
+    frames = [goog.iloc[MARKET_TRAIN_BARS - 50: MARKET_TRAIN_BARS + 150],
+              goog.iloc[1500:1700]]
+    symbols = ["GOOG", "GOOG_LATER"]
+    predictor = LivePredictor(market_run, symbols, DAILY)
+    assert {m.backend for m in predictor.models} == {"onnx"}
+    native = ModelLoader(market_run, prefer_onnx=False)
+    refs = {(m.target, m.family.name): native.load(m.target, m.family.name) for m in predictor.models}
+    full = [FeatureBuilder(predictor.union).frame(f) for f in frames]
+    got = {key: [] for key in refs}
+    inputs = {key: [] for key in refs}  # reference rows, predicted in one batch per model at the end
+    for t, out in _replay(predictor, frames):
+        for s, frame in enumerate(full):
+            row = frame.iloc[t]
+            for (target, family), ref in refs.items():
+                j = predictor.column_index[(target, family, "prediction")]
+                if ref.family.sequential:
+                    history = frame.iloc[: t + 1].dropna().to_numpy(dtype=np.float32)
+                    T = ref.spec.sequence_length
+                    if len(history) < T:  # warm-up: NaN until seq_warmup_bars (capped at T) complete rows
+                        assert np.isnan(out[s, j]), (family, t)
+                        continue
+                    x = history[-T:][:, [predictor.union.index(f) for f in ref.feature_order]][None]
+                else:
+                    if row.isna().any():
+                        assert np.isnan(out[s, j]), (family, t)
+                        continue
+                    x = row[list(ref.feature_order)].to_numpy(dtype=np.float32)[None]
+                inputs[(target, family)].append(x.astype(np.float64))
+                got[(target, family)].append(out[s, j])
+    for key, rows in inputs.items():
+        assert len(rows) > 100, key
+        w, g = refs[key].predict(np.concatenate(rows)), np.asarray(got[key], dtype=np.float64)
+        scale = np.abs(w).max()
+        assert np.max(np.abs(g - w)) <= parity.tolerance_for(key[1]) * scale, key
+
+
+def test_spec_dict_and_fallback(market_run, goog):
+    predictor = LivePredictor(market_run, ["GOOG"], DAILY)
+    target = predictor.models[0].target
+    bars = goog.iloc[1000:1100]
+    a = _bars(bars)
+    predictor.on_bar(*(np.array([x[0]]) for x in a))
+    assert predictor.predict_with_fallback(target) is None  # nothing warmed up
+    assert all(reason.startswith("inputs not ready") for _, reason in predictor.fallback_log[target])
+    for t in range(1, len(bars)):
+        predictor.on_bar(*(np.array([x[t]]) for x in a))
+    view = predictor.as_dict()
+    assert set(view) == {"1d", "5d", "10d"} and set(view["1d"]) == set(MARKET_FAMILIES)
+    assert predictor.predict_with_fallback(target) == view[target[len("fwd_ret_"):]]["lightgbm"]
+    value = predictor.predict_with_fallback(target, ["catboost", "ridge"])
+    assert value == view[target[len("fwd_ret_"):]]["ridge"]
+    assert predictor.fallback_log[target] == [("catboost", "not in the run")]
+    assert predictor.latency.count == len(bars) and predictor.latency.summary()["p50_us"] > 0
+
+
+def test_interval_mismatch(market_run):
+    with pytest.raises(ModelLoadError, match=r"interval mismatch: trained on 1440-minute bars, data is 60-minute"):
+        LivePredictor(market_run, ["GOOG"], 60.0)
+    settings = Settings()
+    settings = replace(settings, predictor=replace(settings.predictor, on_interval_mismatch="skip"))
+    with pytest.raises(ModelLoadError, match="no usable model"):
+        LivePredictor(market_run, ["GOOG"], 60.0, settings=settings)
+
+
+def test_fused_graph_equals_each_models_own_graph(market_run):
+    loader = ModelLoader(market_run)
+    models = [m for m in loader.load_all().values()]
+    predictor = LivePredictor(market_run, ["A", "B", "C"], DAILY, loader=loader)
+    plan = predictor.plan
+    rng = np.random.default_rng(3)
+    plan.tabular_input[:] = rng.normal(size=plan.tabular_input.shape) * 10
+    for arr in plan.sequence_inputs.values():
+        arr[:] = rng.normal(size=arr.shape) * 10
+    out = plan.run()
+    for m, sl in zip(plan.models, plan.model_slices):
+        cols = [predictor.union.index(f) for f in m.feature_order]
+        source = plan.sequence_inputs[m.spec.sequence_length] if m.family.sequential else plan.tabular_input
+        own = m._runner(np.ascontiguousarray(source[..., cols]))
+        np.testing.assert_array_equal(out[:, sl], own, err_msg=f"{m.target}/{m.family.name}")
+    assert set(plan.fused_graphs) == {"fused-tabular", "fused-seq10"}
+    assert len(models) == 15
+
+
+def test_native_fallback_runs_beside_the_fused_graph(market_run, goog):
+    onnx_pred = LivePredictor(market_run, ["GOOG"], DAILY, families=["lightgbm", "ridge"])
+    native_loader = ModelLoader(market_run, prefer_onnx=False)
+    mixed_loader = ModelLoader(market_run)
+    native_loader.load_all(families=["ridge"])
+    for key, model in native_loader._cache.items():  # ridge served natively, lightgbm from ONNX
+        mixed_loader._cache[key] = model
+    mixed = LivePredictor(market_run, ["GOOG"], DAILY, families=["lightgbm", "ridge"], loader=mixed_loader)
+    assert sorted(m.backend for m in mixed.models) == ["native"] * 3 + ["onnx"] * 3
+    for t, (a, b) in enumerate(zip(_replay(onnx_pred, [goog.iloc[1000:1080]]), _replay(mixed, [goog.iloc[1000:1080]]))):
+        np.testing.assert_allclose(a[1], b[1], rtol=1e-4, atol=1e-7)
+
+
+def test_hot_path_allocates_nothing(market_run, goog):
+    predictor = LivePredictor(market_run, ["A", "B"], DAILY)
+    a = _bars(goog.iloc[:1200])
+    bars = [[np.ascontiguousarray(np.array([x[t], x[t] * 1.01])) for x in a] for t in range(1200)]
+    for t in range(100):
+        predictor.on_bar(*bars[t])
+    tracemalloc.start()
+    for t in range(100, 200):  # settle tracemalloc's own bookkeeping
+        predictor.on_bar(*bars[t])
+    before = tracemalloc.take_snapshot()
+    for t in range(200, 1200):
+        predictor.on_bar(*bars[t])
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    growth = [s for s in after.compare_to(before, "filename") if s.size_diff > 0]
+    # A counter that replaces its int/float object (bars, latency totals) shows as one object
+    # of the same size at any bar count; anything allocated per bar would be >= 1,000 objects.
+    assert sum(s.count_diff for s in growth) < 10, growth[:5]
+    assert sum(s.size_diff for s in growth) < 1024, growth[:5]
+
+
+def test_provider_selection():
+    wanted = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    assert executor.select_providers(wanted, ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert executor.select_providers(wanted, ["CUDAExecutionProvider", "CPUExecutionProvider"]) == \
+        ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert executor.select_providers(("CUDAExecutionProvider",), ["CUDAExecutionProvider"]) == \
+        ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def _cuda_available() -> bool:
+    import onnxruntime
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_available(), reason="needs onnxruntime-gpu and a CUDA device (none on this machine)")
+def test_cuda_provider_serves_the_fused_graph(market_run, goog):
+    cpu = LivePredictor(market_run, ["GOOG"], DAILY)
+    settings = Settings()
+    gpu = LivePredictor(market_run, ["GOOG"], DAILY, settings=replace(
+        settings, executor=replace(settings.executor, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))))
+    assert all(b.session.get_providers()[0] == "CUDAExecutionProvider" for b, _ in gpu.plan._groups)
+    for (_, a), (_, b) in zip(_replay(cpu, [goog.iloc[1000:1100]]), _replay(gpu, [goog.iloc[1000:1100]])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
