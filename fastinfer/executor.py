@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -182,14 +183,21 @@ class Plan:
         self._native: list[tuple[object, np.ndarray, np.ndarray, np.ndarray]] = []
         self.fused_graphs: dict[str, onnx.ModelProto] = {}
         kinds: dict[int, list[int]] = {}  # 0 = tabular, T = sequence length
+        self._forests: list[tuple[object, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.choices: dict[tuple[str, str], dict] = {}  # (target, family) -> how it is served, and why
         for i, m in enumerate(self.models):
             cols = np.array([self.union.index(f) for f in m.feature_order], dtype=np.int64)
             kind = m.spec.sequence_length if m.family.sequential else 0
             source = self.sequence_inputs[kind] if kind else self.tabular_input
-            if m.backend == "onnx":
-                kinds.setdefault(kind, []).append(i)
+            dst = self.out[:, self.model_slices[i]]
+            if m.backend != "onnx":
+                self.choices[(m.target, m.family.name)] = {"engine": "native"}
+                self._native.append((m, cols, source, dst))
+            elif not kind and self._forest_member(m, cols, dst, settings):
+                continue
             else:
-                self._native.append((m, cols, source, self.out[:, self.model_slices[i]]))
+                self.choices[(m.target, m.family.name)] = {"engine": "onnxruntime"}
+                kinds.setdefault(kind, []).append(i)
         for kind, members in kinds.items():
             source = self.sequence_inputs[kind] if kind else self.tabular_input
             fuse_members = [FuseMember(f"{self.models[i].target}/{self.models[i].family.name}", self.models[i].graph,
@@ -205,8 +213,41 @@ class Plan:
                       for fm, i in zip(fuse_members, members)]
             self._groups.append((bound, copies))
 
+    def _forest_member(self, m, cols: np.ndarray, dst: np.ndarray, settings: ExecutorSettings) -> bool:
+        """Serve a pure tree-ensemble graph with the forest kernel when configured or faster.
+
+        ``forest_kernel: auto`` calibrates at plan time: the graph's own ORT session against
+        the kernel on this plan's batch size, median of a short run each; the faster serves.
+        """
+        if settings.forest_kernel == "off":
+            return False
+        from .kernels.forest import ForestKernel
+
+        key = (m.target, m.family.name)
+        try:
+            kernel = ForestKernel.from_onnx(m.graph)
+        except ValueError as exc:
+            self.choices[key] = {"engine": "onnxruntime", "forest_kernel": f"not eligible: {exc}"}
+            return False
+        x = np.zeros((self.batch, len(cols)), dtype=np.float32)
+        out = np.zeros((self.batch, kernel.n_targets), dtype=np.float32)
+        choice = {"engine": "forest", "calibration": "forced by config"}
+        if settings.forest_kernel == "auto":
+            ort_us, forest_us = _median_us(lambda: m._runner(x)), _median_us(lambda: kernel.predict(x, out))
+            choice["calibration"] = {"onnxruntime_us": ort_us, "forest_us": forest_us}
+            if forest_us >= ort_us:
+                self.choices[key] = {**choice, "engine": "onnxruntime"}
+                return False
+        self.choices[key] = choice
+        self._forests.append((kernel, cols, x, out, dst))
+        return True
+
     def run(self) -> np.ndarray:
         """Run every model on the current inputs; returns ``out`` (written in place)."""
+        for kernel, cols, x, out, dst in self._forests:
+            np.take(self.tabular_input, cols, axis=1, out=x)
+            kernel.predict(x, out)
+            np.copyto(dst, out)
         for bound, copies in self._groups:
             bound.run()
             for src, dst in copies:
@@ -219,3 +260,14 @@ class Plan:
                 pred = np.asarray(model._runner(X[rows]), dtype=np.float32)
                 dst[rows] = pred.reshape(-1, dst.shape[1])
         return self.out
+
+
+def _median_us(fn, repeat: int = 31) -> float:
+    """Median wall time of ``fn`` in microseconds, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter_ns()
+        fn()
+        times.append(time.perf_counter_ns() - start)
+    return float(np.median(times)) / 1e3

@@ -175,3 +175,29 @@ def test_cuda_provider_serves_the_fused_graph(market_run, goog):
     assert all(b.session.get_providers()[0] == "CUDAExecutionProvider" for b, _ in gpu.plan._groups)
     for (_, a), (_, b) in zip(_replay(cpu, [goog.iloc[1000:1100]]), _replay(gpu, [goog.iloc[1000:1100]])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _with_forest(mode: str) -> Settings:
+    settings = Settings()
+    return replace(settings, executor=replace(settings.executor, forest_kernel=mode))
+
+
+def test_forest_kernel_serves_trees_beside_the_fused_graph(market_run, goog):
+    off = LivePredictor(market_run, ["A", "B"], DAILY, settings=_with_forest("off"))
+    on = LivePredictor(market_run, ["A", "B"], DAILY, settings=_with_forest("on"))
+    served = {key: c["engine"] for key, c in on.plan.choices.items()}
+    assert {f for (_, f), e in served.items() if e == "forest"} >= {"xgboost"}, on.plan.choices
+    assert {f for (_, f), e in served.items() if e == "onnxruntime"} >= {"ridge", "mlp", "lstm"}
+    assert all(c["engine"] != "forest" for c in off.plan.choices.values())
+    frames = [goog.iloc[1000:1090], goog.iloc[1200:1290]]
+    for (_, a), (_, b) in zip(_replay(off, frames), _replay(on, frames)):
+        np.testing.assert_array_equal(a, b)  # the kernel is bit-identical to ORT
+
+
+def test_forest_kernel_auto_records_its_calibration(market_run):
+    auto = LivePredictor(market_run, ["A"], DAILY, settings=_with_forest("auto"))
+    calibrated = [c for c in auto.plan.choices.values() if isinstance(c.get("calibration"), dict)]
+    assert calibrated and all(c["engine"] in ("forest", "onnxruntime") for c in calibrated)
+    for c in calibrated:
+        faster = "forest" if c["calibration"]["forest_us"] < c["calibration"]["onnxruntime_us"] else "onnxruntime"
+        assert c["engine"] == faster
