@@ -160,16 +160,16 @@ def convert(native: Any, family: Family | str, n_features: int, seq_len: int | N
 # ---------------------------------------------------------------- checks every graph passes
 
 
-def _graphs(graph: onnx.GraphProto):
+def iter_graphs(graph: onnx.GraphProto):
     """The graph and every subgraph (If / Loop / Scan bodies) inside it."""
     yield graph
     for node in graph.node:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
+                yield from iter_graphs(attr.g)
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for sub in attr.graphs:
-                    yield from _graphs(sub)
+                    yield from iter_graphs(sub)
 
 
 def _tensors(graph: onnx.GraphProto):
@@ -198,7 +198,7 @@ def check_graph(model: onnx.ModelProto) -> None:
         if opset.domain not in ALLOWED_DOMAINS:
             raise ConversionError(f"graph imports non-standard operator domain {opset.domain!r} "
                                   f"(allowed: {sorted(ALLOWED_DOMAINS)})")
-    for graph in _graphs(model.graph):
+    for graph in iter_graphs(model.graph):
         for node in graph.node:
             if node.domain not in ALLOWED_DOMAINS:
                 raise ConversionError(f"node {node.name!r} ({node.op_type}) is in non-standard domain "

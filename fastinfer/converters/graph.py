@@ -13,7 +13,7 @@ import onnx
 from onnx import TensorProto, compose, helper, numpy_helper
 
 from ..errors import ConversionError
-from . import INPUT_NAME, OUTPUT_NAME, ConvertedGraph, check_graph
+from . import INPUT_NAME, OUTPUT_NAME, ConvertedGraph, check_graph, iter_graphs
 
 # One opset set for every graph fastinfer writes, so that any two graphs can be merged.
 OPSETS: dict[str, int] = {"": 17, "ai.onnx.ml": 3}
@@ -34,18 +34,6 @@ def versions(*packages: str) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return out
-
-
-def iter_graphs(graph: onnx.GraphProto):
-    """The graph and every subgraph inside it."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from iter_graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from iter_graphs(sub)
 
 
 # ---------------------------------------------------------------- opsets
