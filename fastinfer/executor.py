@@ -22,12 +22,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .config import ExecutorSettings
+from .converters import INPUT_NAME, OUTPUT_NAME  # the graph contract every converter keeps
 
 log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
-INPUT_NAME = "features"
-OUTPUT_NAME = "prediction"
 
 _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
                "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
@@ -185,8 +184,8 @@ class Plan:
         kinds: dict[int, list[int]] = {}  # 0 = tabular, T = sequence length
         self._forests: list[tuple[object, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self.choices: dict[tuple[str, str], dict] = {}  # (target, family) -> how it is served, and why
-        for i, m in enumerate(self.models):
-            cols = np.array([self.union.index(f) for f in m.feature_order], dtype=np.int64)
+        member_cols = [np.array([self.union.index(f) for f in m.feature_order], dtype=np.int64) for m in self.models]
+        for i, (m, cols) in enumerate(zip(self.models, member_cols)):
             kind = m.spec.sequence_length if m.family.sequential else 0
             source = self.sequence_inputs[kind] if kind else self.tabular_input
             dst = self.out[:, self.model_slices[i]]
@@ -201,7 +200,7 @@ class Plan:
         for kind, members in kinds.items():
             source = self.sequence_inputs[kind] if kind else self.tabular_input
             fuse_members = [FuseMember(f"{self.models[i].target}/{self.models[i].family.name}", self.models[i].graph,
-                                       tuple(self.union.index(f) for f in self.models[i].feature_order),
+                                       tuple(member_cols[i].tolist()),
                                        len(self.models[i].columns)) for i in members]
             shape = ["N", kind, width] if kind else ["N", width]
             fused = fuse(fuse_members, width, shape)
