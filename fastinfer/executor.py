@@ -194,8 +194,8 @@ class Plan:
                 self._native.append((m, cols, source, dst))
             elif not kind and self._forest_member(m, cols, dst, settings):
                 continue
-            else:
-                self.choices[(m.target, m.family.name)] = {"engine": "onnxruntime"}
+            else:  # keep the forest kernel's reason or calibration when it declined
+                self.choices.setdefault((m.target, m.family.name), {"engine": "onnxruntime"})
                 kinds.setdefault(kind, []).append(i)
         for kind, members in kinds.items():
             source = self.sequence_inputs[kind] if kind else self.tabular_input

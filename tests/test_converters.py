@@ -364,3 +364,56 @@ def test_lightgbm_thresholds_are_made_exact(tabular_models):
     assert fix_lightgbm_splits(raw, booster) > 0
     # the converter: fixed splits, plus LightGBM's reading of |x| <= 1e-35 as 0
     assert check_parity(booster, lightgbm_graph(booster, N_FEATURES), finite, family).passed
+
+
+def test_lightgbm_zero_snap_is_folded_into_thresholds():
+    """LightGBM reads |x| <= 1e-35 as 0. The converter folds that into the few thresholds it
+    can change, so the graph stays a bare tree ensemble; values around ±1e-35 route as native."""
+    import lightgbm as lgb
+
+    from fastinfer.converters.trees import lightgbm_graph
+    from fastinfer.kernels.forest import ForestKernel
+
+    rng = np.random.default_rng(3)
+    X = rng.choice([-1.0, 0.0, 1.0], size=(600, 3)) * rng.uniform(0.5, 2.0, size=(600, 3))
+    y = (X[:, 0] > 0) * 1.0 - (X[:, 1] < 0) * 0.5 + 0.1 * rng.standard_normal(600)
+    booster = lgb.train({"objective": "regression", "num_leaves": 7, "verbose": -1, "min_data_in_leaf": 5},
+                        lgb.Dataset(X, y), num_boost_round=20)
+    raw_thresholds = [n["threshold"] for t in booster.dump_model()["tree_info"]
+                      for n in _split_nodes(t["tree_structure"])]
+    assert any(abs(t) <= 1e-34 for t in raw_thresholds)  # the case under test really occurs
+
+    graph = lightgbm_graph(booster, 3)
+    assert [n.op_type for n in graph.graph.node if n.op_type not in ("Identity", "Reshape")] == \
+        ["TreeEnsembleRegressor"]
+    tiny = np.float32(1e-35)
+    edge = [0.0, -0.0, tiny, -tiny, np.nextafter(tiny, np.float32(1)), -np.nextafter(tiny, np.float32(1)),
+            tiny / 10, -tiny / 10, 1e-30, -1e-30, 1.0, -1.0, np.nan]
+    probes = np.ascontiguousarray(np.array(np.meshgrid(edge, edge, edge)).reshape(3, -1).T, dtype=np.float32)
+    family = fam.resolve("lightgbm")
+    report = check_parity(booster, graph, probes, family)
+    assert report.passed, report
+    import onnxruntime as ort
+
+    kernel = ForestKernel.from_onnx(graph)  # eligible for the forest kernel now, and exact to ORT
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1  # ORT sums trees in another order on several threads
+    session = ort.InferenceSession(graph.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(kernel.predict(probes), session.run(None, {"features": probes})[0])
+
+
+def _split_nodes(node):
+    if "split_index" in node:
+        yield node
+        yield from _split_nodes(node["left_child"])
+        yield from _split_nodes(node["right_child"])
+
+
+def test_lstm_graph_leaves_out_zero_initial_states(converted):
+    """tf2onnx builds the LSTM's zero initial state from the batch size on every call; the
+    converter leaves it out (zeros are ONNX's default) and prunes the nodes that built it."""
+    _, graph = converted("lstm")
+    nodes = graph.model.graph.node
+    lstm = next(n for n in nodes if n.op_type == "LSTM")
+    assert all(not name for name in list(lstm.input)[5:7])
+    assert not {"Shape", "Expand", "ConstantOfShape"} & {n.op_type for n in nodes}

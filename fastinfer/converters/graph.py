@@ -298,3 +298,61 @@ def replace_erfc(model: onnx.ModelProto) -> int:
         del graph.node[:]
         graph.node.extend(rebuilt)
     return count
+
+
+_RECURRENT_STATE_INPUTS = {"LSTM": (5, 6), "GRU": (5,), "RNN": (5,)}  # initial_h (, initial_c)
+_PASS_THROUGH = ("Unsqueeze", "Squeeze", "Reshape", "Cast", "Identity", "Expand")
+
+
+def _is_zeros(graph: onnx.GraphProto, name: str) -> bool:
+    """Whether ``name`` is all zeros whatever the input: a zero constant, possibly expanded
+    or reshaped, or ConstantOfShape with a zero (default) value."""
+    inits = {t.name: t for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    while name not in inits:
+        node = producers.get(name)
+        if node is None or node.domain not in ("", "ai.onnx"):
+            return False
+        if node.op_type == "ConstantOfShape":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            return value is None or not numpy_helper.to_array(value).any()
+        if node.op_type not in _PASS_THROUGH:
+            return False
+        name = node.input[0]
+    return not numpy_helper.to_array(inits[name]).any()
+
+
+def drop_zero_initial_states(model: onnx.ModelProto) -> int:
+    """Leave out recurrent nodes' initial states that are zeros (ONNX's default for an
+    absent input): tf2onnx builds them from the batch size with Shape/Slice/Concat/Expand,
+    nodes that cost time on every call. Returns the inputs dropped; dead nodes are pruned."""
+    dropped = 0
+    g = model.graph
+    for node in g.node:
+        for index in _RECURRENT_STATE_INPUTS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ():
+            if index < len(node.input) and node.input[index] and _is_zeros(g, node.input[index]):
+                node.input[index] = ""
+                dropped += 1
+    if dropped:
+        prune_dead_nodes(model)
+    return dropped
+
+
+def prune_dead_nodes(model: onnx.ModelProto) -> None:
+    """Remove nodes and initializers nothing reaches the graph outputs through."""
+    g = model.graph
+    live = {o.name for o in g.output}
+    kept = []
+    for node in reversed(list(g.node)):
+        if any(o in live for o in node.output):
+            kept.append(node)
+            live.update(i for i in node.input if i)
+            bodies = [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
+            bodies += [b for a in node.attribute if a.type == onnx.AttributeProto.GRAPHS for b in a.graphs]
+            for body in bodies:  # a body may read names of the outer scope
+                live.update(i for sub in iter_graphs(body) for n in sub.node for i in n.input if i)
+    del g.node[:]
+    g.node.extend(reversed(kept))
+    inits = [t for t in g.initializer if t.name in live]
+    del g.initializer[:]
+    g.initializer.extend(inits)

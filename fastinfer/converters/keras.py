@@ -14,7 +14,7 @@ import onnx
 from ..errors import ConversionError
 from ..families import Family
 from . import ConvertedGraph, register
-from .graph import OPSETS, conform, finish, replace_erfc
+from .graph import OPSETS, conform, drop_zero_initial_states, finish, replace_erfc
 
 
 def _io_shapes(model: Any) -> tuple[tuple, tuple]:
@@ -55,6 +55,7 @@ def convert_keras_model(native: Any, family: Family, n_features: int, seq_len: i
     spec = tf.TensorSpec(signature_shape, tf.float32, name="features")
     model, _ = tf2onnx.convert.from_keras(native, input_signature=[spec], opset=OPSETS[""])
     replace_erfc(model)
+    drop_zero_initial_states(model)
     refusal = _ort_refusal(model)
     if refusal is not None:
         ops = sorted({n.op_type for n in model.graph.node})

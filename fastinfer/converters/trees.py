@@ -11,13 +11,12 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
 
 from ..errors import ConversionError
 from ..families import Family
 from ..native import is_quantile_set
 from . import INPUT_NAME, ConvertedGraph, register, type_names
-from .graph import concat_columns, conform, finish, iter_graphs, rename_value
+from .graph import concat_columns, conform, finish, iter_graphs
 
 # onnxmltools' LightGBM / XGBoost converters emit ai.onnx.ml opset 1 and accept at most 15.
 _CONVERTER_OPSET = 15
@@ -139,29 +138,34 @@ def fix_lightgbm_splits(model: onnx.ModelProto, booster: Any) -> int:
 _LIGHTGBM_ZERO = float(np.float32(1e-35))
 
 
-def _needs_zero_snap(model: onnx.ModelProto) -> bool:
-    """Whether some split would route a value in [-1e-35, 1e-35] unlike 0.0."""
+def fold_zero_snap(model: onnx.ModelProto, eps: float) -> int:
+    """Fold LightGBM's ``x = 0 if |x| <= eps`` into the split thresholds it would change.
+
+    Only a split whose threshold lies within eps of 0 can route a snapped value unlike the
+    raw one; for those the float32 threshold that gives the raw value the snapped value's
+    branch is exact: ``snap(x) <= t`` is ``x <= eps`` when ``0 <= t``, else ``x < -eps``;
+    ``snap(x) < t`` is ``x <= eps`` when ``0 < t``, else ``x < -eps`` (GT and GTE are the
+    negations). NaN is not snapped, so its routing is unchanged. The graph stays a bare
+    tree ensemble (which the forest kernel can serve). Returns the splits rewritten.
+    """
     node = _tree_node(model)
     modes = [m.decode() for m in _attr(node, "nodes_modes").strings]
-    return any(m != "LEAF" and -_LIGHTGBM_ZERO <= v < _LIGHTGBM_ZERO
-               for m, v in zip(modes, _attr(node, "nodes_values").floats))
-
-
-def snap_small_to_zero(model: onnx.ModelProto, eps: float) -> onnx.ModelProto:
-    """Prepend ``x = where(|x| <= eps, 0, x)`` to a contract graph's input (NaN passes through)."""
-    g = model.graph
-    inner = "lgbm_snapped"
-    rename_value(model, INPUT_NAME, inner)
-    g.input[[i.name for i in g.input].index(inner)].name = INPUT_NAME
-    g.initializer.extend([numpy_helper.from_array(np.array(eps, dtype=np.float32), "lgbm_zero_eps"),
-                          numpy_helper.from_array(np.array(0.0, dtype=np.float32), "lgbm_zero")])
-    for node in reversed([
-        helper.make_node("Abs", [INPUT_NAME], ["lgbm_abs"], name="lgbm_abs"),
-        helper.make_node("LessOrEqual", ["lgbm_abs", "lgbm_zero_eps"], ["lgbm_tiny"], name="lgbm_tiny"),
-        helper.make_node("Where", ["lgbm_tiny", "lgbm_zero", INPUT_NAME], [inner], name="lgbm_snap"),
-    ]):
-        g.node.insert(0, node)
-    return model
+    values_attr = _attr(node, "nodes_values")
+    values = list(values_attr.floats)
+    e = np.float32(eps)
+    above_eps, below_minus_eps = np.nextafter(e, np.float32(np.inf)), np.nextafter(-e, np.float32(-np.inf))
+    changed = 0
+    for i, (mode, t) in enumerate(zip(modes, values)):
+        if mode in ("BRANCH_LEQ", "BRANCH_GT") and -e <= t < e:
+            values[i] = float(e if t >= 0 else below_minus_eps)
+        elif mode in ("BRANCH_LT", "BRANCH_GTE") and -e < t <= e:
+            values[i] = float(above_eps if t > 0 else -e)
+        else:
+            continue
+        changed += 1
+    del values_attr.floats[:]
+    values_attr.floats.extend(values)
+    return changed
 
 
 def lightgbm_graph(native: Any, n_features: int) -> onnx.ModelProto:
@@ -176,9 +180,8 @@ def lightgbm_graph(native: Any, n_features: int) -> onnx.ModelProto:
         model = convert_lightgbm(booster, initial_types=_float_input(n_features), target_opset=_CONVERTER_OPSET,
                                  zipmap=False)
     fix_lightgbm_splits(model, booster)
-    snap = _needs_zero_snap(model)
-    model = conform(model, n_features, 1)
-    return snap_small_to_zero(model, _LIGHTGBM_ZERO) if snap else model
+    fold_zero_snap(model, _LIGHTGBM_ZERO)
+    return conform(model, n_features, 1)
 
 
 @register("lightgbm", accepts=_LIGHTGBM_TYPES)
