@@ -218,7 +218,8 @@ class Plan:
         ``forest_kernel: auto`` calibrates at plan time: the graph's own ORT session against
         the kernel on this plan's batch size, median of a short run each; the faster serves.
         """
-        if settings.forest_kernel == "off":
+        has_trees = any(n.op_type == "TreeEnsembleRegressor" for n in m.graph.graph.node)
+        if settings.forest_kernel == "off" or not has_trees:
             return False
         from .kernels.forest import ForestKernel
 
