@@ -1,0 +1,156 @@
+"""LivePredictor state round trip, and ShardedPredictor on a local 2-CPU Ray cluster.
+
+The same replay of real GOOG bars (8 symbols: other offsets and price scales, one missing
+bar) goes through the single-process predictor and the sharded one: predictions must be
+identical, also after shard actors are killed mid-replay and recovered from their last
+checkpoint plus the bars since.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fastinfer.errors import InferenceError, StateError
+from fastinfer.features import ohlcv_arrays
+from fastinfer.predictor import LivePredictor
+
+from .conftest import MARKET_TRAIN_BARS
+
+ray = pytest.importorskip("ray", reason="ray is the [distributed] extra")
+
+DAILY = 1440.0
+N_SYMBOLS = 8
+N_BARS = 90
+SYMBOLS = [f"SYM{i}" for i in range(N_SYMBOLS)]
+
+
+@pytest.fixture(scope="module")
+def bars(goog):
+    """[(open, high, low, close, volume, timestamp)] per bar; symbol i starts 37·i bars later at scale 1 + 0.2·i."""
+    a = ohlcv_arrays(goog)
+    start = MARKET_TRAIN_BARS
+    out = []
+    for t in range(N_BARS):
+        rows = [np.array([a[k][start + 37 * i + t] * (1 + 0.2 * i) for i in range(N_SYMBOLS)])
+                for k in ("open", "high", "low", "close", "volume")]
+        if t == 55:  # SYM3 misses a bar: its stale flag is state too
+            for r in rows:
+                r[3] = np.nan
+        out.append((*rows, goog.index[start + t]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(market_run, bars):
+    """The single-process predictor's output after every bar."""
+    predictor = LivePredictor(market_run, SYMBOLS, DAILY)
+    return [predictor.on_bar(*b[:5], timestamp=b[5]).copy() for b in bars]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_reference_replay_is_warmed_up(reference):
+    # Otherwise equality below would compare mostly NaN.
+    assert not np.isnan(reference[-1]).any()
+    assert sum(int((~np.isnan(r)).sum()) for r in reference) > 25 * reference[-1].size
+
+
+# ---------------------------------------------------------------- LivePredictor state
+
+
+@pytest.mark.parametrize("at", [20, 56, 75], ids=["warming-up", "after-missing-bar", "warm"])
+def test_state_round_trip_then_replay_is_bit_identical(market_run, bars, reference, at):
+    first = LivePredictor(market_run, SYMBOLS, DAILY)
+    for b in bars[:at]:
+        first.on_bar(*b[:5], timestamp=b[5])
+    state = json.loads(json.dumps(first.state_dict()))  # JSON-safe: it survives a file
+    assert state["bars"] == at
+    second = LivePredictor(market_run, SYMBOLS, DAILY)
+    second.load_state_dict(state)
+    assert second.bars == at
+    for t in range(at, N_BARS):
+        out = second.on_bar(*bars[t][:5], timestamp=bars[t][5])
+        assert np.array_equal(out, reference[t], equal_nan=True), t
+
+
+def test_bad_state_is_refused_and_leaves_the_predictor_as_it_was(market_run, bars, reference):
+    predictor = LivePredictor(market_run, SYMBOLS, DAILY)
+    for b in bars[:60]:
+        predictor.on_bar(*b[:5], timestamp=b[5])
+    good = predictor.state_dict()
+    other = LivePredictor(market_run, SYMBOLS[:2], DAILY).state_dict()
+    corrupt = json.loads(json.dumps(good))
+    buffers = next(iter(corrupt["buffers"].values()))
+    mid = len(buffers["data"]) // 2
+    buffers["data"] = buffers["data"][:mid] + ("B" if buffers["data"][mid] != "B" else "C") + buffers["data"][mid + 1:]
+    wrong_kind = dict(good, kind="something else")
+    for bad, match in ((other, "symbols"), (corrupt, "sha256"), (wrong_kind, "not a LivePredictor"),
+                       (dict(good, bars=-1), "bars"), ("nope", "not a LivePredictor")):
+        with pytest.raises(StateError, match=match):
+            predictor.load_state_dict(bad)
+    for t in range(60, N_BARS):  # untouched by the refused loads
+        assert np.array_equal(predictor.on_bar(*bars[t][:5], timestamp=bars[t][5]), reference[t], equal_nan=True)
+
+
+# ---------------------------------------------------------------- sharded on Ray
+
+
+def test_sharded_equals_single_process(cluster, market_run, bars, reference):
+    from fastinfer.distributed import ShardedPredictor
+
+    single = LivePredictor(market_run, SYMBOLS, DAILY)
+    with ShardedPredictor(market_run, SYMBOLS, DAILY, shards=2, checkpoint_every=25) as sharded:
+        assert sharded.columns == single.columns
+        assert [sl.stop - sl.start for sl in sharded.slices] == [4, 4]
+        for t, b in enumerate(bars):
+            out = sharded.on_bar(*b[:5], timestamp=b[5])
+            single.on_bar(*b[:5], timestamp=b[5])
+            assert out.shape == reference[t].shape
+            assert np.array_equal(out, reference[t], equal_nan=True), t
+        assert all(sharded.as_dict(s) == single.as_dict(s) for s in SYMBOLS)
+        assert sharded.restarts == [0, 0] and sharded.bars == N_BARS
+        assert [s["count"] for s in sharded.latency()] == [N_BARS, N_BARS]
+        with pytest.raises(InferenceError, match=r"close: expected shape \(8,\)"):
+            sharded.on_bar(*(b[:3]), b[3][:5], b[4], timestamp=None)
+        assert sharded.bars == N_BARS  # a refused bar changes nothing
+
+
+def test_killed_actors_recover_with_nothing_lost(cluster, market_run, bars, reference, tmp_path):
+    from fastinfer.distributed import ShardedPredictor
+
+    every = 16
+    kills = {40: 1, 41: 1, 70: 0}  # shard 1 twice in a row (the second time mid-recovery window), then shard 0
+    with ShardedPredictor(market_run, SYMBOLS, DAILY, shards=2, checkpoint_every=every,
+                          checkpoint_dir=tmp_path / "ckpt") as sharded:
+        killed = []
+        for t, b in enumerate(bars):
+            if t in kills:
+                actor = sharded.actors[kills[t]]
+                ray.kill(actor, no_restart=True)
+                killed.append(actor)
+            out = sharded.on_bar(*b[:5], timestamp=b[5])
+            assert np.array_equal(out, reference[t], equal_nan=True), t  # every bar served, none lost
+        assert sharded.restarts == [1, 2]
+        assert all(a not in sharded.actors for a in killed)
+        for i in range(2):  # the on-disk checkpoints are the newest, written atomically
+            state = json.loads((tmp_path / "ckpt" / f"shard-{i}.json").read_text())
+            assert state["kind"] == "fastinfer.LivePredictor" and state["bars"] == (N_BARS // every) * every
+            assert state["symbols"] == SYMBOLS[4 * i: 4 * i + 4]
+
+
+def test_bad_arguments(cluster, market_run):
+    from fastinfer.distributed import ShardedPredictor
+
+    with pytest.raises(InferenceError, match="more than the 2 symbols"):
+        ShardedPredictor(market_run, SYMBOLS[:2], DAILY, shards=3)
+    with pytest.raises(InferenceError, match="checkpoint_every"):
+        ShardedPredictor(market_run, SYMBOLS, DAILY, checkpoint_every=0)
+    with pytest.raises(InferenceError, match="listed twice"):
+        ShardedPredictor(market_run, ["A", "A"], DAILY)
