@@ -12,12 +12,17 @@ To report a ratio, time the subject and each baseline in the same group, then re
 or record any timing yourself with ``RESULTS.record(group, name, seconds, subject=...)``.
 At the end of the session every group prints each baseline's median time divided by the
 subject's ("how many times faster the subject is"). Medians, because these machines are noisy.
+With ``FASTINFER_BENCH_RATIOS=path.json`` in the environment (``fastinfer bench`` sets it) the
+same results are also written to that file, for ``fastinfer.bench`` to summarise.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import pytest
+
+from fastinfer.bench import RATIOS_ENV
 
 
 @dataclass
@@ -28,6 +33,12 @@ class RatioResults:
 
     def record(self, group: str, name: str, seconds: float, *, subject: bool = False) -> None:
         self.groups.setdefault(group, {})[name] = (float(seconds), subject)
+
+    def to_dict(self) -> dict:
+        """``{"groups": {group: {name: {"median_s": …, "subject": …}}}}``, what ``fastinfer.bench`` reads."""
+        return {"groups": {group: {name: {"median_s": seconds, "subject": is_subject}
+                                   for name, (seconds, is_subject) in entries.items()}
+                           for group, entries in self.groups.items()}}
 
     def lines(self) -> list[str]:
         out = []
@@ -74,6 +85,14 @@ def pytest_collect_file(file_path, parent):
             and not parent.session.isinitpath(file_path):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
+
+
+def pytest_sessionfinish(session):
+    path = os.environ.get(RATIOS_ENV)
+    if path:
+        from fastinfer.atomic import write_atomic_json
+
+        write_atomic_json(path, RESULTS.to_dict())
 
 
 def pytest_terminal_summary(terminalreporter):

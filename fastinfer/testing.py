@@ -8,7 +8,6 @@ and, for sequence models, ``sequence_length``.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -18,6 +17,7 @@ import pandas as pd
 
 from . import artifacts
 from . import families as fam
+from .atomic import write_atomic_json
 from .integrity import sha256_file
 
 QUANTILES = (0.1, 0.5, 0.9)
@@ -173,10 +173,20 @@ def _keras_trainer(name: str):
         keras.utils.set_random_seed(seed)
         data = np.asarray(X, dtype=np.float32)
         inputs = keras.Input(shape=data.shape[1:], name="features")
-        outputs = keras.layers.Dense(1)(build(inputs))
-        model = keras.Model(inputs, outputs, name=name)
-        model.compile(optimizer="adam", loss="mse")
-        model.fit(data, np.asarray(y, dtype=np.float32), epochs=size.epochs, batch_size=64, verbose=0)
+        # Market features span ~1e-3 (returns) to ~1e3 (price bands): standardise inside the
+        # model, so the converted graph carries the scaling and serving needs no extra step.
+        scale = keras.layers.Normalization(axis=-1, name="standardize")
+        scale.adapt(data)
+        # Likewise the target: fit on standardised y, and map the output back to y's units.
+        target = np.asarray(y, dtype=np.float64)
+        y_mean, y_std = float(target.mean()), float(target.std()) or 1.0
+        standardised = keras.layers.Dense(1)(build(scale(inputs)))
+        core = keras.Model(inputs, standardised)
+        core.compile(optimizer="adam", loss="mse")
+        core.fit(data, ((target - y_mean) / y_std).astype(np.float32), epochs=size.epochs, batch_size=64,
+                 verbose=0)
+        unscale = keras.layers.Rescaling(scale=y_std, offset=y_mean, name="to_target_units")
+        model = keras.Model(inputs, unscale(standardised), name=name)  # shares core's trained layers
         return fam.KERAS, lambda p: model.save(str(p))
     return train
 
@@ -228,12 +238,14 @@ def write_training_run(
     size: TrainSize = SMALL,
     seed: int = 0,
     dir_style: str = "canonical",
+    progress: Callable[[str, str], None] | None = None,
 ) -> Path:
     """Train every family on every target and write ``out_dir/run_id/timestamp``; returns that run root.
 
     ``features`` is in time order, its column order is the training order (TRAINING's meta
     lists the names sorted). Sequence families train on sliding windows of ``sequence_length``
     rows and go under ``view=SEQUENTIAL``; the others under ``view=CROSS_SECTIONAL``.
+    ``progress(target, family)`` is called after each model is written.
     """
     root = Path(out_dir) / run_id / timestamp
     training_order = [str(c) for c in features.columns]
@@ -267,13 +279,15 @@ def write_training_run(
             }
             if family.sequential:
                 meta["sequence_length"] = sequence_length
-            (folder / artifacts.META_FILE).write_text(json.dumps(meta, indent=1))
+            write_atomic_json(folder / artifacts.META_FILE, meta)
             written.append(family.name)
+            if progress is not None:
+                progress(target, family.name)
         decision = root / "targets" / target / "models" / f"view={artifacts.CROSS_SECTIONAL}"
         decision.mkdir(parents=True, exist_ok=True)
-        (decision / "routing_decision.json").write_text(json.dumps({"selected_family": written[0], "candidates": written}))
+        write_atomic_json(decision / "routing_decision.json", {"selected_family": written[0], "candidates": written})
         index[target] = {"families": written}
-    (root / "manifest.json").write_text(json.dumps({"run_id": run_id, "timestamp": timestamp, "target_index": index}, indent=1))
+    write_atomic_json(root / "manifest.json", {"run_id": run_id, "timestamp": timestamp, "target_index": index})
     return root
 
 

@@ -1,0 +1,63 @@
+"""Terminal output shared by the CLI commands and the demo (rich): one way to show each thing."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Mapping
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .lock import Lock
+
+
+def convert_with_progress(run_root: str | Path, console: "Console", targets: Iterable[str] | None = None,
+                          families: Iterable[str] | None = None) -> "Lock":
+    """``compile_run`` with a progress bar, then the parity table; what ``fastinfer convert`` prints."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .compiler import compile_run
+    from .loader import ModelLoader
+
+    loader = ModelLoader(run_root, prefer_onnx=False)
+    columns = (TextColumn("converting {task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("", total=len(loader.locations()))
+
+        def step(event) -> None:
+            progress.update(task, completed=event.done, total=event.total,
+                            description=f"{event.entry.target}/{event.entry.family}")
+
+        lock = compile_run(loader.run_root, targets, families, loader=loader, progress=step)
+    console.print(parity_table(lock, title=f"fastinfer.lock.json — {loader.run_root}"))
+    served = sum(e.status == "onnx" for e in lock.entries)
+    console.print(f"{served}/{len(lock.entries)} models served from ONNX")
+    return lock
+
+
+def parity_table(lock: "Lock", title: str) -> "Table":
+    """One row per model: how it is served, the parity error against its native model, why."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col, justify in (("target", "left"), ("family", "left"), ("status", "left"), ("max rel err", "right"),
+                         ("tolerance", "right"), ("seconds", "right"), ("reason", "left")):
+        table.add_column(col, justify=justify)
+    for e in lock.entries:
+        err = f"{e.parity['max_rel']:.2e}" if e.parity else "-"
+        tol = f"{e.parity['tolerance']:.0e}" if e.parity else "-"
+        table.add_row(e.target, e.family, e.status, err, tol, f"{e.convert_seconds:.2f}", e.reason[:80])
+    return table
+
+
+def latency_table(rows: Mapping[str, Mapping[str, float]], title: str) -> "Table":
+    """Per-bar latency summaries (``LatencyHistogram.summary`` keys) side by side, µs."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("path", no_wrap=True)
+    for col in ("bars", "p50 µs", "p99 µs", "p99.9 µs", "max µs"):
+        table.add_column(col, justify="right")
+    for name, s in rows.items():
+        table.add_row(name, f"{s['count']:,}", *(f"{s[k]:,.1f}" for k in ("p50_us", "p99_us", "p99.9_us", "max_us")))
+    return table
