@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
-	$(PY) -m pytest -q benchmarks --benchmark-only
+	$(VENV)/bin/fastinfer bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
