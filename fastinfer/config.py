@@ -6,6 +6,7 @@ directly (``models:``, ``executor:``, ``predictor:``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ import yaml
 from .errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "fastinfer.yaml"
+MAX_CONFIG_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class ModelSettings:
     seq_padding: Literal["repeat_first", "zeros"] = "repeat_first"
     # Serve models from the verified ONNX graph when the run has a lock.
     prefer_onnx: bool = True
+    # Refuse a run unless fastinfer.lock.sig verifies with trusted_public_key (PEM, Ed25519).
+    verify_signature: bool = False
+    trusted_public_key: str | None = None  # a path; relative paths are taken from the config file's folder
 
 
 @dataclass(frozen=True)
@@ -95,10 +100,12 @@ def _check_value(where: str, value: Any, hint: Any) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value) or value < 0:  # YAML's .nan / .inf, or a negative tolerance
+            raise ConfigError(f"{where}: expected a finite number >= 0, got {value!r}")
         return float(value)
     if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        if not isinstance(value, str) or not value or "\0" in value:
+            raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
         return value
     raise TypeError(f"unsupported settings type {hint!r}")  # a bug in this module, not in the file
 
@@ -124,6 +131,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
     settings = cls(**values)
     if cls is ModelSettings and settings.seq_warmup_bars > settings.seq_buffer_size:
         raise ConfigError(f"{where}.seq_warmup_bars: {settings.seq_warmup_bars} exceeds seq_buffer_size {settings.seq_buffer_size}")
+    if cls is ModelSettings and settings.verify_signature and not settings.trusted_public_key:
+        raise ConfigError(f"{where}.trusted_public_key: verify_signature is true but no trusted public key is set")
     return settings
 
 
@@ -140,11 +149,21 @@ def load_config(path: str | Path | None = None) -> Settings:
     if path == DEFAULT_CONFIG_PATH and not path.exists():
         return Settings()
     try:
-        text = path.read_text()
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {size} bytes (a config is a few KB; limit {MAX_CONFIG_BYTES})")
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    return from_dict(data, source=path.name)
+        data = yaml.safe_load(text)  # safe_load: no python/object tags, so no code runs
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc)[:200]})") from None
+    settings = from_dict(data, source=path.name)
+    key = settings.models.trusted_public_key
+    if key and not Path(key).expanduser().is_absolute():  # relative to the file that names it
+        models = dataclasses.replace(settings.models, trusted_public_key=str(path.resolve().parent / key))
+        settings = dataclasses.replace(settings, models=models)
+    return settings

@@ -37,6 +37,13 @@ class IntegrityError(ModelLoadError):
     """A checksum or signature did not verify under the configured policy."""
 
 
+class SignatureError(IntegrityError):
+    """A run's signature is missing, invalid, from another key, or a signed file changed.
+
+    ``path`` names the signature file or the first file whose sha256 no longer matches.
+    """
+
+
 class ConversionError(FastInferError):
     """A native model could not be turned into an ONNX graph."""
 

@@ -17,7 +17,7 @@ from . import artifacts, executor, native
 from . import families as fam
 from .artifacts import ModelLocation, ModelSpec
 from .config import Settings, load_config
-from .errors import InferenceError, ModelLoadError
+from .errors import ConfigError, InferenceError, ModelLoadError, SignatureError
 from .integrity import ChecksumPolicy, check_file, sha256_file
 from .lock import Lock, LockEntry, read_lock
 
@@ -41,6 +41,9 @@ class LoadedModel:
         self.graph = graph  # the verified onnx.ModelProto when backend == "onnx"
         self.lock_entry = lock_entry
         self._runner = runner
+        # NaN/inf rows: "reject" raises naming the row and feature; "pass" hands NaN (never
+        # inf) to families that route missing values. The loader sets it from the config.
+        self.nan_policy = "reject"
 
     family = property(lambda self: self.spec.family)
     target = property(lambda self: self.spec.target)
@@ -55,11 +58,15 @@ class LoadedModel:
 
         Arrays are taken as already ordered; a dict, Series or DataFrame is placed by name.
         """
-        if isinstance(features, Mapping) or hasattr(features, "columns") or hasattr(features, "index"):
+        # keys(): dict and Series (a list has .index too, so that test would take lists by name)
+        if isinstance(features, Mapping) or hasattr(features, "columns") or hasattr(features, "keys"):
             return self._by_name(features)
-        X = np.asarray(features)
+        try:
+            X = np.asarray(features)
+        except (TypeError, ValueError) as exc:  # ragged nested lists
+            raise InferenceError(f"{self._who()}: features are not an array ({str(exc)[:120]})") from None
         if X.dtype.kind not in "fiu":
-            raise InferenceError(f"{self._who()}: features must be numeric, got dtype {X.dtype}")
+            raise InferenceError(f"{self._who()}: features must be real numbers, got dtype {X.dtype}")
         rank = self.family.input_rank
         if X.ndim == rank - 1:
             X = X[None]
@@ -80,11 +87,40 @@ class LoadedModel:
         missing = [n for n in self.feature_order if n not in names]
         if missing:
             raise InferenceError(f"{self._who()}: missing feature(s) {', '.join(missing[:10])}")
-        return np.column_stack([get(n) for n in self.feature_order])
+        columns = []
+        for n in self.feature_order:
+            try:
+                col = get(n)
+            except (TypeError, ValueError) as exc:
+                raise InferenceError(f"{self._who()}: feature {n!r} is not a real number ({str(exc)[:80]})") from None
+            if col.ndim != 1 or (columns and col.shape != columns[0].shape):
+                raise InferenceError(f"{self._who()}: feature {n!r} has shape {col.shape}, the others "
+                                     f"{columns[0].shape if columns else '(N,)'}")
+            columns.append(col)
+        return np.column_stack(columns)
+
+    def _screen(self, X: np.ndarray) -> np.ndarray:
+        """Apply ``nan_policy``; the array returned is the one the model gets (inf never reaches it).
+
+        Values beyond float32's range count as inf: every ONNX graph (and XGBoost, Keras)
+        reads float32, where they would become inf.
+        """
+        with np.errstate(over="ignore", invalid="ignore"):
+            finite = np.isfinite(X.astype(np.float32, copy=False)) if X.dtype.kind == "f" else None
+        if finite is None or finite.all():
+            return X
+        rows = np.flatnonzero(~finite.reshape(len(X), -1).all(axis=1)) if X.ndim > 1 else np.array([0])
+        col = int(np.flatnonzero(~finite.reshape(len(X), -1)[rows[0]])[0]) % self.n_features
+        what = (f"row {int(rows[0])} feature {self.feature_order[col]!r} is "
+                f"{X.reshape(len(X), -1)[rows[0]].flat[col]!r} ({len(rows)} row(s) with NaN/inf)")
+        if self.nan_policy == "pass" and self.family.handles_nan:
+            return np.where(finite, X, np.nan)  # a copy: the caller's array is not touched
+        why = "nan_policy is 'reject'" if self.nan_policy != "pass" else f"{self.family.name} does not handle NaN"
+        raise InferenceError(f"{self._who()}: {what}; {why}")
 
     def predict(self, features: Any) -> np.ndarray:
         """float64 (N,) for point models, (N, K) with ``columns`` for multi-output ones."""
-        out = np.asarray(self._runner(self.arrange(features)), dtype=np.float64)
+        out = np.asarray(self._runner(self._screen(self.arrange(features))), dtype=np.float64)
         if out.ndim == 2 and out.shape[1] == 1:
             out = out[:, 0]
         return out
@@ -106,7 +142,8 @@ class ModelLoader:
     def __init__(self, run_root: str | Path, verify_checksums: bool | None = None,
                  strict_checksums: bool | None = None, allow_unsigned: bool | None = None, *,
                  settings: Settings | None = None, config_path: str | Path | None = None,
-                 prefer_onnx: bool | None = None):
+                 prefer_onnx: bool | None = None, verify_signature: bool | None = None,
+                 trusted_public_key: Any = None):
         self.settings = settings if settings is not None else load_config(config_path)
         ms = self.settings.models
         self.policy = ChecksumPolicy(
@@ -116,6 +153,15 @@ class ModelLoader:
         )
         self.prefer_onnx = ms.prefer_onnx if prefer_onnx is None else prefer_onnx
         self.run_root = artifacts.resolve_run_root(run_root)
+        # The signature is checked once, here, before anything of the run is read or opened.
+        self.signed = None
+        key = trusted_public_key if trusted_public_key is not None else ms.trusted_public_key
+        if ms.verify_signature if verify_signature is None else verify_signature:
+            if key is None:
+                raise ConfigError("models.trusted_public_key: verify_signature is on but no trusted public key is given")
+            from .signing import verify_run
+
+            self.signed = verify_run(self.run_root, key)
         self._locations: dict[tuple, ModelLocation] = {loc.key: loc for loc in artifacts.discover(self.run_root)}
         self._cache: dict[tuple, LoadedModel] = {}
         self.errors: dict[tuple[str, str], ModelLoadError] = {}
@@ -210,10 +256,26 @@ class ModelLoader:
             raise ModelLoadError(str(name), target, str(exc)) from None
 
     def _read_lock(self) -> Lock | None:
-        return read_lock(self.run_root)
+        return self.signed.lock() if self.signed is not None else read_lock(self.run_root)
 
     def _open(self, loc: ModelLocation) -> LoadedModel:
-        spec = artifacts.read_spec(loc, self.run_root)
+        model = self._open_trusted(loc)
+        model.nan_policy = self.settings.predictor.nan_policy
+        return model
+
+    def _open_trusted(self, loc: ModelLocation) -> LoadedModel:
+        if self.signed is not None:
+            entry = self.lock.find(loc.key)
+            if entry is None:
+                raise SignatureError(loc.family.name, loc.target, "model is not in the signed lock: not trusted",
+                                     loc.path)
+            spec = artifacts.read_spec(loc, self.run_root,
+                                       meta_sha256=self.signed.digest(loc.path / artifacts.META_FILE))
+            if spec.model_path.resolve() != (self.run_root / entry.native_file).resolve():
+                raise SignatureError(loc.family.name, loc.target, "model_meta.json names a model file the "
+                                     "signature does not cover", spec.model_path)
+        else:
+            spec = artifacts.read_spec(loc, self.run_root)
         entry = self.lock.find(loc.key) if self.lock is not None and self.prefer_onnx else None
         if entry is not None and entry.status == "onnx":
             model = self._open_onnx(spec, entry)
@@ -231,6 +293,8 @@ class ModelLoader:
         family, target = spec.family.name, spec.target
         native_sha = spec.model_checksum.lower() if spec.model_checksum else sha256_file(spec.model_path)
         if native_sha != entry.native_sha256 or set(entry.feature_order) != set(spec.feature_list):
+            if self.signed is not None:  # a signed run is served exactly as signed
+                raise SignatureError(family, target, "model_meta.json disagrees with the signed lock", spec.meta_path)
             log.warning("%s/%s: lock is stale (native model changed since conversion): serving native",
                         target, family)
             return None
@@ -240,6 +304,8 @@ class ModelLoader:
         except OSError as exc:
             raise ModelLoadError(family, target, f"cannot read graph ({exc.strerror})", path) from None
         if hashlib.sha256(data).hexdigest() != entry.onnx_sha256:
+            if self.signed is not None:
+                raise SignatureError(family, target, "signed ONNX graph changed since the run was opened", path)
             if self.policy.strict:
                 raise IntegrityError(family, target, "ONNX graph sha256 differs from the lock", path)
             log.warning("%s: ONNX graph sha256 differs from the lock: serving native", path)
@@ -262,8 +328,21 @@ class ModelLoader:
 
     def _open_native(self, spec: ModelSpec) -> LoadedModel:
         family, target = spec.family.name, spec.target
+        pickle = spec.model_path.name in fam.PICKLE_FORMATS
+        if self.signed is not None:
+            signed = self.signed.digest(spec.model_path)
+            if signed is None or sha256_file(spec.model_path) != signed:
+                raise SignatureError(family, target, "native model file changed since the run was opened"
+                                     if signed else "native model file is not covered by the signature",
+                                     spec.model_path)
         integrity = check_file(spec.model_path, spec.model_checksum, self.policy, family=family, target=target,
-                               executes_code=spec.model_path.name in fam.PICKLE_FORMATS)
+                               executes_code=pickle)
+        if integrity != "verified" and self.signed is None and not pickle:
+            # Not verified: a damaged file must not be able to crash this process (LightGBM's
+            # parser segfaults on some), so it is opened in a throw-away interpreter first.
+            problem = native.probe_in_subprocess(spec.model_path)
+            if problem:
+                raise ModelLoadError(family, target, problem, spec.model_path)
         try:
             model = native.load_native(spec.model_path)
         except Exception as exc:  # every library raises its own types for a broken file

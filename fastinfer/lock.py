@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .artifacts import inside, read_json_limited
+from .artifacts import inside, parse_json_limited, read_json_limited
 from .atomic import write_atomic_json
 from .errors import StateError
 
@@ -69,6 +69,17 @@ def write_lock(run_root: Path, lock: Lock) -> Path:
 
 
 _STR_FIELDS = ("target", "view", "family", "native_file", "native_sha256", "status")
+# Every other field's JSON type: a hostile lock must fail here, not as an AttributeError later.
+_TYPED_FIELDS: dict[str, tuple[type, ...]] = {
+    "universe": (str, type(None)), "symbol": (str, type(None)), "reason": (str,),
+    "onnx_file": (str, type(None)), "onnx_sha256": (str, type(None)), "converter": (str, type(None)),
+    "opsets": (dict,), "versions": (dict,), "input": (dict,), "output": (dict,), "feature_order": (list,),
+    "parity": (dict,), "convert_seconds": (int, float),
+}
+
+
+def _is_sha256(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def read_lock(run_root: Path) -> Lock | None:
@@ -80,6 +91,20 @@ def read_lock(run_root: Path) -> Lock | None:
         data = read_json_limited(path)
     except Exception as exc:  # ModelLoadError from the limited reader: re-type as bad state
         raise StateError(f"{path}: {getattr(exc, 'reason', exc)}") from None
+    return _validate(run_root, path, data)
+
+
+def parse_lock(run_root: Path, raw: bytes) -> Lock:
+    """A lock from bytes already read (e.g. the ones a signature covered), validated alike."""
+    path = lock_path(run_root)
+    try:
+        data = parse_json_limited(raw, path)
+    except Exception as exc:
+        raise StateError(f"{path}: {getattr(exc, 'reason', exc)}") from None
+    return _validate(run_root, path, data)
+
+
+def _validate(run_root: Path, path: Path, data: Any) -> Lock:
     if not isinstance(data, dict) or data.get("version") != LOCK_VERSION or not isinstance(data.get("entries"), list):
         raise StateError(f"{path}: not a version-{LOCK_VERSION} fastinfer lock")
     entries = []
@@ -91,6 +116,20 @@ def read_lock(run_root: Path) -> Lock | None:
         for name in _STR_FIELDS:
             if not isinstance(raw.get(name), str):
                 raise StateError(f"{where}.{name}: expected a string")
+        for name, kinds in _TYPED_FIELDS.items():
+            if name in raw and not isinstance(raw[name], kinds) or isinstance(raw.get(name), bool):
+                raise StateError(f"{where}.{name}: expected {' or '.join(k.__name__ for k in kinds)}, "
+                                 f"got {type(raw[name]).__name__}")
+        for name in ("native_sha256", "onnx_sha256"):
+            if raw.get(name) is not None and not _is_sha256(raw[name]):
+                raise StateError(f"{where}.{name}: not a 64-hex-digit sha256")
+        if not all(isinstance(f, str) for f in raw.get("feature_order", [])):
+            raise StateError(f"{where}.feature_order: expected a list of feature names")
+        for io in ("input", "output"):
+            spec = raw.get(io, {})
+            if not isinstance(spec.get("name", ""), str) or not (
+                    isinstance(spec.get("columns", []), list) and all(isinstance(c, str) for c in spec.get("columns", []))):
+                raise StateError(f"{where}.{io}: name must be a string and columns a list of strings")
         if raw["status"] not in ("onnx", "native"):
             raise StateError(f"{where}.status: {raw['status']!r} is not onnx or native")
         for name in ("native_file", "onnx_file"):
