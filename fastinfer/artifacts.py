@@ -12,6 +12,7 @@ taken from metadata may leave the run root.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -96,10 +97,13 @@ def resolve_run_root(path: str | Path) -> Path:
 
 def inside(root: Path, relative: str | Path, *, what: str, loc: ModelLocation | None = None) -> Path:
     """``root / relative``, refused if it is absolute or resolves outside ``root``."""
-    rel = Path(relative)
-    candidate = (root / rel).resolve()
+    try:
+        rel = Path(relative)
+        candidate = (root / rel).resolve()
+    except (TypeError, ValueError, OSError) as exc:  # NUL bytes, link loops, names too long
+        raise _error(loc, f"{what} {str(relative)[:200]!r} is not a usable path ({exc})", root) from None
     if rel.is_absolute() or not candidate.is_relative_to(root.resolve()):
-        raise _error(loc, f"{what} {str(relative)!r} escapes the run root", root)
+        raise _error(loc, f"{what} {str(relative)[:200]!r} escapes the run root", root)
     return candidate
 
 
@@ -114,13 +118,14 @@ def discover(run_root: Path) -> list[ModelLocation]:
     targets = run_root / "targets"
     if not targets.is_dir():
         return found
-    for target_dir in sorted(p for p in targets.iterdir() if p.is_dir()):
+    # Links are not followed at any level: a run's models live in the run.
+    for target_dir in sorted(p for p in targets.iterdir() if p.is_dir() and not p.is_symlink()):
         models = target_dir / "models"
-        if not models.is_dir():
+        if not models.is_dir() or models.is_symlink():
             continue
         for view_dir in sorted(models.iterdir()):
             kv = _split(view_dir.name)
-            if not view_dir.is_dir() or not kv or kv[0] != "view":
+            if not view_dir.is_dir() or view_dir.is_symlink() or not kv or kv[0] != "view":
                 continue
             _walk(found, target_dir.name, kv[1], view_dir, {})
     return found
@@ -151,16 +156,36 @@ def _depth(obj: Any) -> int:
     return depth
 
 
-def read_json_limited(path: Path, loc: ModelLocation | None = None) -> Any:
-    """JSON from a file, refusing huge, deeply nested or non-JSON content with a named error."""
+def read_json_limited(path: Path, loc: ModelLocation | None = None, *, expected_sha256: str | None = None) -> Any:
+    """JSON from a file, refusing huge, deeply nested or non-JSON content with a named error.
+
+    ``expected_sha256``: the bytes read must have this digest (a signed file), checked on the
+    very bytes that are parsed.
+    """
     try:
         size = path.stat().st_size
+        if size > MAX_META_BYTES:
+            raise _error(loc, f"{path.name} is {size} bytes (limit {MAX_META_BYTES})", path)
+        with open(path, "rb") as f:
+            raw = f.read(MAX_META_BYTES + 1)  # the file may grow after stat
     except FileNotFoundError:
         raise _error(loc, f"{path.name} is missing", path) from None
-    if size > MAX_META_BYTES:
-        raise _error(loc, f"{path.name} is {size} bytes (limit {MAX_META_BYTES})", path)
+    except OSError as exc:
+        raise _error(loc, f"{path.name} cannot be read ({exc.strerror})", path) from None
+    if expected_sha256 is not None and hashlib.sha256(raw).hexdigest() != expected_sha256:
+        from .errors import SignatureError
+
+        raise SignatureError(loc.family.name if loc else None, loc.target if loc else None,
+                             "signed file changed since the run was opened", path)
+    return parse_json_limited(raw, path, loc)
+
+
+def parse_json_limited(raw: bytes, path: Path, loc: ModelLocation | None = None) -> Any:
+    """``read_json_limited`` on bytes already read; ``path`` names them in errors."""
+    if len(raw) > MAX_META_BYTES:
+        raise _error(loc, f"{path.name} is {len(raw)} bytes (limit {MAX_META_BYTES})", path)
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise _error(loc, f"{path.name} is not valid JSON ({type(exc).__name__}: {str(exc)[:80]})", path) from None
     if _depth(data) > MAX_META_DEPTH:
@@ -176,12 +201,19 @@ def _names(value: Any, key: str, loc: ModelLocation, path: Path) -> tuple[str, .
     return tuple(value)
 
 
+# Upper bounds: a sequence length sizes per-symbol buffers, so a hostile 10**12 must not allocate.
+_LIMITS = {"interval_minutes": 525_600.0 * 100, "sequence_length": 100_000}
+
+
 def _number(meta: dict, key: str, kind: type, loc: ModelLocation, path: Path) -> Any:
     value = meta.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise _error(loc, f"{key} must be a positive number, got {value!r}", path)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and not math.isfinite(value)) or value <= 0:
+        raise _error(loc, f"{key} must be a positive number, got {str(value)[:40]}", path)
+    if value > _LIMITS[key]:  # before any float(): a 400-digit JSON int must not overflow
+        raise _error(loc, f"{key} {str(value)[:40]} is above the limit {_LIMITS[key]:g}", path)
     if kind is int:
         if int(value) != value:
             raise _error(loc, f"{key} must be an integer, got {value!r}", path)
@@ -193,10 +225,11 @@ _KNOWN_KEYS = {"family", "feature_list", "features", "feature_names", "metrics",
                "interval_minutes", "sequence_length", "model_file"}
 
 
-def read_spec(loc: ModelLocation, run_root: Path) -> ModelSpec:
-    """Parse and validate ``model_meta.json`` of one location."""
+def read_spec(loc: ModelLocation, run_root: Path, *, meta_sha256: str | None = None) -> ModelSpec:
+    """Parse and validate ``model_meta.json`` of one location (``meta_sha256``: its signed digest)."""
     meta_path = loc.path / META_FILE
-    meta = read_json_limited(meta_path, loc)
+    inside(run_root, meta_path.relative_to(run_root), what="model_meta.json link", loc=loc)
+    meta = read_json_limited(meta_path, loc, expected_sha256=meta_sha256)
     if not isinstance(meta, dict):
         raise _error(loc, f"{META_FILE} must hold a JSON object", meta_path)
     if "family" in meta:
@@ -248,14 +281,18 @@ def _model_file(loc: ModelLocation, run_root: Path, meta: dict, meta_path: Path)
         if path.name not in loc.family.formats:
             raise _error(loc, f"model_file {path.name!r} is not a {loc.family.name} format "
                               f"({', '.join(loc.family.formats)})", meta_path)
-        if not path.is_file():
+        try:
+            exists = path.is_file()
+        except OSError:
+            exists = False
+        if not exists:
             raise _error(loc, "model_file does not exist", path)
         return path
     for name in loc.family.formats:
         candidate = loc.path / name
         if candidate.is_file():
-            if candidate.is_symlink():
-                inside(run_root, candidate.relative_to(run_root), what="model file link", loc=loc)
+            # Resolved, so a link anywhere on the way (the file, a target or view folder) is caught.
+            inside(run_root, candidate.relative_to(run_root), what="model file link", loc=loc)
             return candidate
     raise _error(loc, f"no model file ({', '.join(loc.family.formats)})", loc.path)
 

@@ -61,7 +61,8 @@ def ohlcv_arrays(df: pd.DataFrame, where: str = "OHLCV data") -> dict[str, np.nd
         by_lower[key] = col
     missing = [c for c in OHLCV if c not in by_lower]
     if missing:
-        raise FeatureBuildError(f"{where}: missing column(s) {missing}; columns present: {list(df.columns)}")
+        raise FeatureBuildError(f"{where}: missing column(s) {missing}; columns present: {list(df.columns)[:20]}")
+    check_time_order(df, where)
     arrays = {}
     for name in OHLCV:
         col = df[by_lower[name]]
@@ -70,6 +71,49 @@ def ohlcv_arrays(df: pd.DataFrame, where: str = "OHLCV data") -> dict[str, np.nd
         except (TypeError, ValueError) as e:
             raise FeatureBuildError(f"{where}: column {by_lower[name]!r} is not numeric ({e})") from None
     return arrays
+
+
+TIME_COLUMNS = ("timestamp", "datetime", "date", "time")
+
+
+def check_time_order(df: pd.DataFrame, where: str = "OHLCV data") -> None:
+    """Bars must be oldest first, each once: the time index (a DatetimeIndex) and a time column
+    (``timestamp``, ``datetime``, ``date`` or ``time``, any case) must strictly increase.
+
+    A duplicated or earlier bar would silently feed one bar twice or in the wrong order into
+    every indicator, so it is a ``FeatureBuildError`` naming the row.
+    """
+    candidates: list[tuple[str, Any]] = []
+    if isinstance(df.index, pd.DatetimeIndex):
+        candidates.append(("index", df.index))
+    for col in df.columns:
+        if str(col).lower() in TIME_COLUMNS:
+            candidates.append((f"column {col!r}", df[col]))
+            break
+    for what, values in candidates:
+        stamps = values if isinstance(values, pd.DatetimeIndex) else _as_time(values, what, where)
+        if stamps is None:
+            continue
+        ns = np.asarray(stamps.asi8 if hasattr(stamps, "asi8") else stamps)
+        if stamps.isna().any():
+            row = int(np.flatnonzero(np.asarray(stamps.isna()))[0])
+            raise FeatureBuildError(f"{where}: {what} has a missing timestamp at row {row}")
+        step = np.diff(ns)
+        if (step <= 0).any():
+            row = int(np.flatnonzero(step <= 0)[0]) + 1
+            kind = "duplicated" if step[row - 1] == 0 else "earlier than the bar before it"
+            raise FeatureBuildError(f"{where}: {what} at row {row} ({stamps[row]}) is {kind} "
+                                    f"(row {row - 1}: {stamps[row - 1]}); bars must be oldest first, each once")
+
+
+def _as_time(values: pd.Series, what: str, where: str) -> pd.DatetimeIndex | None:
+    """A time column as a DatetimeIndex; numbers are taken as they are (epoch units)."""
+    try:
+        if values.dtype.kind in "iuf":
+            return pd.DatetimeIndex(pd.to_datetime(values.to_numpy(dtype=np.float64), unit="ns", errors="coerce"))
+        return pd.DatetimeIndex(pd.to_datetime(values, errors="raise", utc=True, format="mixed"))
+    except (ValueError, TypeError, OverflowError) as exc:  # pandas raises OverflowError past 2262
+        raise FeatureBuildError(f"{where}: {what} is not a time ({str(exc)[:100]})") from None
 
 
 # ---------------------------------------------------------------- FeatureBuilder (pandas)

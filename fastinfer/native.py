@@ -21,10 +21,65 @@ from . import families as fam
 # ---------------------------------------------------------------- loaders (one per format)
 
 
+def check_lightgbm_text(text: str) -> str | None:
+    """Why a LightGBM model.txt is malformed, or None.
+
+    LightGBM's C++ parser trusts the file: a truncated model.txt segfaults the process and a
+    damaged key aborts it (std::terminate), so the structure is checked here first: the
+    header, ``tree_sizes`` against the tree blocks, and every tree's arrays (lengths, numbers,
+    child and feature indices in range).
+    """
+    head, sep, rest = text.partition("\nTree=")
+    if not text.startswith("tree\n") or not sep:
+        return "no LightGBM header or no trees"
+    trees_text, sep, _ = ("Tree=" + rest).partition("\nend of trees")
+    if not sep:
+        return "truncated: no 'end of trees' marker"
+    header = dict(line.partition("=")[::2] for line in head.splitlines()[1:] if "=" in line)
+    try:
+        n_features = int(header["max_feature_idx"]) + 1
+        sizes = [int(x) for x in header["tree_sizes"].split()] if "tree_sizes" in header else None
+    except (KeyError, ValueError):
+        return "header lacks a valid max_feature_idx / tree_sizes"
+    blocks = [b for b in trees_text.split("\n\n") if b.strip()]
+    if sizes is not None and (len(sizes) != len(blocks) or sum(sizes) != len(trees_text.encode()) + 1):
+        return f"tree_sizes lists {len(sizes)} trees of {sum(sizes)} bytes, the file has {len(blocks)}"
+    for k, block in enumerate(blocks):
+        fields = dict(line.partition("=")[::2] for line in block.splitlines())
+        try:
+            leaves, n_cat = int(fields["num_leaves"]), int(fields.get("num_cat", "0"))
+            arrays = {name: fields[name].split() for name in
+                      ("split_feature", "threshold", "decision_type", "left_child", "right_child")} if leaves > 1 else {}
+            leaf_value = [float(x) for x in fields["leaf_value"].split()]
+            float(fields.get("shrinkage", "1"))
+            nums = {name: [float(x) for x in values] for name, values in arrays.items()}
+        except (KeyError, ValueError):
+            return f"tree {k}: missing or non-numeric fields"
+        if leaves < 1 or n_cat < 0 or len(leaf_value) != leaves:
+            return f"tree {k}: num_leaves={leaves} but {len(leaf_value)} leaf values"
+        if any(len(v) != leaves - 1 for v in nums.values()):
+            return f"tree {k}: split arrays are not num_leaves - 1 long"
+        for name in ("left_child", "right_child"):
+            if any(not (-leaves <= c < leaves - 1) or c != int(c) for c in nums.get(name, ())):
+                return f"tree {k}: {name} index out of range"
+        if any(not (0 <= f < n_features) or f != int(f) for f in nums.get("split_feature", ())):
+            return f"tree {k}: split_feature out of range"
+        if n_cat and len(fields.get("cat_boundaries", "").split()) != n_cat + 1:
+            return f"tree {k}: cat_boundaries do not match num_cat"
+    return None
+
+
 def _load_lightgbm(path: Path) -> Any:
     import lightgbm
 
-    return lightgbm.Booster(model_file=str(path))
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not a LightGBM text model (byte {exc.start} is not UTF-8)") from None
+    problem = check_lightgbm_text(text)
+    if problem:
+        raise ValueError(f"malformed LightGBM model ({problem})")
+    return lightgbm.Booster(model_str=text)  # the very text that was checked
 
 
 def _load_xgboost(path: Path) -> Any:
@@ -84,6 +139,35 @@ LOADERS: dict[str, Callable[[Path], Any]] = {
 def load_native(path: Path) -> Any:
     """Open a model file with the loader for its format (no integrity checks here: see loader)."""
     return LOADERS[path.name](path)
+
+
+_PROBE = "import sys, pathlib; from fastinfer.native import load_native; load_native(pathlib.Path(sys.argv[1]))"
+
+
+def probe_in_subprocess(path: Path, timeout: float = 120.0) -> str | None:
+    """Open ``path`` in a throw-away interpreter first; why it failed there, or None.
+
+    For files whose checksum was not verified: a native library that segfaults or aborts on a
+    damaged file then takes down the probe, not the trading process. Never for pickles (they
+    would run their code in the probe too).
+    """
+    import subprocess
+
+    if path.name in fam.PICKLE_FORMATS:
+        raise ValueError("pickles are never probed: opening one runs its code")
+    try:
+        done = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True, timeout=timeout,
+                              env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    except subprocess.TimeoutExpired:
+        return f"opening it did not finish within {timeout:g} s"
+    if done.returncode == 0:
+        return None
+    if done.returncode < 0:
+        import signal
+
+        return f"the native library crashed opening it ({signal.Signals(-done.returncode).name})"
+    last = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
+    return f"cannot open: {last[0][:200]}"
 
 
 # ---------------------------------------------------------------- what kind of object is it

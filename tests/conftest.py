@@ -75,3 +75,17 @@ def market_run(tmp_path_factory, goog):
                                     MARKET_FAMILIES, sequence_length=10)
     compile_run(root)
     return root
+
+
+# ---------------------------------------------------------------- hardening report (issue #9)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Hostile cases tried per category and hypothesis examples per property, as a table."""
+    from ._hardening import report_lines
+
+    lines = report_lines()
+    if lines:
+        terminalreporter.write_sep("=", "hardening report: hostile inputs and properties")
+        for line in lines:
+            terminalreporter.write_line(line)

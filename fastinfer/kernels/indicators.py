@@ -337,7 +337,7 @@ def _emit_bands(out, i, cols, c, m, s, xu, xl, xp):
     _put(out, i, cols, xp, (c - lower) / width if width > 0.0 else 0.5)
 
 
-@njit
+@njit(error_model="numpy")  # a close of 0 makes ret_n inf/NaN (masked downstream), never a ZeroDivisionError
 def _emit(i, closes, vols, fs, ist, cols, out):
     """Write symbol i's features (FEATURES order k) into out[i, cols[k]] where cols[k] >= 0."""
     nan = np.nan

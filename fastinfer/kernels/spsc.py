@@ -15,7 +15,8 @@ Segment layout (bytes)::
 ``head`` and ``tail`` live on separate 128-byte lines so the two sides do not false-share.
 They only grow (int64 will not wrap), slot = counter & (capacity - 1), and because they are
 in the segment a restarted consumer that attaches again resumes at the first record it has
-not consumed.
+not consumed, and a restarted producer continues at ``next_seq``. ``peek_many`` + ``commit``
+consume only once the records are processed, so a consumer killed in between sees them again.
 
 Memory ordering. numba has no atomics, so this module emits the few LLVM instructions it
 needs through ``numba.extending.intrinsic``: relaxed ("monotonic") 8-byte loads/stores of
@@ -183,6 +184,38 @@ def get_batch(ctrl, seqs, payload, out, out_seqs):
         for j in range(w):
             out[k, j] = payload[slot, j]
     _fence_release()  # our copies are done before the producer may reuse the slots
+    _store_relaxed(ctrl, TAIL, tail + n)
+    return n
+
+
+@njit(cache=True, nogil=True)
+def peek_batch(ctrl, seqs, payload, out, out_seqs):
+    """Copy up to ``len(out)`` unconsumed records without consuming them; returns how many."""
+    cap = seqs.shape[0]
+    tail = ctrl[TAIL]
+    head = _load_relaxed(ctrl, HEAD)
+    _fence_acquire()
+    n = min(head - tail, out.shape[0], out_seqs.shape[0])
+    if n <= 0:
+        return 0
+    mask = cap - 1
+    w = payload.shape[1]
+    for k in range(n):
+        slot = (tail + k) & mask
+        out_seqs[k] = seqs[slot]
+        for j in range(w):
+            out[k, j] = payload[slot, j]
+    return n
+
+
+@njit(cache=True, nogil=True)
+def commit(ctrl, n):
+    """Consume ``n`` records already peeked; returns n, or -1 if fewer than n are published."""
+    tail = ctrl[TAIL]
+    head = _load_relaxed(ctrl, HEAD)
+    if n < 0 or n > head - tail:
+        return -1
+    _fence_release()  # the peeked copies are done before the producer may reuse the slots
     _store_relaxed(ctrl, TAIL, tail + n)
     return n
 
@@ -401,26 +434,48 @@ class SPSCRing:
                 return None
         return int(self._seq_box[0])
 
-    def get_many(self, out: np.ndarray, out_seqs: np.ndarray, timeout: float | None = 0.0) -> int:
+    def get_many(self, out: np.ndarray, out_seqs: np.ndarray, timeout: float | None = 0.0, *,
+                 commit: bool = True) -> int:
         """Consume up to ``len(out)`` records into ``out`` ((n, width)) and ``out_seqs``
-        (int64); returns how many (0 if none arrived within ``timeout``)."""
+        (int64); returns how many (0 if none arrived within ``timeout``).
+
+        ``commit=False`` only copies them (``peek``): call ``commit(n)`` once they are
+        processed, so a consumer that crashes in between gets them again after a restart
+        (at-least-once; the sequence numbers make it exactly-once).
+        """
         if (type(out) is not np.ndarray or out.dtype != self.dtype or out.ndim != 2 or out.shape[1] != self.width
                 or type(out_seqs) is not np.ndarray or out_seqs.dtype != np.int64 or out_seqs.ndim != 1):
             raise ValueError(f"out must be (n, {self.width}) {self.dtype} and out_seqs (n,) int64")
-        n = get_batch(self._ctrl, self._seqs, self._payload, out, out_seqs)
+        kernel = get_batch if commit else peek_batch
+        n = kernel(self._ctrl, self._seqs, self._payload, out, out_seqs)
         if n or timeout == 0.0:
             return n
         deadline = None if timeout is None else time.monotonic() + timeout
         tries = 0
         while True:
-            n = get_batch(self._ctrl, self._seqs, self._payload, out, out_seqs)
+            n = kernel(self._ctrl, self._seqs, self._payload, out, out_seqs)
             if n:
                 return n
             tries += 1
             if not self._wait(tries, deadline):
                 return 0
 
+    def peek_many(self, out: np.ndarray, out_seqs: np.ndarray, timeout: float | None = 0.0) -> int:
+        """``get_many(..., commit=False)``: copy without consuming."""
+        return self.get_many(out, out_seqs, timeout, commit=False)
+
+    def commit(self, n: int) -> None:
+        """Consume ``n`` records returned by ``peek_many`` (the consumer's acknowledgement)."""
+        if commit(self._ctrl, int(n)) < 0:
+            raise ValueError(f"commit({n}): only {len(self)} record(s) are waiting")
+
     # -------------------------------------------------------------- state, lifetime
+
+    @property
+    def next_seq(self) -> int:
+        """The sequence number ``put`` gives the next record (published + dropped): where a
+        restarted producer continues."""
+        return int(self._ctrl[HEAD] + self._ctrl[DROPPED])
 
     @property
     def name(self) -> str:
@@ -490,6 +545,8 @@ def warmup() -> None:
             seqs = np.arange(2, dtype=np.int64)
             ring.put(rec[0])
             ring.get(np.empty(2, dtype=dtype))
+            ring.put_many(rec, seqs)
+            ring.commit(ring.peek_many(np.empty((2, 2), dtype=dtype), np.empty(2, dtype=np.int64)))
             ring.put_many(rec, seqs)
             ring.get_many(np.empty((2, 2), dtype=dtype), np.empty(2, dtype=np.int64))
             add_dropped(ring._ctrl, 0)
