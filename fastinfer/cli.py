@@ -1,4 +1,4 @@
-"""Command line: ``fastinfer convert | verify | predict | demo``.
+"""Command line: ``fastinfer convert | verify | keygen | sign | predict | demo | bench``.
 
 Errors are one clear line and a non-zero exit code; ``--debug`` shows the traceback.
 """
@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import click
 import numpy as np
 
+from .demo import DATASETS, DEFAULT_BARS, DEFAULT_FAMILIES, DEFAULT_SEED_BARS
 from .errors import FastInferError
 
 
@@ -50,47 +50,36 @@ def _csv(value: str | None) -> list[str] | None:
 def convert(run_root: Path, targets: str | None, families: str | None) -> None:
     """Convert every model of RUN_ROOT to a parity-checked ONNX graph and write fastinfer.lock.json."""
     from rich.console import Console
-    from rich.progress import Progress
-    from rich.table import Table
 
-    from .compiler import compile_run
-    from .loader import ModelLoader
+    from .console import convert_with_progress
 
-    loader = ModelLoader(run_root, prefer_onnx=False)
-    console = Console()
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("converting", total=len(loader.locations()))
-
-        def step(event):
-            progress.update(task, completed=event.done, total=event.total,
-                            description=f"{event.entry.target}/{event.entry.family}")
-
-        lock = compile_run(loader.run_root, _csv(targets), _csv(families), loader=loader, progress=step)
-    table = Table(title=f"fastinfer.lock.json — {loader.run_root}")
-    for col in ("target", "family", "status", "max rel err", "tolerance", "seconds", "reason"):
-        table.add_column(col)
-    for e in lock.entries:
-        err = f"{e.parity['max_rel']:.2e}" if e.parity else "-"
-        tol = f"{e.parity['tolerance']:.0e}" if e.parity else "-"
-        table.add_row(e.target, e.family, e.status, err, tol, f"{e.convert_seconds:.2f}", e.reason[:80])
-    console.print(table)
-    served = sum(e.status == "onnx" for e in lock.entries)
-    console.print(f"{served}/{len(lock.entries)} models served from ONNX")
+    convert_with_progress(run_root, Console(), _csv(targets), _csv(families))
 
 
 @main.command()
 @click.argument("run_root", type=click.Path(path_type=Path))
-def verify(run_root: Path) -> None:
-    """Re-check every checksum of RUN_ROOT (meta, lock, graphs); exit 1 on any mismatch."""
+@click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also verify fastinfer.lock.sig with this Ed25519 public key (PEM).")
+def verify(run_root: Path, public_key: Path | None) -> None:
+    """Re-check every checksum of RUN_ROOT (meta, lock, graphs, and the signature with --public-key); exit 1 on any mismatch."""
     from .artifacts import read_spec, resolve_run_root
     from .integrity import sha256_file
     from .lock import read_lock
     from .loader import ModelLoader
 
     root = resolve_run_root(run_root)
+    problems = 0
+    if public_key is not None:
+        from .signing import verify_run
+
+        try:
+            signed = verify_run(root, public_key)
+            click.echo(f"ok   signature: {len(signed.files)} file(s) signed by key {signed.key_id[:16]}…")
+        except FastInferError as exc:
+            click.echo(f"FAIL signature: {exc}")
+            problems += 1
     loader = ModelLoader(root, prefer_onnx=False)
     lock = read_lock(root)
-    problems = 0
     for loc in loader.locations():
         name = f"{loc.target}/{loc.family.name}"
         try:
@@ -118,6 +107,62 @@ def verify(run_root: Path) -> None:
 
 
 @main.command()
+@click.argument("out_prefix", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--password-env", default=None, help="Encrypt the private key with the password in this variable.")
+def keygen(out_prefix: Path, password_env: str | None) -> None:
+    """Make an Ed25519 key pair: OUT_PREFIX.key (private, mode 0600) and OUT_PREFIX.pub (public)."""
+    import os
+
+    from .signing import generate_keypair, key_id, load_public_key
+
+    password = os.environ[password_env].encode() if password_env else None
+    private, public = generate_keypair(out_prefix, password)
+    click.echo(f"private key {private} (keep it off the serving machines)\npublic key  {public} "
+               f"(key id {key_id(load_public_key(public))[:16]}…): set models.trusted_public_key to it")
+
+
+@main.command()
+@click.argument("run_root", type=click.Path(path_type=Path))
+@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Ed25519 private key (PEM, from `fastinfer keygen`).")
+@click.option("--password-env", default=None, help="The key's password is in this environment variable.")
+def sign(run_root: Path, key_path: Path, password_env: str | None) -> None:
+    """Sign a converted RUN_ROOT: fastinfer.lock.sig over the lock and every file it lists."""
+    import os
+
+    from .signing import sign_run, verify_run
+    from .signing import load_private_key
+
+    password = os.environ[password_env].encode() if password_env else None
+    path = sign_run(run_root, load_private_key(key_path, password))
+    signed = verify_run(run_root, load_private_key(key_path, password).public_key())  # read back what was written
+    click.echo(f"signed {len(signed.files)} file(s) of {signed.run_root} → {path}")
+
+
+@main.command("export-triton")
+@click.argument("run_root", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--gpu", is_flag=True, help="Triton instance_group KIND_GPU (default KIND_CPU).")
+@click.option("--max-batch-size", default=1024, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-queue-delay-us", default=100, show_default=True, type=click.IntRange(min=0),
+              help="Dynamic batcher's max_queue_delay_microseconds.")
+@click.option("--no-fused", is_flag=True, help="Only one model folder per graph, no fused graphs.")
+def export_triton(run_root: Path, out_dir: Path, gpu: bool, max_batch_size: int, max_queue_delay_us: int,
+                  no_fused: bool) -> None:
+    """Write a Triton model repository of RUN_ROOT's verified graphs into OUT_DIR."""
+    from .serving import SUMS_FILE, export_triton as export
+
+    index = export(run_root, out_dir, instance_kind="gpu" if gpu else "cpu", max_batch_size=max_batch_size,
+                   max_queue_delay_us=max_queue_delay_us, fused=not no_fused)
+    for name, model in index["models"].items():
+        click.echo(f"  {name:<40} {model['kind']:5}  {model['sha256'][:16]}  "
+                   f"{', '.join(o['name'] for o in model['outputs'])[:60]}")
+    for s in index["skipped"]:
+        click.echo(f"  skipped {s['target']}/{s['family']}: {s['reason'][:80]}")
+    click.echo(f"{len(index['models'])} model(s) in {out_dir}; checksums in {SUMS_FILE}")
+
+
+@main.command()
 @click.argument("run_root", type=click.Path(path_type=Path))
 @click.option("--ohlcv", "ohlcv_path", required=True, type=click.Path(path_type=Path),
               help="CSV or Parquet of bars (open, high, low, close, volume; any case), oldest first.")
@@ -128,6 +173,7 @@ def predict(run_root: Path, ohlcv_path: Path, interval_minutes: float, symbol: s
     """Replay the bars of an OHLCV file through the live predictor; print the last bar's predictions."""
     import pandas as pd
 
+    from .atomic import write_atomic_bytes
     from .errors import FeatureBuildError
     from .features import ohlcv_arrays
     from .predictor import LivePredictor
@@ -136,6 +182,9 @@ def predict(run_root: Path, ohlcv_path: Path, interval_minutes: float, symbol: s
         raise FeatureBuildError(f"{ohlcv_path}: no such file")
     try:
         frame = pd.read_parquet(ohlcv_path) if ohlcv_path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(ohlcv_path)
+    except ImportError:
+        raise FeatureBuildError(f"{ohlcv_path}: reading Parquet needs pyarrow (pip install pyarrow), "
+                                "or give the bars as CSV") from None
     except Exception as exc:  # pandas raises many types for a malformed file
         raise FeatureBuildError(f"{ohlcv_path}: cannot read bars ({type(exc).__name__}: {str(exc)[:120]})") from None
     bars = ohlcv_arrays(frame, where=str(ohlcv_path))
@@ -148,41 +197,74 @@ def predict(run_root: Path, ohlcv_path: Path, interval_minutes: float, symbol: s
             rows.append(result[0].copy())
     if out is not None:
         names = [f"{t}/{f}/{c}" for t, f, c in predictor.columns]
-        pd.DataFrame(np.asarray(rows), columns=names, index=frame.index).to_csv(out)
+        table = pd.DataFrame(np.asarray(rows), columns=names, index=frame.index)
+        write_atomic_bytes(out, table.to_csv().encode())
         click.echo(f"wrote {len(rows)} bars × {len(names)} columns to {out}")
-    click.echo(json.dumps({"symbol": symbol, "bars": len(frame), "predictions": predictor.as_dict(symbol)}, indent=1))
+    # NaN (a model still warming up) is not JSON: null.
+    last = {h: {f: (v if v == v else None) for f, v in by_family.items()}
+            for h, by_family in predictor.as_dict(symbol).items()}
+    click.echo(json.dumps({"symbol": symbol, "bars": len(frame), "predictions": last}, indent=1))
 
 
 @main.command()
+@click.option("--dataset", type=click.Choice(list(DATASETS)), default="goog", show_default=True,
+              help="Bars shipped with backtesting: GOOG daily or EURUSD hourly.")
+@click.option("--horizons", default=None,
+              help="Forward-return horizons: durations (15m, 4h, 5d) or bar counts, comma-separated [default: "
+                   + "; ".join(f"{k} {d.default_horizons}" for k, d in DATASETS.items()) + "].")
+@click.option("--families", default=",".join(DEFAULT_FAMILIES), show_default=True, help="Model families to train.")
+@click.option("--bars", default=DEFAULT_BARS, show_default=True,
+              help="Bars held out and replayed through the live predictor.")
+@click.option("--seed-bars", default=DEFAULT_SEED_BARS, show_default=True,
+              help="Of those, bars replayed through the seed path (pandas + native predict, ~0.5 s per bar).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where to write the run (default: a temporary folder).")
-@click.option("--bars", default=250, show_default=True, help="Bars to replay through the live predictor.")
-def demo(out: Path | None, bars: int) -> None:
-    """Train a small run on real GOOG daily bars, convert it, replay bars through the live predictor."""
-    from backtesting.test import GOOG
+              help="Output folder for the run, latency.png and report.json [default: ./fastinfer-demo-<time>].")
+def demo(dataset: str, horizons: str | None, families: str, bars: int, seed_bars: int, out: Path | None) -> None:
+    """Train a small run on real bars, convert it, replay the last bars as a trading loop; time it against the seed path."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter
+    from rich.console import Console
 
-    from . import testing
-    from .compiler import compile_run
-    from .predictor import LivePredictor
+    from .demo import DemoOptions, parse_families, parse_horizons, run_demo
+    from .errors import ConfigError
 
-    out = out or Path(tempfile.mkdtemp(prefix="fastinfer-demo-"))
-    families = ["lightgbm", "xgboost", "ridge", "mlp", "lstm"]
-    train = GOOG.iloc[: len(GOOG) - bars]
-    click.echo(f"training {', '.join(families)} × 3 horizons on {len(train)} GOOG daily bars into {out} …")
-    root = testing.write_market_run(out, train, families, sequence_length=10)
-    lock = compile_run(root)
-    for e in lock.entries:
-        err = f"{e.parity['max_rel']:.1e}" if e.parity else "-"
-        click.echo(f"  {e.target:>12} {e.family:>9}  {e.status:6} max rel err {err}  {e.reason[:60]}")
-    predictor = LivePredictor(root, ["GOOG"], 1440.0)
-    replay = GOOG.iloc[len(GOOG) - bars - 80:]
-    a = {k: replay[k.capitalize()].to_numpy(dtype=np.float64) for k in ("open", "high", "low", "close", "volume")}
-    for t in range(len(replay)):
-        predictor.on_bar(*(a[k][t:t + 1] for k in ("open", "high", "low", "close", "volume")))
-    click.echo(f"last bar {replay.index[-1].date()}: {json.dumps(predictor.as_dict('GOOG'))}")
-    s = predictor.latency.summary()
-    click.echo(f"on_bar latency over {s['count']} bars: p50 {s['p50_us']:.1f} µs · p99 {s['p99_us']:.1f} µs · "
-               f"p99.9 {s['p99.9_us']:.1f} µs · max {s['max_us']:.1f} µs")
+    try:
+        parse_horizons(horizons or DATASETS[dataset].default_horizons, DATASETS[dataset].interval_minutes)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--horizons'") from None
+    try:
+        family_names = parse_families(families)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--families'") from None
+    run_demo(DemoOptions(dataset, horizons, family_names, bars, seed_bars, out), Console())
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"),
+              show_default=True, help="Folder for benchmarks.json, ratios.json, summary.md and ratios.png.")
+@click.option("--readme", is_flag=True, help="Also put the summary between the README's bench markers.")
+@click.option("-k", "keyword", default=None, help="Only benchmarks matching this pytest -k expression.")
+@click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)
+def bench(out: Path, readme: bool, keyword: str | None, pytest_args: tuple[str, ...]) -> None:
+    """Run benchmarks/ (pytest-benchmark) and write a summary table and plot of each ratio to its baseline.
+
+    \b
+    Arguments after -- go to pytest, e.g.
+    fastinfer bench -k features -- --benchmark-max-time=0.1
+    """
+    from . import bench as suite
+
+    benchmarks = suite.find_benchmarks_dir()
+    code = suite.run_suite(out, benchmarks, keyword, pytest_args)
+    if code == 5:
+        raise click.UsageError(f"no benchmark matched{f' -k {keyword!r}' if keyword else ''}")
+    rows, summary = suite.summarise(out)
+    click.echo(summary)
+    click.echo(f"wrote {out / 'summary.md'} and {out / 'ratios.png'} ({len(rows)} ratios)")
+    if code != 0:
+        raise click.ClickException(f"the benchmark run failed (pytest exit code {code}); README left unchanged")
+    if readme:
+        suite.update_readme(benchmarks.parent / "README.md", summary)
+        click.echo(f"updated {benchmarks.parent / 'README.md'}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,11 +27,22 @@ from .loader import LoadedModel, ModelLoader
 log = logging.getLogger(__name__)
 
 POINT_COLUMNS = ("prediction", "loc", "q0.5")  # the column a {horizon: {family: value}} view shows
+_STATE_KIND, _STATE_VERSION = "fastinfer.LivePredictor", 1  # state_dict / load_state_dict
 
 
 def horizon_of(target: str) -> str:
     """``fwd_ret_15m`` → ``15m``: the spec keys predictions by horizon."""
     return target[len("fwd_ret_"):] if target.startswith("fwd_ret_") else target
+
+
+@njit(cache=True)
+def _copy_finite(src, dst):
+    """dst[:] = src with every +/-inf replaced by NaN (a missing value, never an extreme one)."""
+    n, width = src.shape
+    for i in range(n):
+        for u in range(width):
+            x = src[i, u]
+            dst[i, u] = x if np.isfinite(x) else np.nan
 
 
 @njit(cache=True)
@@ -44,7 +55,7 @@ def _mask_not_ready(features, needs, pass_nan, stale, ready, model_of_column, ou
             ok = ready[m, i] and not stale[i]
             if ok and not pass_nan[m]:
                 for u in range(width):
-                    if needs[m, u] and features[i, u] != features[i, u]:
+                    if needs[m, u] and not np.isfinite(features[i, u]):  # inf counts as missing
                         ok = False
                         break
             if not ok:
@@ -110,6 +121,7 @@ class LivePredictor:
         self.latency = LatencyHistogram()
         self.bars = 0
         # Compile (or load from numba's cache) now, not on the first bar; out is all NaN here.
+        _copy_finite(self.features.out, self.plan.tabular_input)
         _mask_not_ready(self.features.out, self._needs, self._pass_nan, self.features.stale, self._ready,
                         self._model_of_column, self.plan.out)
 
@@ -149,7 +161,7 @@ class LivePredictor:
         """
         start = time.perf_counter_ns()
         feats = self.features.update(open, high, low, close, volume)
-        np.copyto(self.plan.tabular_input, feats)
+        _copy_finite(feats, self.plan.tabular_input)  # +/-inf reaches no model: NaN, then the nan_policy
         for buf, seq_input in self._seq_inputs:
             buf.push_all(feats, timestamp=timestamp, strict=False)  # rows still warming up (NaN) stay out
             buf.get_batch(None, out=seq_input)
@@ -161,6 +173,56 @@ class LivePredictor:
         self.bars += 1
         self.latency.record(time.perf_counter_ns() - start)
         return out
+
+    # ------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next ``on_bar`` output depends on, JSON-safe: the feature state (stale
+        flags included), every sequence buffer (rows, counts, last timestamps) and the bar count.
+
+        Restoring it into a predictor of the same run and symbols and replaying the same bars
+        gives bit-identical outputs to never having stopped (the plan's buffers are rewritten
+        in full on every bar, so they carry no state).
+        """
+        return {"kind": _STATE_KIND, "version": _STATE_VERSION, "symbols": list(self.symbols),
+                "union": list(self.union), "columns": [list(c) for c in self.columns], "bars": self.bars,
+                "features": self.features.state_dict(),
+                "buffers": {str(t): buf.to_dict() for t, buf in self.buffers.items()}}
+
+    def load_state_dict(self, state: Any) -> None:
+        """Restore a ``state_dict()``. A state of other symbols, features or models, or a corrupt
+        one, is a ``StateError`` naming the field, and leaves this predictor as it was."""
+        from collections.abc import Mapping
+
+        from .errors import StateError
+
+        if not isinstance(state, Mapping) or state.get("kind") != _STATE_KIND:
+            raise StateError("predictor state: not a LivePredictor state")
+        if state.get("version") != _STATE_VERSION:
+            raise StateError(f"predictor state: version {state.get('version')!r}, this fastinfer reads {_STATE_VERSION}")
+        for key, mine in (("symbols", list(self.symbols)), ("union", list(self.union)),
+                          ("columns", [list(c) for c in self.columns])):
+            if state.get(key) != mine:
+                raise StateError(f"predictor state: field {key!r} differs from this predictor's")
+        bars = state.get("bars")
+        if isinstance(bars, bool) or not isinstance(bars, int) or bars < 0:
+            raise StateError(f"predictor state: field 'bars': {bars!r} is not a count")
+        features = StreamingFeatures.from_state_dict(state.get("features"))
+        if features.symbols != self.symbols or list(features.features) != self.union \
+                or features.dtype != self.features.dtype:
+            raise StateError("predictor state: field 'features' is for other symbols, features or dtype")
+        raw = state.get("buffers")
+        if not isinstance(raw, Mapping) or set(raw) != {str(t) for t in self.buffers}:
+            raise StateError(f"predictor state: field 'buffers' must hold sequence lengths {sorted(self.buffers)}")
+        buffers = {t: SeqBufferManager.from_dict(raw[str(t)], seq_len=t, n_features=len(self.union),
+                                                 source=f"predictor state buffers[{t}]") for t in self.buffers}
+        if any(buf.symbols != list(self.symbols) for buf in buffers.values()):
+            raise StateError("predictor state: field 'buffers' is for other symbols")
+        # Everything checked: swap in, and re-point the per-bar references at the new objects.
+        self.features, self.buffers, self.bars = features, buffers, bars
+        self._seq_inputs = [(buf, self.plan.sequence_inputs[t]) for t, buf in buffers.items()]
+        self._ready_rows = [(buffers[m.spec.sequence_length], self._ready[i])
+                            for i, m in enumerate(self.models) if m.family.sequential]
 
     # ------------------------------------------------------------ views
 

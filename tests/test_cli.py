@@ -45,19 +45,8 @@ def test_predict_from_csv(runner, market_run, goog, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output[result.output.index("{"):])
     assert report["bars"] == 120 and set(report["predictions"]) == {"1d", "5d", "10d"}
-    assert all(v == v for h in report["predictions"].values() for v in h.values())  # warmed up: no NaN
+    assert all(v is not None for h in report["predictions"].values() for v in h.values())  # warmed up: no NaN
     assert out.read_text().count("\n") == 121
-
-
-@pytest.mark.parametrize("content,match", [
-    ("open,high,low,close\n1,2,0.5,1.5\n", "volume"),
-    ('open,high\n"1,2\n', "error:"),
-])
-def test_predict_bad_csv(runner, market_run, tmp_path, content, match):
-    csv = tmp_path / "bad.csv"
-    csv.write_text(content)
-    result = runner.invoke(main, ["predict", str(market_run), "--ohlcv", str(csv), "--interval", "1440"])
-    assert result.exit_code == 2 and match in result.output and "Traceback" not in result.output
 
 
 def test_predict_interval_mismatch_exit_code(runner, market_run, goog, tmp_path):
@@ -65,3 +54,175 @@ def test_predict_interval_mismatch_exit_code(runner, market_run, goog, tmp_path)
     goog.iloc[:100].to_csv(csv)
     result = runner.invoke(main, ["predict", str(market_run), "--ohlcv", str(csv), "--interval", "60"])
     assert result.exit_code == 2 and "interval mismatch" in result.output
+
+
+def _one_line_error(result) -> bool:
+    lines = result.output.strip().splitlines()
+    return len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", sorted(main.commands))
+def test_help_on_every_command(runner, command):
+    result = runner.invoke(main, [command, "--help"])
+    assert result.exit_code == 0 and result.output.startswith(f"Usage: main {command}")
+    summary = (main.commands[command].help or "").split("\n")[0].split()[0]
+    assert summary in result.output and "--help" in result.output
+
+
+@pytest.mark.parametrize("command", ["convert", "verify", "predict"])
+def test_missing_run_root_is_one_line_for_every_command(runner, tmp_path, goog, command):
+    csv = tmp_path / "bars.csv"
+    goog.iloc[:30].to_csv(csv)
+    extra = ["--ohlcv", str(csv), "--interval", "1440"] if command == "predict" else []
+    result = runner.invoke(main, [command, str(tmp_path / "nope"), *extra])
+    assert result.exit_code == 2 and _one_line_error(result), result.output
+    assert "nope" in result.output
+
+
+def test_debug_shows_the_traceback(runner, tmp_path):
+    result = runner.invoke(main, ["--debug", "verify", str(tmp_path / "nope")])
+    assert result.exit_code != 0 and result.exception is not None  # raised, not turned into one line
+
+
+def test_predict_missing_ohlcv_file(runner, market_run, tmp_path):
+    result = runner.invoke(main, ["predict", str(market_run), "--ohlcv", str(tmp_path / "none.csv"), "--interval", "1440"])
+    assert result.exit_code == 2 and _one_line_error(result) and "no such file" in result.output
+
+
+@pytest.mark.parametrize("content,match", [
+    ("open,high,low,close\n1,2,0.5,1.5\n", "missing column(s) ['volume']"),
+    ('open,high\n"1,2\n', "cannot read bars"),
+    ("open,high,low,close,volume\n1,2,0.5,x,10\n", "'close' is not numeric"),
+    ("", "cannot read bars"),
+])
+def test_predict_bad_csv_is_one_line(runner, market_run, tmp_path, content, match):
+    csv = tmp_path / "bad.csv"
+    csv.write_text(content)
+    result = runner.invoke(main, ["predict", str(market_run), "--ohlcv", str(csv), "--interval", "1440"])
+    assert result.exit_code == 2 and _one_line_error(result) and match in result.output, result.output
+
+
+@pytest.mark.parametrize("rename", [str.lower, str.upper])
+def test_predict_column_names_in_any_case(runner, market_run, goog, tmp_path, rename):
+    bars = goog.iloc[1000:1100]
+    original, renamed = tmp_path / "original.csv", tmp_path / "renamed.csv"
+    bars.to_csv(original)
+    bars.rename(columns=rename).to_csv(renamed)
+    outputs = []
+    for path in (original, renamed):
+        result = runner.invoke(main, ["predict", str(market_run), "--ohlcv", str(path), "--interval", "1440",
+                                      "--symbol", "GOOG"])
+        assert result.exit_code == 0, result.output
+        outputs.append(json.loads(result.output))
+    assert outputs[0] == outputs[1]
+    assert outputs[0]["symbol"] == "GOOG" and outputs[0]["bars"] == 100
+
+
+def test_predict_prints_null_while_warming_up(runner, market_run, goog, tmp_path):
+    csv = tmp_path / "short.csv"
+    goog.iloc[:20].to_csv(csv)  # fewer bars than ret_60 needs
+    result = runner.invoke(main, ["predict", str(market_run), "--ohlcv", str(csv), "--interval", "1440"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)  # strict JSON: no NaN
+    assert all(v is None for h in report["predictions"].values() for v in h.values())
+
+
+def test_predict_from_parquet(runner, market_run, goog, tmp_path):
+    path = tmp_path / "goog.parquet"
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        path.write_bytes(b"PAR1")  # never read: the missing engine is reported first
+        result = runner.invoke(main, ["predict", str(market_run), "--ohlcv", str(path), "--interval", "1440"])
+        assert result.exit_code == 2 and _one_line_error(result) and "needs pyarrow" in result.output
+        return
+    goog.iloc[1000:1100].to_parquet(path)
+    csv = tmp_path / "goog.csv"
+    goog.iloc[1000:1100].to_csv(csv)
+    results = [runner.invoke(main, ["predict", str(market_run), "--ohlcv", str(p), "--interval", "1440", "--symbol", "G"])
+               for p in (path, csv)]
+    assert all(r.exit_code == 0 for r in results), [r.output for r in results]
+    assert json.loads(results[0].output) == json.loads(results[1].output)
+
+
+# ---------------------------------------------------------------- fastinfer bench
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    """One tiny real benchmark group (features, one symbol: fastinfer vs pandas vs TA-Lib), run through the CLI."""
+    out = tmp_path_factory.mktemp("bench")
+    result = CliRunner().invoke(main, ["bench", "--out", str(out), "-k", "features_one_symbol", "--",
+                                       "--benchmark-max-time=0.02", "--benchmark-min-rounds=3", "-q"])
+    return result, out
+
+
+def test_bench_summarises_the_ratios_of_the_run(bench_run):
+    from fastinfer.bench import read_ratio_rows, short_name
+
+    result, out = bench_run
+    assert result.exit_code == 0, result.output
+    rows = read_ratio_rows(out / "ratios.json")
+    assert {short_name(r.subject) for r in rows} == {"fastinfer"}
+    assert {short_name(r.baseline) for r in rows} == {"pandas", "talib"}
+    # The ratios come from the same medians pytest-benchmark wrote.
+    medians = {b["name"]: b["stats"]["median"] for b in json.loads((out / "benchmarks.json").read_text())["benchmarks"]}
+    for r in rows:
+        assert r.subject_median_s == medians[r.subject] and r.baseline_median_s == medians[r.baseline]
+    summary = (out / "summary.md").read_text()
+    assert summary.count("| features, one symbol per bar (latency) |") == 2
+    for r in rows:
+        assert f"{r.ratio:,.1f}×" in summary
+    assert summary in result.output
+
+
+def test_bench_plot_is_a_real_png(bench_run):
+    import matplotlib.image
+    import numpy as np
+
+    _, out = bench_run
+    png = out / "ratios.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = matplotlib.image.imread(png)
+    assert len(np.unique(pixels[..., :3].reshape(-1, 3), axis=0)) > 20
+
+
+def test_bench_no_match_is_an_error(runner, tmp_path):
+    result = runner.invoke(main, ["bench", "--out", str(tmp_path), "-k", "no_such_benchmark_anywhere"])
+    assert result.exit_code == 2 and "no benchmark matched" in result.output
+
+
+@pytest.mark.parametrize("group,baseline,target", [
+    ("one-symbol-bar", "seed path (pandas + native predict)", ("P1a", 1000.0)),
+    ("one-symbol-bar-vs-peer", "TA-Lib + one ORT session per model", ("P1b", 3.0)),
+    ("P2 lightgbm 500 trees, 1 row", "onnxruntime", ("P2", 3.0)),
+    ("P2 xgboost 500 trees, 512 rows", "onnxruntime", ("P2", 2.0)),
+    ("P2 xgboost 500 trees, 512 rows", "native", None),
+    ("500-symbols-bar", "per-symbol loop of fastinfer", ("P3", 20.0)),
+    ("P4 features, 500 symbols per bar", "test_features_500_symbols[pandas]", ("P4", 1000.0)),
+    ("P4 features, 500 symbols per bar", "test_features_500_symbols[talib]", ("P4", 50.0)),
+    ("fused-vs-sessions", "per-model", None),
+])
+def test_bench_targets_map_to_targets_md(group, baseline, target):
+    from fastinfer.bench import target_for
+
+    found = target_for(group, baseline)
+    assert (None if found is None else (found.id, found.minimum)) == target
+
+
+def test_update_readme_between_markers(tmp_path):
+    from pathlib import Path
+
+    from fastinfer.bench import README_END, README_START, update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n## Results\n{README_START}\nrun `fastinfer bench --readme`\n{README_END}\n\n## After\n")
+    update_readme(readme, "| a | b |\n")
+    update_readme(readme, "| c | d |\n")  # a second run replaces, never appends
+    assert readme.read_text() == f"# x\n\n## Results\n{README_START}\n| c | d |\n{README_END}\n\n## After\n"
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="bench:start"):
+        update_readme(readme, "| a |\n")
+    project_readme = Path(__file__).resolve().parent.parent / "README.md"
+    text = project_readme.read_text()
+    assert text.count(README_START) == 1 and text.index(README_START) < text.index(README_END)
