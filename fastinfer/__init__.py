@@ -7,7 +7,7 @@ from .buffers import SeqBufferManager
 from .engine import InferenceEngine
 from .errors import (ConfigError, ConversionError, FeatureBuildError, InferenceError, IntegrityError,
                      ModelLoadError, StateError)
-from .features import FeatureBuilder, StreamingFeatures
+from .features import StreamingFeatures
 from .loader import LoadedModel, ModelLoader
 
 __all__ = [
@@ -22,6 +22,10 @@ def __getattr__(name: str):
         from .predictor import LivePredictor
 
         return LivePredictor
+    if name == "FeatureBuilder":  # imports pandas, which the live path does not need
+        from .feature_builder import FeatureBuilder
+
+        return FeatureBuilder
     raise AttributeError(f"module 'fastinfer' has no attribute {name!r}")
 
 

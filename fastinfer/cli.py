@@ -175,7 +175,7 @@ def predict(run_root: Path, ohlcv_path: Path, interval_minutes: float, symbol: s
 
     from .atomic import write_atomic_bytes
     from .errors import FeatureBuildError
-    from .features import ohlcv_arrays
+    from .feature_builder import ohlcv_arrays
     from .predictor import LivePredictor
 
     if not ohlcv_path.is_file():

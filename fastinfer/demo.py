@@ -240,7 +240,7 @@ def run_demo(options: DemoOptions, console: "Console") -> dict[str, Any]:
 def _replay_fastinfer(predictor, data: pd.DataFrame, start: int, symbol: str,
                       date_format: str) -> tuple[Replay, list[dict]]:
     """Warm up on the bars before ``start`` (untimed), then time ``on_bar`` on every bar from ``start``."""
-    from .features import ohlcv_arrays
+    from .feature_builder import ohlcv_arrays
 
     arrays = ohlcv_arrays(data)
     stamps = data.index.asi8  # int ns since the epoch: what a feed hands the loop

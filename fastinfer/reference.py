@@ -16,7 +16,8 @@ import pandas as pd
 
 from .buffers import SeqBufferManager
 from .errors import ModelLoadError
-from .features import KNOWN_FEATURES, FeatureBuilder
+from .feature_builder import FeatureBuilder
+from .features import KNOWN_FEATURES
 from .loader import LoadedModel, ModelLoader
 from .native import is_keras, native_predict
 from .predictor import POINT_COLUMNS

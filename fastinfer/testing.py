@@ -319,7 +319,7 @@ def market_dataset(ohlcv: pd.DataFrame, horizons: tuple[int, ...], interval_minu
     Features come from ``FeatureBuilder`` in its default (non-alphabetical) order, so the
     meta's sorted ``feature_list`` differs from the training order, as in TRAINING.
     """
-    from .features import FeatureBuilder, ohlcv_arrays
+    from .feature_builder import FeatureBuilder, ohlcv_arrays
 
     frame = FeatureBuilder(feature_names).frame(ohlcv)
     close = pd.Series(ohlcv_arrays(ohlcv)["close"], index=ohlcv.index).loc[frame.index]
