@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from fastinfer.bench import RATIOS_ENV
+from fastinfer.latency import format_duration
 
 
 @dataclass
@@ -48,18 +49,11 @@ class RatioResults:
                 out.append(f"{group}: needs exactly one subject, has {len(subjects)}")
                 continue
             name, t0 = subjects[0]
-            out.append(f"{group}: {name} median {_fmt(t0)}")
+            out.append(f"{group}: {name} median {format_duration(t0)}")
             for other, (t, is_subject) in entries.items():
                 if not is_subject:
-                    out.append(f"    vs {other}: {_fmt(t)} -> {t / t0:,.1f}x")
+                    out.append(f"    vs {other}: {format_duration(t)} -> {t / t0:,.1f}x")
         return out
-
-
-def _fmt(seconds: float) -> str:
-    for unit, f in (("s", 1.0), ("ms", 1e3), ("us", 1e6)):
-        if seconds * f >= 1.0:
-            return f"{seconds * f:,.2f} {unit}"
-    return f"{seconds * 1e9:,.0f} ns"
 
 
 RESULTS = RatioResults()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .atomic import read_json, write_atomic_bytes
+from .latency import format_duration
 
 RATIOS_ENV = "FASTINFER_BENCH_RATIOS"
 README_START = "<!-- bench:start -->"
@@ -90,13 +91,6 @@ def short_name(name: str) -> str:
     return match.group(1) if match else name
 
 
-def _duration(seconds: float) -> str:
-    for unit, factor in (("s", 1.0), ("ms", 1e3), ("µs", 1e6)):
-        if seconds * factor >= 1.0:
-            return f"{seconds * factor:,.2f} {unit}"
-    return f"{seconds * 1e9:,.0f} ns"
-
-
 def _machine(benchmark_json: Path | None) -> str:
     """One line on where the numbers come from, from pytest-benchmark's machine_info."""
     if benchmark_json is None or not benchmark_json.is_file():
@@ -121,7 +115,7 @@ def summary_markdown(rows: Sequence[RatioRow], benchmark_json: Path | None = Non
     for r in rows:
         goal = "" if r.target is None else f"{r.target.text} {'✅' if r.met else '❌'}"
         lines.append(f"| {r.target.id if r.target else ''} | {r.group} | {short_name(r.subject)} "
-                     f"| {_duration(r.subject_median_s)} | {short_name(r.baseline)} | {_duration(r.baseline_median_s)} "
+                     f"| {format_duration(r.subject_median_s)} | {short_name(r.baseline)} | {format_duration(r.baseline_median_s)} "
                      f"| {r.ratio:,.1f}× | {goal} |")
     return "\n".join(lines) + "\n"
 
@@ -176,9 +170,11 @@ def find_benchmarks_dir() -> Path:
 
 def run_suite(out: Path, benchmarks: Path, keyword: str | None = None, extra: Sequence[str] = ()) -> int:
     """Run the suite (output to this terminal); returns pytest's exit code."""
+    out = out.resolve()  # pytest runs in the checkout, not in the caller's directory
     out.mkdir(parents=True, exist_ok=True)
     ratios = out / "ratios.json"
-    ratios.unlink(missing_ok=True)  # never summarise a previous run's numbers
+    for stale in (ratios, out / "benchmarks.json"):  # never summarise a previous run's numbers
+        stale.unlink(missing_ok=True)
     command = [sys.executable, "-m", "pytest", str(benchmarks), "--benchmark-only",
                f"--benchmark-json={out / 'benchmarks.json'}", "-p", "no:cacheprovider", *extra]
     if keyword:

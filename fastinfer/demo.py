@@ -32,7 +32,7 @@ from . import families as fam
 from . import testing
 from .atomic import write_atomic_bytes, write_atomic_json
 from .errors import ConfigError
-from .latency import LatencyHistogram
+from .latency import LatencyHistogram, format_duration
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -313,7 +313,7 @@ def write_latency_png(path: Path, replays: list[Replay], title: str) -> None:
         s = replay.summary
         for key, style in (("p50_us", "-"), ("p99_us", "--")):
             ax.axvline(s[key], color=color, linestyle=style, linewidth=1.2)
-            ax.annotate(f"{key[:-3]} {_duration(s[key])}", xy=(s[key], 1.0), xycoords=("data", "axes fraction"),
+            ax.annotate(f"{key[:-3]} {format_duration(s[key] / 1e6)}", xy=(s[key], 1.0), xycoords=("data", "axes fraction"),
                         xytext=(3, -14 if style == "-" else -28), textcoords="offset points", color=color, fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("wall time per bar (µs, log scale)")
@@ -325,12 +325,6 @@ def write_latency_png(path: Path, replays: list[Replay], title: str) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     write_atomic_bytes(path, buffer.getvalue())
-
-
-def _duration(us: float) -> str:
-    if us < 1e3:
-        return f"{us:.0f} µs"
-    return f"{us / 1e3:.1f} ms" if us < 1e6 else f"{us / 1e6:.2f} s"
 
 
 def _versions() -> dict[str, str | None]:

@@ -10,6 +10,14 @@ _RATIO = 1.02  # 2 % wide bins: percentiles good to ~1 %
 _N_BINS = int(math.log(1e11 / _LO_NS) / math.log(_RATIO)) + 2  # up to 100 s
 
 
+def format_duration(seconds: float) -> str:
+    """``0.000379`` → ``379.00 µs``: the largest unit that keeps the number ≥ 1."""
+    for unit, factor in (("s", 1.0), ("ms", 1e3), ("µs", 1e6)):
+        if seconds * factor >= 1.0:
+            return f"{seconds * factor:,.2f} {unit}"
+    return f"{seconds * 1e9:,.0f} ns"
+
+
 class LatencyHistogram:
     """Log-spaced bins (2 % wide, 100 ns … 100 s); ``record`` is O(1) and allocates no arrays."""
 

@@ -18,6 +18,7 @@ from fastinfer.integrity import sha256_file
 from fastinfer.lock import LOCK_FILE, read_lock
 from fastinfer.loader import ModelLoader
 
+from ._hardening import hostile
 from .conftest import ALL_FAMILIES, TARGET
 
 # Families whose converters exist and pass the gate on this run; the rest must say why not.
@@ -63,6 +64,7 @@ def test_onnx_served_within_tolerance_on_fresh_rows(compiled_run, family):
 
 
 def test_tampered_onnx_strict_refuses_non_strict_falls_back(compiled_copy, caplog):
+    hostile("ONNX graph", "tampered graph vs the lock sha256")
     path = _dir(compiled_copy, "ridge") / "model.onnx"
     model = onnx.load(path)
     init = model.graph.initializer[0]
@@ -100,12 +102,14 @@ def test_missing_lock_serves_native(compiled_copy):
     ('{"version": 1, "entries": [{"target": 1}]}', "entries\\[0\\]"),
 ])
 def test_corrupt_lock_is_a_state_error(compiled_copy, content, match):
+    hostile("lock JSON", f"corrupt lock {content!r:.40}")
     (compiled_copy / LOCK_FILE).write_text(content)
     with pytest.raises(StateError, match=match):
         ModelLoader(compiled_copy)
 
 
 def test_lock_path_escaping_the_run_is_refused(compiled_copy):
+    hostile("path escape", "lock onnx_file ../../etc/passwd")
     data = json.loads((compiled_copy / LOCK_FILE).read_text())
     data["entries"][0]["onnx_file"] = "../../../../etc/passwd"
     (compiled_copy / LOCK_FILE).write_text(json.dumps(data))
@@ -125,6 +129,7 @@ def _relock(root, family, model: onnx.ModelProto):
 
 
 def test_external_data_graph_is_refused(compiled_copy):
+    hostile("ONNX graph", "external data ../../etc/passwd")
     tensor = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[8, 1])
     tensor.data_location = TensorProto.EXTERNAL
     tensor.external_data.add(key="location", value="../../../../etc/passwd")
@@ -138,6 +143,7 @@ def test_external_data_graph_is_refused(compiled_copy):
 
 
 def test_custom_domain_graph_is_refused(compiled_copy):
+    hostile("ONNX graph", "custom operator domain com.evil")
     graph = helper.make_graph([helper.make_node("Evil", ["features"], ["prediction"], domain="com.evil")], "g",
                               [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 8])],
                               [helper.make_tensor_value_info("prediction", TensorProto.FLOAT, ["N", 1])])

@@ -52,8 +52,8 @@ def _feature_versions() -> list[StreamingFeatures]:
     return out
 
 
-def _write_forever(kind: str, path: str, ready) -> None:
-    """Child: alternate between two versions of one state file until killed."""
+def _write_forever(kind: str, path: str, ready, writes) -> None:
+    """Child: alternate between two versions of one state file until killed; counts writes."""
     from fastinfer.atomic import write_atomic_json
 
     root = Path(path).parent
@@ -69,6 +69,7 @@ def _write_forever(kind: str, path: str, ready) -> None:
         else:
             write_atomic_json(path, v.state_dict())
         k += 1
+        writes.value = k
 
 
 def _read(kind: str, path: Path):
@@ -85,25 +86,30 @@ def test_sigkill_mid_write_leaves_a_complete_version(tmp_path, kind):
     path = tmp_path / ("fastinfer.lock.json" if kind == "lock" else f"{kind}.json")
     rng = np.random.default_rng(7)
     allowed = {"lock": {"v0", "v1"}, "buffer": {1.0, 2.0}, "features": {100.0, 101.0}}[kind]
-    seen = set()
+    seen, mid_write = set(), 0
     for attempt in range(KILLS):
         hostile("crash mid-write (SIGKILL)", f"{kind} #{attempt}")
-        ready = CTX.Event()
-        child = CTX.Process(target=_write_forever, args=(kind, str(path), ready), daemon=True)
+        ready, writes = CTX.Event(), CTX.Value("i", 0)
+        child = CTX.Process(target=_write_forever, args=(kind, str(path), ready, writes), daemon=True)
         child.start()
         assert ready.wait(60)
-        time.sleep(float(rng.uniform(0.05, 0.4)))  # lands inside a write most of the time
+        start = writes.value
+        deadline = time.monotonic() + 60
+        while writes.value <= start and time.monotonic() < deadline:  # this child completed a write
+            time.sleep(0.001)
+        assert writes.value > start, "the writer never completed a write"
+        temps = {p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")}
+        time.sleep(float(rng.uniform(0.0, 0.05)))  # the child writes all the time: a kill lands inside one
         os.kill(child.pid, signal.SIGKILL)
         child.join(10)
         assert child.exitcode == -signal.SIGKILL
-        if not path.exists():  # killed before the first rename: nothing to check yet
-            continue
+        mid_write += bool({p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")} - temps)
         value = _read(kind, path)  # whatever moment it died at: one complete version that loads
         assert value in allowed
         seen.add(value)
-    assert seen  # at least one kill after a completed write
+    assert mid_write, "no kill landed inside a write (no temp file left behind): the test proved nothing"
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-    assert all(p.startswith(f".{path.name}.") for p in leftovers)  # only the dead writer's temp files
+    assert all(p.startswith(f".{path.name}.") for p in leftovers)  # only the dead writers' temp files
 
 
 # ---------------------------------------------------------------- SPSC ring restarts

@@ -18,6 +18,7 @@ from fastinfer.errors import InferenceError, IntegrityError, ModelLoadError
 from fastinfer.integrity import sha256_file
 from fastinfer.loader import ModelLoader
 
+from ._hardening import hostile
 from .conftest import ALL_FAMILIES, TARGET
 
 SEQ_LEN = 20
@@ -185,6 +186,7 @@ def test_legacy_meta_keys(run_copy, synthetic):
     ('[' * 100 + ']' * 100, "nested deeper"),
 ])
 def test_missing_or_corrupt_meta(run_copy, content, match):
+    hostile("meta JSON", f"corrupt meta {content!r:.40}")
     meta = _family_dir(run_copy, "ridge") / "model_meta.json"
     if content is None:
         meta.unlink()
@@ -197,6 +199,7 @@ def test_missing_or_corrupt_meta(run_copy, content, match):
 
 
 def test_path_escaping_meta_entry_is_refused(run_copy):
+    hostile("path escape", "meta model_file ../../etc/passwd and /etc/passwd")
     _edit_meta(run_copy, "ridge", model_file="../../../../../../../etc/passwd")
     with pytest.raises(ModelLoadError, match="model_file '.*etc/passwd' escapes the run root"):
         ModelLoader(run_copy).load(TARGET, "ridge")
@@ -206,6 +209,7 @@ def test_path_escaping_meta_entry_is_refused(run_copy):
 
 
 def test_symlinked_model_file_outside_the_run_is_refused(run_copy, tmp_path):
+    hostile("path escape", "model file symlinked outside the run")
     folder = _family_dir(run_copy, "lightgbm")
     outside = tmp_path / "elsewhere.txt"
     shutil.move(folder / "model.txt", outside)
@@ -221,6 +225,7 @@ def _corrupt(path: Path) -> None:
 
 
 def test_checksum_mismatch_strict_and_non_strict(run_copy, caplog):
+    hostile("damaged model file", "bit-flipped model.txt vs its checksum")
     _corrupt(_family_dir(run_copy, "lightgbm") / "model.txt")
     with pytest.raises(IntegrityError, match="sha256 mismatch") as info:
         ModelLoader(run_copy, strict_checksums=True).load(TARGET, "lightgbm")
@@ -252,6 +257,7 @@ def _plant_pickle(root: Path, marker: Path, name: str = "model.joblib") -> Path:
 @pytest.mark.parametrize("name", ["model.joblib", "model.pkl"])
 @pytest.mark.parametrize("strict", [True, False])
 def test_pickle_payload_never_runs_on_mismatch(run_copy, tmp_path, name, strict):
+    hostile("pickle payload", f"{name} payload, checksum mismatch, strict={strict}")
     marker = tmp_path / "pwned"
     _plant_pickle(run_copy, marker, name)  # meta still holds the original model's checksum
     with pytest.raises(IntegrityError, match="refusing to unpickle"):
@@ -260,6 +266,7 @@ def test_pickle_payload_never_runs_on_mismatch(run_copy, tmp_path, name, strict)
 
 
 def test_pickle_payload_never_runs_unsigned(run_copy, tmp_path):
+    hostile("pickle payload", "payload with no checksum, allow_unsigned false")
     marker = tmp_path / "pwned"
     _plant_pickle(run_copy, marker)
     _edit_meta(run_copy, "ridge", model_checksum=None)

@@ -441,7 +441,8 @@ class SPSCRing:
 
         ``commit=False`` only copies them (``peek``): call ``commit(n)`` once they are
         processed, so a consumer that crashes in between gets them again after a restart
-        (at-least-once; the sequence numbers make it exactly-once).
+        (at-least-once; a consumer that records the last sequence number it processed can skip
+        the repeats and so process each record once).
         """
         if (type(out) is not np.ndarray or out.dtype != self.dtype or out.ndim != 2 or out.shape[1] != self.width
                 or type(out_seqs) is not np.ndarray or out_seqs.dtype != np.int64 or out_seqs.ndim != 1):
