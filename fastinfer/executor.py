@@ -182,7 +182,7 @@ class Plan:
         self._native: list[tuple[object, np.ndarray, np.ndarray, np.ndarray]] = []
         self.fused_graphs: dict[str, onnx.ModelProto] = {}
         kinds: dict[int, list[int]] = {}  # 0 = tabular, T = sequence length
-        self._forests: list[tuple[object, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._forests: list[tuple[object, np.ndarray, np.ndarray]] = []  # (kernel, its out, dst in out)
         self.choices: dict[tuple[str, str], dict] = {}  # (target, family) -> how it is served, and why
         member_cols = [np.array([self.union.index(f) for f in m.feature_order], dtype=np.int64) for m in self.models]
         for i, (m, cols) in enumerate(zip(self.models, member_cols)):
@@ -224,29 +224,29 @@ class Plan:
         from .kernels.forest import ForestKernel
 
         key = (m.target, m.family.name)
-        try:
-            kernel = ForestKernel.from_onnx(m.graph)
+        try:  # the kernel reads the model's columns straight from the plan's tabular input
+            kernel = ForestKernel.from_onnx(m.graph, columns=cols)
         except ValueError as exc:
             self.choices[key] = {"engine": "onnxruntime", "forest_kernel": f"not eligible: {exc}"}
             return False
-        x = np.zeros((self.batch, len(cols)), dtype=np.float32)
         out = np.zeros((self.batch, kernel.n_targets), dtype=np.float32)
         choice = {"engine": "forest", "calibration": "forced by config"}
         if settings.forest_kernel == "auto":
-            ort_us, forest_us = _median_us(lambda: m._runner(x)), _median_us(lambda: kernel.predict(x, out))
+            x = np.zeros((self.batch, len(cols)), dtype=np.float32)
+            ort_us = _median_us(lambda: m._runner(x))
+            forest_us = _median_us(lambda: kernel.predict(self.tabular_input, out))
             choice["calibration"] = {"onnxruntime_us": ort_us, "forest_us": forest_us}
             if forest_us >= ort_us:
                 self.choices[key] = {**choice, "engine": "onnxruntime"}
                 return False
         self.choices[key] = choice
-        self._forests.append((kernel, cols, x, out, dst))
+        self._forests.append((kernel, out, dst))
         return True
 
     def run(self) -> np.ndarray:
         """Run every model on the current inputs; returns ``out`` (written in place)."""
-        for kernel, cols, x, out, dst in self._forests:
-            np.take(self.tabular_input, cols, axis=1, out=x)
-            kernel.predict(x, out)
+        for kernel, out, dst in self._forests:
+            kernel.predict(self.tabular_input, out)
             np.copyto(dst, out)
         for bound, copies in self._groups:
             bound.run()

@@ -194,6 +194,23 @@ def test_large_batch_blocks_and_tails(graphs):
             _assert_bits_equal(k.predict(X[:n]), ref[:n])
 
 
+def test_columns_read_a_wider_matrix_in_place(graphs):
+    """``columns`` maps graph features into a wider matrix (the plan's union of features):
+    the same bits as gathering those columns first, for both layouts."""
+    rng = np.random.default_rng(2)
+    wide = rng.normal(size=(40, F + 5)).astype(np.float32)
+    wide[rng.random(wide.shape) < 0.1] = np.nan
+    columns = rng.permutation(F + 5)[:F]
+    narrow = np.ascontiguousarray(wide[:, columns])
+    for family in ("xgboost", "random-forest-2-targets"):
+        reference = ForestKernel.from_onnx(graphs[family])
+        mapped = ForestKernel.from_onnx(graphs[family], columns=columns)
+        for n in (1, 40):
+            _assert_bits_equal(mapped.predict(wide[:n]), reference.predict(narrow[:n]))
+    with pytest.raises(ValueError, match="columns are mapped"):
+        ForestKernel.from_onnx(graphs["xgboost"], columns=columns[:2])
+
+
 # ------------------------------------------------------------ synthetic graphs
 
 def _graph(node: onnx.NodeProto, n_features: int = 3, n_targets: int = 1,

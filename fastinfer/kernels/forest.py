@@ -568,7 +568,7 @@ class ForestKernel:
         return cls(node, **kw)
 
     @classmethod
-    def from_onnx(cls, model: onnx.ModelProto, **kw) -> "ForestKernel":
+    def from_onnx(cls, model: onnx.ModelProto, *, columns=None, **kw) -> "ForestKernel":
         """Kernel for a graph that is only "input -> TreeEnsembleRegressor -> output".
 
         Accepted: one float32 graph input feeding one TreeEnsembleRegressor, then
@@ -576,8 +576,14 @@ class ForestKernel:
         Unsqueeze ending at the single graph output.  Those tails only reshape,
         so `predict` returns (N, n_targets) whatever shape the graph declares
         (CatBoost's graph declares (N,)).  Anything else raises ValueError.
+
+        ``columns``: graph feature j is column ``columns[j]`` of the rows given to
+        `predict`, so a wider matrix (a union of several models' features) is read
+        in place, with no gather.
         """
         node = _single_forest_node(model)
+        if columns is not None:
+            node = _remap_features(node, np.asarray(columns, dtype=np.int64))
         return cls(node, **kw)
 
     def _build_fast(self, raw: _Raw, trees: _Trees, origin: float) -> bool:
@@ -776,6 +782,19 @@ def _single_forest_node(model: onnx.ModelProto) -> onnx.NodeProto:
     if cur != g.output[0].name:
         raise ValueError(f"graph output {g.output[0].name!r} is not the trees' output")
     return tree
+
+
+def _remap_features(node: onnx.NodeProto, columns: np.ndarray) -> onnx.NodeProto:
+    """A copy of ``node`` whose splits read feature ``columns[f]`` where they read ``f``."""
+    remapped = onnx.NodeProto()
+    remapped.CopyFrom(node)
+    attr = next(a for a in remapped.attribute if a.name == "nodes_featureids")
+    ids = np.asarray(attr.ints, dtype=np.int64)
+    if len(ids) and (ids.min() < 0 or ids.max() >= len(columns)):
+        raise ValueError(f"node {node.name!r} reads feature {ids.max()}; only {len(columns)} columns are mapped")
+    del attr.ints[:]
+    attr.ints.extend(columns[ids].tolist())
+    return remapped
 
 
 def find_tree_ensembles(model: onnx.ModelProto) -> list[TreeEnsembleInfo]:
