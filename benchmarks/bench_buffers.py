@@ -11,7 +11,8 @@ Run: ``.venv/bin/python -m pytest benchmarks/bench_buffers.py --benchmark-only``
 * ``spsc`` (records of 8 float64 from a producer process to this one): the shared-memory
   ring, one record per call and in batches, vs ``multiprocessing.Queue``. Target: ≥ 10×.
 
-Ratios are printed at the end of the module.
+Ratios are recorded in the shared groups of ``benchmarks/conftest.py`` (printed at the end of
+the run, summarised by ``fastinfer bench``).
 """
 from __future__ import annotations
 
@@ -30,47 +31,11 @@ WIDTH = 8
 N_RECORDS = 100_000
 SPSC_BATCH = 256
 
-_results: dict[str, dict[str, tuple[float, float]]] = collections.defaultdict(dict)
-
-# (group, measured, baseline, target text)
-_RATIOS = [
-    ("seq-push-get", "fastinfer", "bare_slice_copy", "≤ 2× (P5)"),
-    ("seq-push-get", "np_roll", "fastinfer", ""),
-    ("seq-push-get", "deque_stack", "fastinfer", ""),
-    ("seq-batch", "np_roll_loop", "fastinfer_batch", ""),
-    ("seq-batch", "deque_stack_loop", "fastinfer_batch", ""),
-    ("spsc", "mp_queue", "fastinfer_spsc_single", "≥ 10× (P5)"),
-    ("spsc", "mp_queue", "fastinfer_spsc_batch", "≥ 10× (P5)"),
-]
-
-
-class _RatioReport:
-    """Prints the ratios after pytest-benchmark's tables (terminal summary, last)."""
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_terminal_summary(self, terminalreporter):
-        write = terminalreporter.write_line
-        write("")
-        write("bench_buffers: ratios of mean (median) times, same run")
-        for group, slow, fast, target in _RATIOS:
-            a, b = _results[group].get(slow), _results[group].get(fast)
-            if a is None or b is None:
-                continue
-            write(f"  {group:13s} {slow} / {fast} = {a[0] / b[0]:7.2f}× ({a[1] / b[1]:.2f}×)  {target}")
-        for name in ("fastinfer_spsc_single", "fastinfer_spsc_batch", "mp_queue"):
-            if name in _results["spsc"]:
-                write(f"  spsc {name}: {N_RECORDS / _results['spsc'][name][1] / 1e6:.3f} M records/s (median)")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def report(request):
-    plugin = _RatioReport()
-    request.config.pluginmanager.register(plugin, "bench_buffers_ratios")
-    yield
-
-
-def _record(benchmark, group: str, name: str) -> None:
-    _results[group][name] = (benchmark.stats.stats.mean, benchmark.stats.stats.median)
+# Shared ratio groups (benchmarks/conftest.py); P5's targets are read from their names.
+PUSH_GET = "P5 push + get_sequence, T=60 F=200"
+BATCH = "seq buffers, 100 symbols one bar"
+SPSC_ONE = "P5 SPSC ring, one record per call"
+SPSC_MANY = "P5 SPSC ring, batches of 256"
 
 
 # ---------------------------------------------------------------- one symbol
@@ -92,7 +57,7 @@ def _cycle(rows):
 
 
 @pytest.mark.benchmark(group="seq-push-get")
-def test_seq_push_get_fastinfer(benchmark, rows):
+def test_seq_push_get_fastinfer(benchmark, record_ratio, rows):
     buffer = SeqBufferManager(T, F, "AAPL")
     out = np.empty((1, T, F), dtype=np.float32)
     for row in rows[:T]:
@@ -104,11 +69,11 @@ def test_seq_push_get_fastinfer(benchmark, rows):
         buffer.get_sequence("AAPL", out=out)
 
     benchmark(step)
-    _record(benchmark, "seq-push-get", "fastinfer")
+    record_ratio(PUSH_GET, subject=True, name="fastinfer push + get_sequence(out=)")
 
 
 @pytest.mark.benchmark(group="seq-push-get")
-def test_seq_push_get_bare_slice_copy(benchmark, rows):
+def test_seq_push_get_bare_slice_copy(benchmark, record_ratio, rows):
     window = rows[:T].copy()
     out = np.empty((1, T, F), dtype=np.float32)
     next_row = _cycle(rows)
@@ -118,11 +83,11 @@ def test_seq_push_get_bare_slice_copy(benchmark, rows):
         out[0] = window[:]
 
     benchmark(step)
-    _record(benchmark, "seq-push-get", "bare_slice_copy")
+    record_ratio(PUSH_GET, name="bare numpy slice copy of the window")
 
 
 @pytest.mark.benchmark(group="seq-push-get")
-def test_seq_push_get_np_roll(benchmark, rows):
+def test_seq_push_get_np_roll(benchmark, record_ratio, rows):
     state = {"buf": rows[:T].copy()}
     next_row = _cycle(rows)
 
@@ -133,11 +98,11 @@ def test_seq_push_get_np_roll(benchmark, rows):
         return buf[np.newaxis]
 
     benchmark(step)
-    _record(benchmark, "seq-push-get", "np_roll")
+    record_ratio(PUSH_GET, name="np.roll per push")
 
 
 @pytest.mark.benchmark(group="seq-push-get")
-def test_seq_push_get_deque_stack(benchmark, rows):
+def test_seq_push_get_deque_stack(benchmark, record_ratio, rows):
     dq = collections.deque(rows[:T], maxlen=T)
     next_row = _cycle(rows)
 
@@ -146,7 +111,7 @@ def test_seq_push_get_deque_stack(benchmark, rows):
         return np.stack(dq)[np.newaxis]
 
     benchmark(step)
-    _record(benchmark, "seq-push-get", "deque_stack")
+    record_ratio(PUSH_GET, name="deque + np.stack")
 
 
 # ---------------------------------------------------------------- many symbols, one bar
@@ -158,7 +123,7 @@ def blocks():
 
 
 @pytest.mark.benchmark(group="seq-batch")
-def test_seq_batch_fastinfer_batch(benchmark, blocks):
+def test_seq_batch_fastinfer_batch(benchmark, record_ratio, blocks):
     buffer = SeqBufferManager(T, F_BATCH, symbols=[f"S{i}" for i in range(N_SYM)])
     out = np.empty((N_SYM, T, F_BATCH), dtype=np.float32)
     idx = buffer.indices(buffer.symbols)
@@ -170,11 +135,11 @@ def test_seq_batch_fastinfer_batch(benchmark, blocks):
         buffer.get_batch(idx, out=out)
 
     benchmark(step)
-    _record(benchmark, "seq-batch", "fastinfer_batch")
+    record_ratio(BATCH, subject=True, name="fastinfer push_all + get_batch(out=)")
 
 
 @pytest.mark.benchmark(group="seq-batch")
-def test_seq_batch_np_roll_loop(benchmark, blocks):
+def test_seq_batch_np_roll_loop(benchmark, record_ratio, blocks):
     bufs = [np.zeros((T, F_BATCH), dtype=np.float32) for _ in range(N_SYM)]
     state = {"k": 0}
 
@@ -187,11 +152,11 @@ def test_seq_batch_np_roll_loop(benchmark, blocks):
         return np.stack(bufs)
 
     benchmark(step)
-    _record(benchmark, "seq-batch", "np_roll_loop")
+    record_ratio(BATCH, name="np.roll per symbol")
 
 
 @pytest.mark.benchmark(group="seq-batch")
-def test_seq_batch_deque_stack_loop(benchmark, blocks):
+def test_seq_batch_deque_stack_loop(benchmark, record_ratio, blocks):
     dqs = [collections.deque([np.zeros(F_BATCH, np.float32)] * T, maxlen=T) for _ in range(N_SYM)]
     state = {"k": 0}
 
@@ -203,7 +168,7 @@ def test_seq_batch_deque_stack_loop(benchmark, blocks):
         return np.stack([np.stack(dq) for dq in dqs])
 
     benchmark(step)
-    _record(benchmark, "seq-batch", "deque_stack_loop")
+    record_ratio(BATCH, name="deque + np.stack per symbol")
 
 
 # ---------------------------------------------------------------- across processes
@@ -251,7 +216,7 @@ def spsc_ring():
 
 @pytest.mark.benchmark(group="spsc")
 @pytest.mark.parametrize("batch", [0, SPSC_BATCH], ids=["single", "batch"])
-def test_spsc_fastinfer_spsc(benchmark, spsc_ring, batch):
+def test_spsc_fastinfer_spsc(benchmark, record_ratio, spsc_ring, batch):
     ring, conn = spsc_ring
     one = np.empty(WIDTH)
     out = np.empty((SPSC_BATCH, WIDTH))
@@ -270,11 +235,12 @@ def test_spsc_fastinfer_spsc(benchmark, spsc_ring, batch):
 
     transfer()  # the producer's first round compiles/loads its kernels
     benchmark.pedantic(transfer, rounds=3, iterations=1)
-    _record(benchmark, "spsc", "fastinfer_spsc_batch" if batch else "fastinfer_spsc_single")
+    record_ratio(SPSC_MANY if batch else SPSC_ONE, subject=True,
+                 name=f"fastinfer SPSCRing.{'get_many' if batch else 'get'}, {N_RECORDS:,} records")
 
 
 @pytest.mark.benchmark(group="spsc")
-def test_spsc_mp_queue(benchmark):
+def test_spsc_mp_queue(benchmark, record_ratio):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue(maxsize=4096)
     conn, proc = _serve(_queue_producer, queue)
@@ -289,4 +255,5 @@ def test_spsc_mp_queue(benchmark):
     finally:
         conn.send(None)
         proc.join(30)
-    _record(benchmark, "spsc", "mp_queue")
+    for group in (SPSC_ONE, SPSC_MANY):
+        record_ratio(group, name=f"multiprocessing.Queue, {N_RECORDS:,} records")

@@ -72,6 +72,12 @@ def record_ratio(benchmark, request):
     return record
 
 
+@pytest.fixture
+def results():
+    """The shared ``RESULTS``, for figures ``benchmark`` does not time itself (budgets, percentiles)."""
+    return RESULTS
+
+
 def pytest_collect_file(file_path, parent):
     # bench_*.py is not in pytest's default pattern; a path given on the command line is
     # collected by pytest itself, so leave those alone.

@@ -150,13 +150,16 @@ def put_batch(ctrl, seqs, payload, records, rec_seqs, start):
 
 @njit(cache=True, nogil=True)
 def try_put(ctrl, seqs, payload, record, seq):
-    """Publish one record; returns 1, or 0 when the ring is full."""
+    """Publish one record (``seq`` < 0: records offered so far, published + dropped);
+    returns 1, or 0 when the ring is full."""
     cap = seqs.shape[0]
     head = ctrl[HEAD]
     tail = _load_relaxed(ctrl, TAIL)
     _fence_acquire()
     if head - tail >= cap:
         return 0
+    if seq < 0:
+        seq = head + ctrl[DROPPED]
     slot = head & (cap - 1)
     seqs[slot] = seq
     for j in range(payload.shape[1]):
@@ -301,6 +304,7 @@ class SPSCRing:
         self._payload = np.ndarray((capacity, width), dtype=dtype, buffer=shm.buf, offset=payload_offset)
         self._seq_box = np.zeros(1, dtype=np.int64)
         self.capacity, self.width, self.dtype = capacity, width, dtype
+        self._shape = (width,)
 
     @classmethod
     def create(cls, capacity: int, width: int, dtype=np.float64, *, name: str | None = None,
@@ -356,7 +360,7 @@ class SPSCRing:
     def _record(self, record) -> np.ndarray:
         if type(record) is not np.ndarray or record.dtype != self.dtype:
             record = np.asarray(record, dtype=self.dtype)
-        if record.shape != (self.width,):
+        if record.shape != self._shape:
             raise ValueError(f"record has shape {record.shape}, expected ({self.width},)")
         return record
 
@@ -365,7 +369,9 @@ class SPSCRing:
         (published + dropped), so drops show up as gaps. Returns False if it was dropped."""
         record = self._record(record)
         if seq is None:
-            seq = int(self._ctrl[HEAD] + self._ctrl[DROPPED])
+            seq = -1  # the kernel numbers it: published + dropped so far
+        elif seq < 0:
+            raise ValueError(f"seq must be >= 0, got {seq}")
         if try_put(self._ctrl, self._seqs, self._payload, record, seq):
             return True
         if self.on_full == "drop":
@@ -420,7 +426,7 @@ class SPSCRing:
     def get(self, out: np.ndarray, timeout: float | None = 0.0) -> int | None:
         """Consume one record into ``out`` ((width,), the ring's dtype); returns its seq, or
         None if nothing arrived (``timeout``: 0 = don't wait, None = wait forever)."""
-        if type(out) is not np.ndarray or out.dtype != self.dtype or out.shape != (self.width,):
+        if type(out) is not np.ndarray or out.dtype != self.dtype or out.shape != self._shape:
             raise ValueError(f"out must be a ({self.width},) {self.dtype} array")
         if try_get(self._ctrl, self._seqs, self._payload, out, self._seq_box):
             return int(self._seq_box[0])
