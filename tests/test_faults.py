@@ -81,6 +81,10 @@ def _read(kind: str, path: Path):
     return float(StreamingFeatures.from_state_dict(json.loads(path.read_text()))._state.closes[0, 0])
 
 
+def _temps(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir() if p.name.endswith(".tmp")}
+
+
 @pytest.mark.parametrize("kind", ["lock", "buffer", "features"])
 def test_sigkill_mid_write_leaves_a_complete_version(tmp_path, kind):
     path = tmp_path / ("fastinfer.lock.json" if kind == "lock" else f"{kind}.json")
@@ -98,12 +102,16 @@ def test_sigkill_mid_write_leaves_a_complete_version(tmp_path, kind):
         while writes.value <= start and time.monotonic() < deadline:  # this child completed a write
             time.sleep(0.001)
         assert writes.value > start, "the writer never completed a write"
-        temps = {p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")}
-        time.sleep(float(rng.uniform(0.0, 0.05)))  # the child writes all the time: a kill lands inside one
+        temps = _temps(tmp_path)
+        if attempt % 2:  # at a random moment (serialising, writing, renaming)
+            time.sleep(float(rng.uniform(0.0, 0.05)))
+        else:  # as soon as the writer's temp file appears: inside the write itself
+            while not _temps(tmp_path) - temps and time.monotonic() < deadline:
+                pass
         os.kill(child.pid, signal.SIGKILL)
         child.join(10)
         assert child.exitcode == -signal.SIGKILL
-        mid_write += bool({p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")} - temps)
+        mid_write += bool(_temps(tmp_path) - temps)
         value = _read(kind, path)  # whatever moment it died at: one complete version that loads
         assert value in allowed
         seen.add(value)
