@@ -43,7 +43,7 @@ TARGET_RULES: tuple[tuple[str, str, Target], ...] = (
     (r"^500-symbols-bar$", r"", Target("P3", 20.0, "≥ 20× a per-symbol loop")),
     (r"^P4 ", r"pandas", Target("P4", 1000.0, "≥ 1000× pandas recompute")),
     (r"^P4 ", r"talib", Target("P4", 50.0, "≥ 50× TA-Lib recompute")),
-    (r"^P1b tail", r"", Target("P1b", 1.0, "p99 ≤ 3× p50")),
+    (r"^P1b tail:", r"", Target("P1b", 1.0, "p99 ≤ 3× p50")),
     (r"^P5 push \+ get_sequence", r"slice copy", Target("P5", 0.5, "within 2× a bare slice copy")),
     (r"^P5 SPSC", r"Queue", Target("P5", 10.0, "≥ 10× multiprocessing.Queue")),
     (r"^S1 ", r"budget", Target("S1", 1.0, "≤ 2 s: budget / start-up ≥ 1")),
