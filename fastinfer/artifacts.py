@@ -18,7 +18,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import families as fam
 from .errors import ModelLoadError
@@ -297,18 +297,23 @@ def _model_file(loc: ModelLocation, run_root: Path, meta: dict, meta_path: Path)
     raise _error(loc, f"no model file ({', '.join(loc.family.formats)})", loc.path)
 
 
-def read_manifest(run_root: Path) -> dict[str, Any]:
+def read_manifest(run_root: Path, *, digest: Callable[[Path], str | None] | None = None) -> dict[str, Any]:
+    """``manifest.json`` ({} when there is none). ``digest(path)``: the sha256 the bytes must have
+    (a signed run's loader passes one that refuses files the signature does not cover)."""
     path = run_root / "manifest.json"
     if not path.is_file():
         return {}
-    data = read_json_limited(path)
+    data = read_json_limited(path, expected_sha256=digest(path) if digest else None)
     return data if isinstance(data, dict) else {}
 
 
-def read_routing_decision(run_root: Path, target: str, view: str) -> dict[str, Any] | None:
+def read_routing_decision(run_root: Path, target: str, view: str, *,
+                          digest: Callable[[Path], str | None] | None = None) -> dict[str, Any] | None:
+    """The target's ``routing_decision.json`` for ``view`` (or its ``decision/`` folder), else None."""
     for path in (run_root / "targets" / target / "models" / f"view={view}" / "routing_decision.json",
                  run_root / "targets" / target / "decision" / "routing_decision.json"):
         if path.is_file():
-            data = read_json_limited(path)
+            inside(run_root, path.relative_to(run_root), what="routing_decision.json link")
+            data = read_json_limited(path, expected_sha256=digest(path) if digest else None)
             return data if isinstance(data, dict) else None
     return None

@@ -43,28 +43,43 @@ def _csv(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
+def _password(password_env: str | None) -> bytes | None:
+    """The key password from the environment variable named by ``--password-env``."""
+    if not password_env:
+        return None
+    if password_env not in os.environ:
+        raise click.UsageError(f"--password-env: environment variable {password_env!r} is not set")
+    return os.environ[password_env].encode()
+
+
+_CONFIG = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                       help="Settings YAML (e.g. models.verify_signature + trusted_public_key) instead of the "
+                            "packaged config/fastinfer.yaml.")
+
+
 @main.command()
 @click.argument("run_root", type=click.Path(path_type=Path))
 @click.option("--targets", help="Comma-separated targets (default: all).")
 @click.option("--families", help="Comma-separated families (default: all).")
-def convert(run_root: Path, targets: str | None, families: str | None) -> None:
+@_CONFIG
+def convert(run_root: Path, targets: str | None, families: str | None, config_path: Path | None) -> None:
     """Convert every model of RUN_ROOT to a parity-checked ONNX graph and write fastinfer.lock.json."""
     from rich.console import Console
 
     from .console import convert_with_progress
 
-    convert_with_progress(run_root, Console(), _csv(targets), _csv(families))
+    convert_with_progress(run_root, Console(), _csv(targets), _csv(families), config_path=config_path)
 
 
 @main.command()
 @click.argument("run_root", type=click.Path(path_type=Path))
 @click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also verify fastinfer.lock.sig with this Ed25519 public key (PEM).")
-def verify(run_root: Path, public_key: Path | None) -> None:
+@_CONFIG
+def verify(run_root: Path, public_key: Path | None, config_path: Path | None) -> None:
     """Re-check every checksum of RUN_ROOT (meta, lock, graphs, and the signature with --public-key); exit 1 on any mismatch."""
-    from .artifacts import read_spec, resolve_run_root
+    from .artifacts import resolve_run_root
     from .integrity import sha256_file
-    from .lock import read_lock
     from .loader import ModelLoader
 
     root = resolve_run_root(run_root)
@@ -78,12 +93,13 @@ def verify(run_root: Path, public_key: Path | None) -> None:
         except FastInferError as exc:
             click.echo(f"FAIL signature: {exc}")
             problems += 1
-    loader = ModelLoader(root, prefer_onnx=False)
-    lock = read_lock(root)
+    # With --config turning verify_signature on, the loader refuses a run whose signature fails.
+    loader = ModelLoader(root, prefer_onnx=False, config_path=config_path)
+    lock = loader.lock
     for loc in loader.locations():
         name = f"{loc.target}/{loc.family.name}"
         try:
-            spec = read_spec(loc, root)
+            spec = loader.spec_of(loc)
         except FastInferError as exc:
             click.echo(f"FAIL {name}: {exc}")
             problems += 1
@@ -111,11 +127,9 @@ def verify(run_root: Path, public_key: Path | None) -> None:
 @click.option("--password-env", default=None, help="Encrypt the private key with the password in this variable.")
 def keygen(out_prefix: Path, password_env: str | None) -> None:
     """Make an Ed25519 key pair: OUT_PREFIX.key (private, mode 0600) and OUT_PREFIX.pub (public)."""
-    import os
-
     from .signing import generate_keypair, key_id, load_public_key
 
-    password = os.environ[password_env].encode() if password_env else None
+    password = _password(password_env)
     private, public = generate_keypair(out_prefix, password)
     click.echo(f"private key {private} (keep it off the serving machines)\npublic key  {public} "
                f"(key id {key_id(load_public_key(public))[:16]}…): set models.trusted_public_key to it")
@@ -128,12 +142,10 @@ def keygen(out_prefix: Path, password_env: str | None) -> None:
 @click.option("--password-env", default=None, help="The key's password is in this environment variable.")
 def sign(run_root: Path, key_path: Path, password_env: str | None) -> None:
     """Sign a converted RUN_ROOT: fastinfer.lock.sig over the lock and every file it lists."""
-    import os
-
     from .signing import sign_run, verify_run
     from .signing import load_private_key
 
-    password = os.environ[password_env].encode() if password_env else None
+    password = _password(password_env)
     path = sign_run(run_root, load_private_key(key_path, password))
     signed = verify_run(run_root, load_private_key(key_path, password).public_key())  # read back what was written
     click.echo(f"signed {len(signed.files)} file(s) of {signed.run_root} → {path}")
@@ -169,7 +181,9 @@ def export_triton(run_root: Path, out_dir: Path, gpu: bool, max_batch_size: int,
 @click.option("--interval", "interval_minutes", type=float, required=True, help="Bar interval in minutes.")
 @click.option("--symbol", default=None, help="Symbol name (default: the file name).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write every bar's predictions as CSV.")
-def predict(run_root: Path, ohlcv_path: Path, interval_minutes: float, symbol: str | None, out: Path | None) -> None:
+@_CONFIG
+def predict(run_root: Path, ohlcv_path: Path, interval_minutes: float, symbol: str | None, out: Path | None,
+            config_path: Path | None) -> None:
     """Replay the bars of an OHLCV file through the live predictor; print the last bar's predictions."""
     import pandas as pd
 
@@ -189,7 +203,7 @@ def predict(run_root: Path, ohlcv_path: Path, interval_minutes: float, symbol: s
         raise FeatureBuildError(f"{ohlcv_path}: cannot read bars ({type(exc).__name__}: {str(exc)[:120]})") from None
     bars = ohlcv_arrays(frame, where=str(ohlcv_path))
     symbol = symbol or ohlcv_path.stem
-    predictor = LivePredictor(run_root, [symbol], interval_minutes)
+    predictor = LivePredictor(run_root, [symbol], interval_minutes, config_path=config_path)
     rows = []
     for t in range(len(frame)):
         result = predictor.on_bar(*(bars[k][t:t + 1] for k in ("open", "high", "low", "close", "volume")))

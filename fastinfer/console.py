@@ -12,14 +12,17 @@ if TYPE_CHECKING:
 
 
 def convert_with_progress(run_root: str | Path, console: "Console", targets: Iterable[str] | None = None,
-                          families: Iterable[str] | None = None) -> "Lock":
-    """``compile_run`` with a progress bar, then the parity table; what ``fastinfer convert`` prints."""
+                          families: Iterable[str] | None = None, *, config_path: str | Path | None = None) -> "Lock":
+    """``compile_run`` with a progress bar, then the parity table; what ``fastinfer convert`` prints.
+
+    ``config_path``: settings YAML for the loader (checksum policy, signature); the packaged one if None.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .compiler import compile_run
     from .loader import ModelLoader
 
-    loader = ModelLoader(run_root, prefer_onnx=False)
+    loader = ModelLoader(run_root, prefer_onnx=False, config_path=config_path)
     columns = (TextColumn("converting {task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("", total=len(loader.locations()))

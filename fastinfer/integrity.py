@@ -3,7 +3,8 @@
 The rule for code-carrying formats: a pickle (``model.pkl``, ``model.joblib``) runs code
 when opened, so it is opened only after its sha256 matched the recorded checksum, or, with
 ``allow_unsigned``, when no checksum is recorded at all. A mismatch is never "warn and go
-on" for a pickle, whatever ``strict_checksums`` says.
+on" for a pickle, whatever ``strict_checksums`` says. The loader hashes a pickle's bytes in
+memory and unpickles those same bytes (``actual``), never the file a second time.
 """
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ from .errors import IntegrityError
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def sha256_file(path: str | Path) -> str:
@@ -42,11 +47,14 @@ def check_file(
     family: str,
     target: str,
     executes_code: bool,
+    actual: str | None = None,
 ) -> str:
     """Apply the policy to one file before it is opened; returns what was established.
 
     Returns "verified", "unverified" (checks off), "unsigned" (no checksum, allowed) or
     "mismatch" (non-strict, non-pickle). Raises ``IntegrityError`` when it must not load.
+    ``actual``: the sha256 already computed over the bytes that will be opened (the file
+    is then not read again).
     """
     if not expected:
         if not policy.allow_unsigned:
@@ -55,7 +63,8 @@ def check_file(
         return "unsigned"
     if not (policy.verify or executes_code):
         return "unverified"
-    actual = sha256_file(path)
+    if actual is None:
+        actual = sha256_file(path)
     if actual == expected.lower():
         return "verified"
     reason = f"sha256 mismatch: expected {expected[:16]}…, file has {actual[:16]}…"

@@ -18,7 +18,7 @@ from . import families as fam
 from .artifacts import ModelLocation, ModelSpec
 from .config import Settings, load_config
 from .errors import ConfigError, InferenceError, ModelLoadError, SignatureError
-from .integrity import ChecksumPolicy, check_file, sha256_file
+from .integrity import ChecksumPolicy, check_file, sha256_bytes, sha256_file
 from .lock import Lock, LockEntry, read_lock
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ class ModelLoader:
     # ------------------------------------------------------------ discovery
 
     def list_targets(self) -> list[str]:
-        indexed = artifacts.read_manifest(self.run_root).get("target_index") or {}
+        indexed = artifacts.read_manifest(self.run_root, digest=self._signed_digest).get("target_index") or {}
         found = {loc.target for loc in self._locations.values()}
         return sorted(found | (set(indexed) & found))
 
@@ -202,14 +202,19 @@ class ModelLoader:
         loc = self.locate(target, family, view, **scope)
         if loc is None:
             raise ModelLoadError(str(family), target, "no such model in the run", self.run_root)
-        return artifacts.read_spec(loc, self.run_root)
+        return self.spec_of(loc)
+
+    def spec_of(self, loc: ModelLocation) -> ModelSpec:
+        """``model_meta.json`` of one location; in a signed run, checked against its signed digest."""
+        meta_sha256 = self._signed_digest(loc.path / artifacts.META_FILE, loc)
+        return artifacts.read_spec(loc, self.run_root, meta_sha256=meta_sha256)
 
     def get_feature_list(self, target: str, family: str, view: str | None = None, **scope: Any) -> list[str]:
         """The meta's ``feature_list`` (as TRAINING wrote it); a handle's ``feature_order`` is the model's."""
         return list(self.spec(target, family, view, **scope).feature_list)
 
     def get_routing_decision(self, target: str, view: str = artifacts.CROSS_SECTIONAL) -> dict | None:
-        return artifacts.read_routing_decision(self.run_root, target, view)
+        return artifacts.read_routing_decision(self.run_root, target, view, digest=self._signed_digest)
 
     # ------------------------------------------------------------ loading
 
@@ -258,24 +263,35 @@ class ModelLoader:
     def _read_lock(self) -> Lock | None:
         return self.signed.lock() if self.signed is not None else read_lock(self.run_root)
 
+    def _signed_digest(self, path: Path, loc: ModelLocation | None = None) -> str | None:
+        """The signed sha256 of a file of the run; None when the run is not opened signed.
+
+        In a signed run every file read must be covered by the signature: one that is not
+        (added after signing, or reached through a link) is a ``SignatureError`` naming it.
+        """
+        if self.signed is None:
+            return None
+        path = Path(path)
+        digest = None if path.is_symlink() else self.signed.digest(path)
+        if digest is None:
+            raise SignatureError(loc.family.name if loc else None, loc.target if loc else None,
+                                 f"{path.name} is not covered by the signature: not trusted", path)
+        return digest
+
     def _open(self, loc: ModelLocation) -> LoadedModel:
         model = self._open_trusted(loc)
         model.nan_policy = self.settings.predictor.nan_policy
         return model
 
     def _open_trusted(self, loc: ModelLocation) -> LoadedModel:
+        if self.signed is not None and self.lock.find(loc.key) is None:
+            raise SignatureError(loc.family.name, loc.target, "model is not in the signed lock: not trusted", loc.path)
+        spec = self.spec_of(loc)
         if self.signed is not None:
             entry = self.lock.find(loc.key)
-            if entry is None:
-                raise SignatureError(loc.family.name, loc.target, "model is not in the signed lock: not trusted",
-                                     loc.path)
-            spec = artifacts.read_spec(loc, self.run_root,
-                                       meta_sha256=self.signed.digest(loc.path / artifacts.META_FILE))
             if spec.model_path.resolve() != (self.run_root / entry.native_file).resolve():
                 raise SignatureError(loc.family.name, loc.target, "model_meta.json names a model file the "
                                      "signature does not cover", spec.model_path)
-        else:
-            spec = artifacts.read_spec(loc, self.run_root)
         entry = self.lock.find(loc.key) if self.lock is not None and self.prefer_onnx else None
         if entry is not None and entry.status == "onnx":
             model = self._open_onnx(spec, entry)
@@ -291,7 +307,12 @@ class ModelLoader:
         from .errors import ConversionError, IntegrityError
 
         family, target = spec.family.name, spec.target
-        native_sha = spec.model_checksum.lower() if spec.model_checksum else sha256_file(spec.model_path)
+        if spec.model_checksum:
+            native_sha = spec.model_checksum.lower()
+        elif self.signed is not None:  # verify_run hashed it when the run was opened
+            native_sha = self._signed_digest(spec.model_path, spec.location)
+        else:
+            native_sha = sha256_file(spec.model_path)
         if native_sha != entry.native_sha256 or set(entry.feature_order) != set(spec.feature_list):
             if self.signed is not None:  # a signed run is served exactly as signed
                 raise SignatureError(family, target, "model_meta.json disagrees with the signed lock", spec.meta_path)
@@ -327,27 +348,42 @@ class ModelLoader:
                            run, None, "verified", path, graph, entry)
 
     def _open_native(self, spec: ModelSpec) -> LoadedModel:
-        family, target = spec.family.name, spec.target
-        pickle = spec.model_path.name in fam.PICKLE_FORMATS
-        if self.signed is not None:
-            signed = self.signed.digest(spec.model_path)
-            if signed is None or sha256_file(spec.model_path) != signed:
-                raise SignatureError(family, target, "native model file changed since the run was opened"
-                                     if signed else "native model file is not covered by the signature",
-                                     spec.model_path)
-        integrity = check_file(spec.model_path, spec.model_checksum, self.policy, family=family, target=target,
-                               executes_code=pickle)
-        if integrity != "verified" and self.signed is None and not pickle:
-            # Not verified: a damaged file must not be able to crash this process (LightGBM's
-            # parser segfaults on some), so it is opened in a throw-away interpreter first.
-            problem = native.probe_in_subprocess(spec.model_path)
+        """Hash the native file once and open exactly what was hashed where the format allows.
+
+        Pickles and LightGBM text are read into memory once; those bytes are hashed, checked
+        against the signed digest and/or ``model_checksum`` (and, unverified, probed), and
+        loaded, so a file swapped after the check is never opened. XGBoost, CatBoost and Keras
+        need a path for their library's loader: hashed once, then opened by path.
+        """
+        family, target, path = spec.family.name, spec.target, spec.model_path
+        pickle = path.name in fam.PICKLE_FORMATS
+        signed = self._signed_digest(path, spec.location)
+        data: bytes | None = None
+        actual: str | None = None
+        if path.name in native.BYTES_LOADERS:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise ModelLoadError(family, target, f"cannot read model file ({exc.strerror})", path) from None
+            actual = sha256_bytes(data)
+        elif signed is not None:
+            actual = sha256_file(path)
+        if signed is not None and actual != signed:
+            raise SignatureError(family, target, "native model file changed since the run was opened", path)
+        integrity = check_file(path, spec.model_checksum, self.policy, family=family, target=target,
+                               executes_code=pickle, actual=actual)
+        if integrity != "verified" and path.name in native.PROBED_FORMATS:
+            # Not verified, and this format's parser can crash on a damaged file: the same
+            # bytes are opened in a throw-away interpreter first (SECURITY.md: the cost).
+            malformed = native.precheck(path.name, data)  # cheap and in-process: no probe needed for these
+            problem = f"cannot open: {malformed}" if malformed else native.probe_in_subprocess(path, data)
             if problem:
-                raise ModelLoadError(family, target, problem, spec.model_path)
+                raise ModelLoadError(family, target, problem, path)
         try:
-            model = native.load_native(spec.model_path)
+            model = native.load_native_bytes(path.name, data) if data is not None else native.load_native(path)
         except Exception as exc:  # every library raises its own types for a broken file
             raise ModelLoadError(family, target, f"cannot open: {type(exc).__name__}: {str(exc)[:200]}",
-                                 spec.model_path) from exc
+                                 path) from exc
         order = _feature_order(spec, native.feature_names(model))
         return LoadedModel(spec, "native", order, native.output_columns(model),
                            lambda X, m=model: native.native_predict(m, X), model, integrity)

@@ -6,8 +6,9 @@ first one that changed. ``ModelLoader`` calls ``verify_run`` once, when it opens
 ``models.verify_signature`` is true.
 
 What is signed: the lock's exact bytes (by sha256) and, for every lock entry, its native
-file, its ONNX graph and its ``model_meta.json``, plus ``manifest.json`` and the
-``routing_decision.json`` files. Before signing, the lock's own sha256 records are checked
+file, its ONNX graph and its model folder's ``model_meta.json``, plus ``manifest.json`` and
+the ``routing_decision.json`` files. A signed loader reads no file of the run that is not
+listed (``ModelLoader._signed_digest``). Before signing, the lock's own sha256 records are checked
 against the files, so a tampered run is refused rather than signed.
 
 Format: the layout of the OpenSSF model-signing v1.0 signature (a Sigstore-bundle-shaped
@@ -60,10 +61,17 @@ class SignedRun:
         return parse_lock(self.run_root, self.lock_bytes)
 
     def digest(self, path: Path) -> str | None:
-        """The signed sha256 of ``path`` (a file in the run), None if it was not signed."""
+        """The signed sha256 of ``path`` (a file in the run), None if it was not signed.
+
+        The folders on the way are resolved, the file's own name is not: a link named like a
+        signed file is not that file (the loader refuses links to signed files outright).
+        """
+        path = Path(path)
+        if not path.is_absolute():
+            path = self.run_root / path
         try:
-            rel = Path(path).resolve().relative_to(self.run_root.resolve()).as_posix()
-        except ValueError:
+            rel = (path.parent.resolve() / path.name).relative_to(self.run_root.resolve()).as_posix()
+        except (ValueError, OSError):
             return None
         return self.files.get(rel)
 
@@ -155,12 +163,21 @@ def _root_digest(resources: list[dict[str, str]]) -> str:
 
 
 def _signed_paths(run_root: Path, lock: Lock) -> list[str]:
-    """Every file the loader reads for the lock's models, relative to the run root."""
+    """Every file the loader reads for the lock's models, relative to the run root.
+
+    Each entry's ``model_meta.json`` is the one of its own model folder (what the loader
+    reads), not the one beside the native file, which ``model_file`` may put in a subfolder.
+    """
     paths = {LOCK_FILE}
+    folders = {loc.key: loc.path for loc in artifacts.discover(run_root)}
     for e in lock.entries:
-        native = artifacts.inside(run_root, e.native_file, what="lock native_file")
+        artifacts.inside(run_root, e.native_file, what="lock native_file")
         paths.add(e.native_file)
-        paths.add((native.parent / artifacts.META_FILE).relative_to(run_root.resolve()).as_posix())
+        folder = folders.get(e.key)
+        if folder is None:
+            raise _fail(f"lock entry target={e.target!r} family={e.family!r} view={e.view!r} has no model "
+                        "folder in the run; refusing to sign", run_root / e.native_file)
+        paths.add((folder / artifacts.META_FILE).relative_to(run_root).as_posix())
         if e.onnx_file:
             paths.add(e.onnx_file)
     for name in METADATA_FILES:

@@ -226,3 +226,58 @@ def test_update_readme_between_markers(tmp_path):
     project_readme = Path(__file__).resolve().parent.parent / "README.md"
     text = project_readme.read_text()
     assert text.count(README_START) == 1 and text.index(README_START) < text.index(README_END)
+
+
+# ---------------------------------------------------------------- keys and --config
+
+
+@pytest.mark.parametrize("command", ["keygen", "sign"])
+def test_unset_password_variable_is_a_usage_error(runner, compiled_copy, tmp_path, monkeypatch, command):
+    monkeypatch.delenv("FASTINFER_TEST_KEY_PASSWORD", raising=False)
+    ok = runner.invoke(main, ["keygen", str(tmp_path / "k")])  # control: no password asked for
+    assert ok.exit_code == 0, ok.output
+    args = ([str(tmp_path / "k2")] if command == "keygen"
+            else [str(compiled_copy), "--key", str(tmp_path / "k.key")])
+    result = runner.invoke(main, [command, *args, "--password-env", "FASTINFER_TEST_KEY_PASSWORD"])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert "FASTINFER_TEST_KEY_PASSWORD" in result.output and "is not set" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "k2.key").exists()
+    monkeypatch.setenv("FASTINFER_TEST_KEY_PASSWORD", "s3cret")  # control: set, it is used
+    assert runner.invoke(main, ["keygen", str(tmp_path / "k3"), "--password-env",
+                                "FASTINFER_TEST_KEY_PASSWORD"]).exit_code == 0
+    assert b"ENCRYPTED" in (tmp_path / "k3.key").read_bytes()
+
+
+@pytest.fixture
+def signed_market(tmp_path, market_run):
+    """A signed copy of market_run and a config that turns signature checking on."""
+    import shutil
+
+    from fastinfer import signing
+
+    root = tmp_path / "run" / market_run.name
+    shutil.copytree(market_run, root)
+    private, public = signing.generate_keypair(tmp_path / "keys" / "release")
+    signing.sign_run(root, private)
+    config = tmp_path / "keys" / "live.yaml"
+    config.write_text("models:\n  verify_signature: true\n  trusted_public_key: release.pub\n")
+    return root, config
+
+
+def test_config_turns_on_signature_checking_for_predict_and_verify(runner, signed_market, goog, tmp_path):
+    root, config = signed_market
+    csv = tmp_path / "goog.csv"
+    goog.iloc[1000:1060].to_csv(csv)
+    predict = ["predict", str(root), "--ohlcv", str(csv), "--interval", "1440"]
+    ok = runner.invoke(main, [*predict, "--config", str(config)])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.output[ok.output.index("{"):])["bars"] == 60
+    ok = runner.invoke(main, ["verify", str(root), "--config", str(config)])
+    assert ok.exit_code == 0 and "0 problem(s)" in ok.output, ok.output
+    meta = root / "targets" / "fwd_ret_1d" / "models" / "view=CROSS_SECTIONAL" / "family=ridge" / "model_meta.json"
+    meta.write_text(meta.read_text().replace('"metrics"', '"note": "edited", "metrics"', 1))
+    for args in (predict, ["verify", str(root)]):
+        bad = runner.invoke(main, [*args, "--config", str(config)])
+        assert bad.exit_code != 0 and _one_line_error(bad), bad.output
+        assert "signed file changed" in bad.output and "model_meta.json" in bad.output
+    assert runner.invoke(main, predict).exit_code == 0  # control: the packaged config does not check signatures

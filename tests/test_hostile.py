@@ -23,7 +23,7 @@ from fastinfer import config
 from fastinfer.cli import main
 from fastinfer.config import Settings
 from fastinfer.errors import (ConfigError, FeatureBuildError, InferenceError, IntegrityError, ModelLoadError,
-                              StateError)
+                              SignatureError, StateError)
 from fastinfer.features import FeatureBuilder, StreamingFeatures, ohlcv_arrays
 from fastinfer.integrity import sha256_file
 from fastinfer.lock import LOCK_FILE, read_lock
@@ -111,34 +111,176 @@ def test_damaged_model_file_of_every_format(run_copy, fmt, how):
     assert info.value.path == str(path) and info.value.target == TARGET
 
 
+@pytest.fixture
+def no_subprocess(monkeypatch):
+    """Fails the test if anything starts a child process (the loader opens every model in-process)."""
+    import subprocess
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a subprocess was started: {args[0] if args else kwargs}")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    monkeypatch.setattr(subprocess, "run", refuse)
+
+
 @pytest.mark.parametrize("how", ["truncated", "bit-flipped"])
-def test_unverified_damaged_file_is_probed_in_a_throwaway_process(run_copy, how):
-    """Default policy (strict_checksums false) loads a mismatching non-pickle file with a
-    warning; it is first opened in a subprocess, so a crashing parser cannot take this one down."""
+def test_unverified_damaged_model_txt_is_refused_in_process(run_copy, how, no_subprocess):
+    """Default policy (strict_checksums false) loads a mismatching non-pickle file with a warning.
+    A damaged model.txt (whose parser segfaults or aborts on such input) is refused by the
+    structure check on the bytes that would be parsed, in this process: no throw-away
+    interpreter is started (it used to be, importing everything again, per model)."""
     hostile("damaged model file", f"non-strict mismatch, {how} model.txt")
     path = _dir(run_copy, "lightgbm") / "model.txt"
+    assert ModelLoader(run_copy).load(TARGET, "lightgbm").integrity == "verified"  # control, no subprocess
     _damage(path, how)
-    with pytest.raises(ModelLoadError, match="malformed LightGBM|cannot open") as info:
+    with pytest.raises(ModelLoadError, match="malformed LightGBM") as info:
         ModelLoader(run_copy, strict_checksums=False).load(TARGET, "lightgbm")
     assert info.value.path == str(path)
 
 
-def test_native_library_crash_is_caught_by_the_probe(tmp_path):
-    """The probe reports a crash (here: a process that dies of SIGSEGV) as a reason, not a crash."""
+@pytest.mark.parametrize("fmt", ["model.cbm", "model.keras", "model.h5"])
+def test_unverified_damaged_file_of_an_unprobed_format_is_refused_in_process(run_copy, fmt, no_subprocess):
+    """Formats with no known parser crash are opened in-process even when unverified."""
+    hostile("damaged model file", f"non-strict mismatch, truncated {fmt}")
+    family, path = _as_format(run_copy, fmt)
+    ModelLoader(run_copy).load(TARGET, family)  # control
+    _damage(path, "truncated")
+    with pytest.raises(ModelLoadError, match="cannot open") as info:
+        ModelLoader(run_copy, strict_checksums=False).load(TARGET, family)
+    assert info.value.path == str(path)
+
+
+def _truncate_lightgbm_parameters(path: Path) -> None:
+    """Cut model.txt inside its ``parameters:`` block: the trees still check out, and LightGBM's
+    parser then reads past the text and segfaults (found by fuzzing)."""
+    text = path.read_text()
+    start = text.index("\nparameters:\n")
+    path.write_text(text[: start + (text.index("\nend of parameters") - start) // 2])
+
+
+def _negative_xgboost_parent(path: Path) -> None:
+    """One tree node's parent index set to -1: XGBoost's JSON loader segfaults (found by fuzzing)."""
+    model = json.loads(path.read_text())
+    tree = model["learner"]["gradient_booster"]["model"]["trees"][0]
+    tree["parents"][len(tree["parents"]) // 2] = -1
+    path.write_text(json.dumps(model))
+
+
+PARSER_CRASHES = {"model.txt": _truncate_lightgbm_parameters, "model.json": _negative_xgboost_parent}
+
+
+@pytest.mark.parametrize("fmt", list(PARSER_CRASHES))
+def test_parser_crash_on_an_unverified_file_is_caught_by_the_probe(run_copy, fmt):
+    """A damaged file that gets past the in-process checks and crashes its library's parser:
+    unverified (strict_checksums false, checksum mismatch), it is opened in a throw-away
+    interpreter first, so the crash is a ModelLoadError and this process goes on."""
+    from fastinfer import native
+
+    hostile("damaged model file", f"{fmt} that crashes its parser, unverified")
+    family, path = _as_format(run_copy, fmt)
+    assert native.probe_in_subprocess(path) is None  # control: the good file opens
+    PARSER_CRASHES[fmt](path)
+    assert native.precheck(fmt, path.read_bytes()) is None  # the in-process checks do not see it
+    with pytest.raises(ModelLoadError, match=r"crashed opening it \(SIGSEGV\)") as info:
+        ModelLoader(run_copy, strict_checksums=False).load(TARGET, family)
+    assert info.value.path == str(path) and info.value.family == family
+
+
+def test_probe_reports_crashes_and_errors(tmp_path, monkeypatch):
+    """The probe reports a crash (here: a process that dies of SIGSEGV) as a reason, not a crash;
+    it runs with this process's sys.path, and never opens a pickle."""
     from fastinfer import native
 
     hostile("damaged model file", "native parser crash in the probe")
     path = tmp_path / "model.txt"
     path.write_text("tree\n")
-    original = native._PROBE
-    native._PROBE = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
-    try:
-        assert native.probe_in_subprocess(path) == "the native library crashed opening it (SIGSEGV)"
-    finally:
-        native._PROBE = original
+    monkeypatch.setattr(native, "_PROBE", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    assert native.probe_in_subprocess(path) == "the native library crashed opening it (SIGSEGV)"
+    monkeypatch.undo()
     assert native.probe_in_subprocess(path).startswith("cannot open")  # the real probe: malformed
+    assert native.probe_in_subprocess(path, data=b"tree\n\nTree=0").startswith("cannot open")  # bytes given
+    import os
+    import subprocess
+
+    real_run, envs = subprocess.run, []
+    monkeypatch.setattr(subprocess, "run", lambda *a, **kw: envs.append(kw["env"]) or real_run(*a, **kw))
+    monkeypatch.syspath_prepend(str(tmp_path / "checkout"))  # e.g. fastinfer run from a source checkout
+    assert native.probe_in_subprocess(path).startswith("cannot open: ValueError")
+    assert str(tmp_path / "checkout") in envs[0]["PYTHONPATH"].split(os.pathsep)  # the child imports the same code
     with pytest.raises(ValueError, match="never probed"):
         native.probe_in_subprocess(tmp_path / "model.pkl")
+
+
+class _SwapAfterDigest:
+    """``hashlib.sha256`` for ``fastinfer.integrity``: when the first digest is taken, a writer
+    replaces ``path`` with ``payload`` (the race between checking a file and opening it)."""
+
+    def __init__(self, path: Path, payload: bytes):
+        self.path, self.payload, self.swapped, self.made = path, payload, False, 0
+
+    def sha256(self, *args):
+        import hashlib
+
+        outer, inner = self, hashlib.sha256(*args)
+        outer.made += 1
+
+        class _H:
+            def update(self, data):
+                inner.update(data)
+
+            def hexdigest(self):
+                digest = inner.hexdigest()
+                if not outer.swapped:
+                    outer.path.write_bytes(outer.payload)
+                    outer.swapped = True
+                return digest
+
+        return _H()
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["meta-checksum", "signed"])
+def test_pickle_swapped_after_its_check_is_never_unpickled(compiled_copy, tmp_path, monkeypatch, signed):
+    """The pickle is read once: those bytes are hashed, checked and unpickled. A payload
+    swapped in after the check (here: the moment the digest is taken) is never opened."""
+    from fastinfer import integrity, signing
+
+    from .test_loader import _Payload
+
+    hostile("pickle payload", f"swapped in between the checksum and the unpickle ({'signed' if signed else 'meta'})")
+    marker = tmp_path / "pwned"
+    path = _dir(compiled_copy, "ridge") / "model.joblib"
+    original = path.read_bytes()
+    kw = {}
+    if signed:
+        private, public = signing.generate_keypair(tmp_path / "k")
+        signing.sign_run(compiled_copy, private)
+        kw = {"verify_signature": True, "trusted_public_key": public}
+    want = ModelLoader(compiled_copy, prefer_onnx=False, **kw).load(TARGET, "ridge").predict(np.ones((2, 8)))
+    loader = ModelLoader(compiled_copy, prefer_onnx=False, **kw)
+    hook = _SwapAfterDigest(path, pickle.dumps(_Payload(marker)))
+    monkeypatch.setattr(integrity, "hashlib", hook)
+    model = loader.load(TARGET, "ridge")
+    assert hook.swapped and path.read_bytes() != original  # the swap happened, after the digest
+    assert not marker.exists()  # the payload never ran
+    assert hook.made == 1  # hashed once
+    np.testing.assert_array_equal(model.predict(np.ones((2, 8))), want)  # the checked bytes were opened
+    monkeypatch.undo()
+    with pytest.raises((IntegrityError, SignatureError)):  # afterwards, the payload on disk is refused
+        ModelLoader(compiled_copy, prefer_onnx=False, **kw).load(TARGET, "ridge")
+    assert not marker.exists()
+
+
+def test_pickle_swapped_between_open_and_load_is_refused(run_copy, tmp_path):
+    from .test_loader import _Payload
+
+    hostile("pickle payload", "swapped in between ModelLoader() and load()")
+    marker = tmp_path / "pwned"
+    loader = ModelLoader(run_copy)
+    assert ModelLoader(run_copy).load(TARGET, "ridge").integrity == "verified"  # control
+    (_dir(run_copy, "ridge") / "model.joblib").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(IntegrityError, match="refusing to unpickle"):
+        loader.load(TARGET, "ridge")
+    assert not marker.exists()
 
 
 # ---------------------------------------------------------------- meta JSON

@@ -6,6 +6,7 @@ import json
 import pickle
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -338,3 +339,120 @@ def test_cli_keygen_sign_verify(compiled_copy, tmp_path):
     assert result.exit_code == 1 and "FAIL signature" in result.output and "model_meta.json" in result.output
     result = runner.invoke(main, ["sign", str(compiled_copy), "--key", str(tmp_path / "missing.key")])
     assert result.exit_code == 2 and "cannot read private key" in result.output
+
+
+# ---------------------------------------------------------------- every file a signed loader reads is signed
+
+
+def _touch_json(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def test_meta_edited_after_open_is_refused_by_spec_and_feature_list(signed, keys):
+    hostile("signature", "model_meta.json edited after the run was opened (spec / get_feature_list)")
+    loader = _loader(signed, keys[1])
+    features = loader.get_feature_list(TARGET, "ridge")  # control: the signed meta reads
+    assert loader.spec(TARGET, "ridge").feature_list == tuple(features)
+    meta = _dir(signed, "ridge") / "model_meta.json"
+    _touch_json(meta, feature_list=list(reversed(features)))
+    with pytest.raises(SignatureError, match="changed since the run was opened") as info:
+        loader.spec(TARGET, "ridge")
+    assert info.value.path == str(meta)
+    with pytest.raises(SignatureError, match="changed since the run was opened"):
+        loader.get_feature_list(TARGET, "ridge")
+    assert ModelLoader(signed).get_feature_list(TARGET, "ridge") == list(reversed(features))  # unsigned mode
+
+
+def _routing(root: Path) -> Path:
+    return root / "targets" / TARGET / "models" / "view=CROSS_SECTIONAL" / "routing_decision.json"
+
+
+def test_routing_decision_edited_after_open_is_refused(signed, keys):
+    hostile("signature", "routing_decision.json edited after the run was opened")
+    loader = _loader(signed, keys[1])
+    good = loader.get_routing_decision(TARGET)
+    assert good and good["selected_family"]  # control
+    _touch_json(_routing(signed), selected_family="attacker_pick")
+    with pytest.raises(SignatureError, match="changed since the run was opened") as info:
+        loader.get_routing_decision(TARGET)
+    assert info.value.path == str(_routing(signed))
+    assert ModelLoader(signed).get_routing_decision(TARGET)["selected_family"] == "attacker_pick"  # unsigned mode
+
+
+def test_routing_decision_added_after_signing_is_refused(compiled_copy, keys):
+    hostile("signature", "routing_decision.json added after signing")
+    routing = _routing(compiled_copy)
+    content = routing.read_bytes()
+    routing.unlink()  # signed without one
+    signing.sign_run(compiled_copy, keys[0])
+    loader = _loader(compiled_copy, keys[1])
+    assert loader.get_routing_decision(TARGET) is None  # control: none signed, none there
+    decision = compiled_copy / "targets" / TARGET / "decision" / "routing_decision.json"
+    decision.parent.mkdir()
+    decision.write_bytes(content)  # an unlisted file: verify_run never hashes it
+    _loader(compiled_copy, keys[1])  # the run still opens (nothing signed changed) ...
+    with pytest.raises(SignatureError, match="not covered by the signature") as info:
+        loader.get_routing_decision(TARGET)  # ... but the new file is never served
+    assert info.value.path == str(decision)
+    with pytest.raises(SignatureError, match="not covered by the signature"):
+        _loader(compiled_copy, keys[1]).get_routing_decision(TARGET)
+    assert ModelLoader(compiled_copy).get_routing_decision(TARGET) == json.loads(content)  # unsigned mode
+
+
+def test_manifest_edited_after_open_is_refused_by_list_targets(signed, keys):
+    hostile("signature", "manifest.json edited after the run was opened")
+    loader = _loader(signed, keys[1])
+    assert loader.list_targets() == [TARGET]  # control
+    _touch_json(signed / "manifest.json", target_index={"fwd_ret_evil": {"families": ["ridge"]}})
+    with pytest.raises(SignatureError, match="changed since the run was opened") as info:
+        loader.list_targets()
+    assert info.value.path == str(signed / "manifest.json")
+    assert ModelLoader(signed).list_targets() == [TARGET]  # unsigned mode
+
+
+def test_meta_of_a_model_file_in_a_subfolder_is_signed_and_checked(compiled_copy, keys):
+    """``model_file`` may put the native file in a subfolder: the meta signed and checked is the
+    model folder's own (the one the loader reads), never skipped for want of a digest."""
+    hostile("signature", "model_meta.json not beside the native file (model_file in a subfolder)")
+    folder = _dir(compiled_copy, "ridge")
+    (folder / "sub").mkdir()
+    (folder / "model.joblib").rename(folder / "sub" / "model.joblib")
+    _touch_json(folder / "model_meta.json", model_file="sub/model.joblib")
+    lock = json.loads((compiled_copy / LOCK_FILE).read_text())
+    for e in lock["entries"]:
+        if e["family"] == "ridge":
+            e["native_file"] = str(Path(e["native_file"]).parent / "sub" / "model.joblib")
+    (compiled_copy / LOCK_FILE).write_text(json.dumps(lock))
+    signing.sign_run(compiled_copy, keys[0])
+    info = signing.verify_run(compiled_copy, keys[1])
+    assert (folder / "model_meta.json").relative_to(compiled_copy).as_posix() in info.files
+    for prefer_onnx in (True, False):  # control: both backends open from the signed files
+        loader = _loader(compiled_copy, keys[1], prefer_onnx=prefer_onnx)
+        assert loader.load(TARGET, "ridge").integrity == "verified"
+    loader = _loader(compiled_copy, keys[1], prefer_onnx=False)
+    _touch_json(folder / "model_meta.json", metrics={"r2": 0.99})
+    for read in (lambda: loader.load(TARGET, "ridge"), lambda: loader.spec(TARGET, "ridge")):
+        with pytest.raises(SignatureError, match="changed since the run was opened"):
+            read()
+    assert ModelLoader(compiled_copy).spec(TARGET, "ridge").metrics == {"r2": 0.99}  # unsigned mode
+
+
+def test_signed_loader_hashes_each_native_file_once(signed, keys, monkeypatch):
+    """verify_run hashed every file when the run was opened; load() hashes the native file
+    once more (to catch a change since), on the bytes it opens where the format allows."""
+    from fastinfer import integrity
+
+    loader = _loader(signed, keys[1], prefer_onnx=False)
+    real, made = integrity.hashlib.sha256, []
+
+    def counting(*args):
+        made.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(integrity, "hashlib", SimpleNamespace(sha256=counting))
+    for family in ("ridge", "lightgbm", "xgboost"):  # joblib, LightGBM text, XGBoost JSON (opened by path)
+        made.clear()
+        assert loader.load(TARGET, family).integrity == "verified"
+        assert len(made) == 1, family
