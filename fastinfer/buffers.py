@@ -32,7 +32,8 @@ push whose bar is more than ``ttl`` after the symbol's previous bar first emptie
 symbol's ring; ``expire(now)`` does the same for every symbol idle longer than ``ttl``.
 Timestamps may be ``datetime`` (naive means UTC; aware ones are converted), pandas
 ``Timestamp``, ``numpy.datetime64`` or an int of nanoseconds since the epoch; a timestamp
-older than the symbol's newest is rejected. ``ttl`` is a ``timedelta``, ``numpy.timedelta64``
+older than the symbol's newest is rejected (an equal one is accepted), and
+``check_timestamp(t)`` tells beforehand, changing nothing, whether ``push_all`` would refuse ``t``. ``ttl`` is a ``timedelta``, ``numpy.timedelta64``
 or a number of seconds.
 
 State. ``to_dict()``/``from_dict()`` use a versioned JSON-safe format (rows as base64
@@ -66,8 +67,31 @@ _MISSING = object()  # "no second argument": push(features) for the default symb
 _EPOCH = datetime(1970, 1, 1)
 
 
+_NS_PER_UNIT = {"W": 604_800 * 10**9, "D": 86_400 * 10**9, "h": 3_600 * 10**9, "m": 60 * 10**9, "s": 10**9,
+                "ms": 10**6, "us": 10**3, "ns": 1}
+_MAX_STAMP = np.iinfo(np.int64).max
+
+
+def _datetime64_ns(ts: np.datetime64) -> int:
+    """Exact ns of a datetime64 of any unit (numpy's own cast to [ns] wraps around silently)."""
+    unit, count = np.datetime_data(ts.dtype)
+    raw = int(ts.astype(np.int64))
+    if unit in ("Y", "M"):  # calendar units: through days, from a range that cannot overflow [D]
+        if abs(raw * count) > 10**6:
+            raise InferenceError(f"timestamp {ts!r} is outside the int64 nanosecond range")
+        return _datetime64_ns(ts.astype("datetime64[D]"))
+    if unit in _NS_PER_UNIT:
+        return raw * count * _NS_PER_UNIT[unit]
+    # ps, fs, as: finer than ns (truncated toward the past, as numpy's cast does)
+    return (raw * count) // {"ps": 10**3, "fs": 10**6, "as": 10**9}[unit]
+
+
 def timestamp_ns(ts: Any) -> int:
-    """A bar time as int nanoseconds since the epoch (UTC)."""
+    """A bar time as int nanoseconds since the epoch (UTC).
+
+    Anything else (a string, a float, a bool, NaT, a time outside the int64 nanosecond
+    range, about years 1677..2262) is an ``InferenceError``.
+    """
     if isinstance(ts, bool):
         raise InferenceError(f"timestamp {ts!r}: expected a datetime, numpy datetime64 or int ns since the epoch")
     if isinstance(ts, (int, np.integer)):
@@ -75,12 +99,15 @@ def timestamp_ns(ts: Any) -> int:
     elif isinstance(ts, np.datetime64):
         if np.isnat(ts):
             raise InferenceError("timestamp is NaT")
-        value = int(ts.astype("datetime64[ns]").astype(np.int64))
+        value = _datetime64_ns(ts)
     elif isinstance(ts, datetime):
         value = getattr(ts, "value", None)  # pandas.Timestamp: ns since the epoch, UTC if aware
         if not isinstance(value, (int, np.integer)):
             if ts.tzinfo is not None and ts.utcoffset() is not None:
-                ts = ts.astimezone(timezone.utc).replace(tzinfo=None)
+                try:
+                    ts = ts.astimezone(timezone.utc).replace(tzinfo=None)
+                except OverflowError:
+                    raise InferenceError(f"timestamp {ts!r} is outside the int64 nanosecond range") from None
             d = ts - _EPOCH
             value = (d.days * 86_400 + d.seconds) * 1_000_000_000 + d.microseconds * 1_000
         value = int(value)
@@ -90,6 +117,8 @@ def timestamp_ns(ts: Any) -> int:
         )
     if value == _NO_STAMP:
         raise InferenceError("timestamp is NaT")
+    if not _NO_STAMP < value <= _MAX_STAMP:
+        raise InferenceError(f"timestamp {ts!r} is outside the int64 nanosecond range")
     return value
 
 
@@ -300,12 +329,7 @@ class SeqBufferManager:
             )
         if n > self._bad.shape[0]:
             raise InferenceError(f"{n} rows but only {self._n} symbols are registered")
-        if timestamp is None:
-            if self._ttl:
-                raise InferenceError("a bar timestamp is required when ttl is set")
-            stamp = _NO_STAMP
-        else:
-            stamp = timestamp_ns(timestamp)
+        stamp = self._block_stamp(timestamp)
         code = _ring.push_block(self._data, self._state, self._stamps, idx, block, self._bad, strict, stamp, self._ttl)
         if code == _ring.BAD_INDEX:
             raise InferenceError(f"symbol index out of range (0..{self._n - 1}) in {idx!r}")
@@ -318,6 +342,23 @@ class SeqBufferManager:
             where = ", ".join(f"symbol {s!r} column {c}" for s, c in bad)
             raise InferenceError(f"{code} feature row(s) with NaN/inf ({where}); block rejected, nothing written")
         return code
+
+    def _block_stamp(self, timestamp: Any) -> int:
+        if timestamp is None:
+            if self._ttl:
+                raise InferenceError("a bar timestamp is required when ttl is set")
+            return _NO_STAMP
+        return timestamp_ns(timestamp)
+
+    def check_timestamp(self, timestamp: Any = None) -> int:
+        """Raise the ``InferenceError`` that ``push_all(block, timestamp=timestamp)`` would raise
+        for this bar time (not a timestamp / NaT / out of range, older than some symbol's newest
+        row, missing while ``ttl`` is set), changing nothing. Returns the time in ns (or
+        ``NO_STAMP`` for None). Lets a caller refuse a bar before it updates anything else."""
+        stamp = self._block_stamp(timestamp)
+        if stamp != _NO_STAMP and self._n and stamp < self._stamps.max():  # NO_STAMP is int64's minimum
+            raise InferenceError(f"bar timestamp {stamp} ns is older than the newest row of some symbol; block rejected")
+        return stamp
 
     @property
     def rejected_columns(self) -> np.ndarray:
@@ -410,7 +451,7 @@ class SeqBufferManager:
             return False
         if self._ttl and now is not None:
             stamp = self._stamps[i]
-            return stamp == _NO_STAMP or timestamp_ns(now) - stamp <= self._ttl
+            return stamp == _NO_STAMP or timestamp_ns(now) - int(stamp) <= self._ttl
         return True
 
     def ready_mask(self, now: Any = None, out: np.ndarray | None = None) -> np.ndarray:
@@ -419,7 +460,7 @@ class SeqBufferManager:
             out = np.empty(self._n, dtype=bool)
         np.greater_equal(self._state[:, _ring.COUNT], self._warmup, out=out)
         if self._ttl and now is not None:
-            cutoff = timestamp_ns(now) - self._ttl
+            cutoff = max(timestamp_ns(now) - self._ttl, _NO_STAMP)  # stays an int64
             out &= (self._stamps >= cutoff) | (self._stamps == _NO_STAMP)
         return out
 
@@ -430,7 +471,7 @@ class SeqBufferManager:
         """
         if not self._ttl:
             return 0
-        return int(_ring.expire_before(self._state, self._stamps, timestamp_ns(now) - self._ttl))
+        return int(_ring.expire_before(self._state, self._stamps, max(timestamp_ns(now) - self._ttl, _NO_STAMP)))
 
     def reset(self, symbol: Any = _MISSING) -> None:
         """Empty one symbol's ring (and forget its time), or every ring when called without one."""

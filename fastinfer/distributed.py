@@ -12,6 +12,12 @@ actor dies (``RayActorError``) a new actor is started, the last checkpoint is re
 the kept bars are replayed before the current bar is served: no bar is lost, and the
 outputs are those the dead actor would have given.
 
+A refused bar changes nothing: the runner checks its shape and bar time before sending it
+(``InferenceError``); if a shard still raises (its own typed error, unwrapped from Ray's
+``RayTaskError``) or does not answer within ``timeout_s`` (``ShardFailedError``), the shards
+that took the bar are rewound (last checkpoint restored, kept bars replayed) before the error
+reaches the caller, and the bar is not kept for replay.
+
 ``ray`` is the ``[distributed]`` extra, imported only here. Start the cluster first
 (``ray.init(...)``); Ray otherwise starts a local one on the first actor.
 """
@@ -44,21 +50,50 @@ class ShardFailedError(InferenceError):
     """A shard's actor could not be brought back (it kept dying, or its predictor would not build)."""
 
 
+def _cause(exc: BaseException) -> BaseException:
+    """The exception raised inside an actor (fastinfer's own typed error), from Ray's wrapper."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
 class _Shard:
-    """The actor: one LivePredictor over a slice of the symbols."""
+    """The actor: one LivePredictor over a slice of the symbols.
+
+    A predictor that fails to build does not kill the actor: the error is kept and raised
+    by every call, so the runner gets fastinfer's typed error rather than Ray's "actor died".
+    """
 
     def __init__(self, run_root: str, symbols: list[str], interval_minutes: float, targets, families,
                  settings: Settings | None):
         from .predictor import LivePredictor
 
-        self.predictor = LivePredictor(run_root, symbols, interval_minutes, targets=targets, families=families,
-                                       settings=settings)
+        self.error: Exception | None = None
+        try:
+            self.predictor = LivePredictor(run_root, symbols, interval_minutes, targets=targets, families=families,
+                                           settings=settings)
+        except Exception as exc:
+            self.error = exc
+            return
+        self.initial = self.predictor.state_dict()  # what rewind restores before the first checkpoint
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
 
     def columns(self) -> list[tuple[str, str, str]]:
+        self._check()
         return list(self.predictor.columns)
 
     def restore(self, state: dict[str, Any]) -> int:
+        self._check()
         self.predictor.load_state_dict(state)
+        return self.predictor.bars
+
+    def rewind(self, state: dict[str, Any] | None, bars: list[tuple]) -> int:
+        """Back to ``state`` (None: as built), then ``bars`` replayed: undoes a bar other shards refused."""
+        self._check()
+        self.predictor.load_state_dict(self.initial if state is None else state)
+        self.replay(bars, False)
         return self.predictor.bars
 
     def on_bar(self, block: np.ndarray, timestamp, snapshot: bool):
@@ -86,13 +121,16 @@ class ShardedPredictor:
     snapshot there atomically (``shard-{i}.json``) and restore from that file.
     ``actor_options``: passed to Ray's ``.options`` (e.g. ``{"num_cpus": 1}``).
     ``max_restarts``: attempts to bring one shard back before ``ShardFailedError``.
+    ``timeout_s``: how long to wait for a shard's answer (None: for ever); a shard that does
+    not answer in time is stopped, the bar is undone on every shard and ``ShardFailedError``
+    raised (the next bar starts a new actor for it from its checkpoint).
     """
 
     def __init__(self, run_root: str | Path, symbols: Sequence[str], interval_minutes: float, *,
                  shards: int = 2, checkpoint_every: int = 100, checkpoint_dir: str | Path | None = None,
                  targets: Iterable[str] | None = None, families: Iterable[str] | None = None,
                  settings: Settings | None = None, actor_options: dict[str, Any] | None = None,
-                 max_restarts: int = 3):
+                 max_restarts: int = 3, timeout_s: float | None = None):
         ray = _ray()
         self._ray = ray
         self.symbols = tuple(str(s) for s in symbols)
@@ -106,6 +144,10 @@ class ShardedPredictor:
                 raise InferenceError(f"{name} must be a positive integer, got {value!r}")
         if shards > len(self.symbols):
             raise InferenceError(f"shards={shards} is more than the {len(self.symbols)} symbols")
+        if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float))
+                                      or not timeout_s > 0):
+            raise InferenceError(f"timeout_s must be a positive number of seconds or None, got {timeout_s!r}")
+        self.timeout_s = None if timeout_s is None else float(timeout_s)
         self.run_root = str(run_root)
         self.interval_minutes = float(interval_minutes)
         self.checkpoint_every = checkpoint_every
@@ -115,18 +157,25 @@ class ShardedPredictor:
                       list(families) if families is not None else None, settings)
         bounds = np.linspace(0, len(self.symbols), shards + 1).round().astype(int)
         self.slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
-        self._remote = ray.remote(_Shard).options(**(actor_options or {}))
-        self.actors = [self._start(i) for i in range(shards)]
-        columns = ray.get([a.columns.remote() for a in self.actors])
-        if any(c != columns[0] for c in columns):
-            raise ShardFailedError("shards built different models (a run changed while they started?)")
-        self.columns = [tuple(c) for c in columns[0]]
-        self.column_index = {col: j for j, col in enumerate(self.columns)}
-        self.out = np.full((len(self.symbols), len(self.columns)), np.nan, dtype=np.float32)
         self.bars = 0
         self.restarts = [0] * shards  # actors started again, per shard
         self._checkpoints: list[dict[str, Any] | Path | None] = [None] * shards  # each shard's last state (or its file)
         self._since: list[tuple] = []  # full bars since the last checkpoint, for replay
+        self._last_stamp: int | None = None  # newest bar time sent (ns)
+        self.actors: list[Any] = []
+        try:  # a failure here stops the actors already started
+            self._remote = ray.remote(_Shard).options(**(actor_options or {}))
+            for i in range(shards):
+                self.actors.append(self._start(i))
+            columns = self._get([a.columns.remote() for a in self.actors], "starting the shards")
+            if any(c != columns[0] for c in columns):
+                raise ShardFailedError("shards built different models (a run changed while they started?)")
+        except BaseException:
+            self.shutdown()
+            raise
+        self.columns = [tuple(c) for c in columns[0]]
+        self.column_index = {col: j for j, col in enumerate(self.columns)}
+        self.out = np.full((len(self.symbols), len(self.columns)), np.nan, dtype=np.float32)
 
     # ------------------------------------------------------------ actors
 
@@ -134,6 +183,20 @@ class ShardedPredictor:
         targets, families, settings = self._args
         return self._remote.remote(self.run_root, list(self.symbols[self.slices[i]]), self.interval_minutes,
                                    targets, families, settings)
+
+    def _who(self, i: int) -> str:
+        sl = self.slices[i]
+        return f"shard {i} (symbols {self.symbols[sl.start]}..{self.symbols[sl.stop - 1]})"
+
+    def _get(self, refs: Any, what: str) -> Any:
+        """``ray.get`` within ``timeout_s``; an error raised in an actor comes out as itself."""
+        ray = self._ray
+        try:
+            return ray.get(refs, timeout=self.timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise ShardFailedError(f"{what}: no answer within timeout_s={self.timeout_s:g}") from None
+        except ray.exceptions.RayTaskError as exc:
+            raise _cause(exc) from exc
 
     def _checkpoint_path(self, i: int) -> Path | None:
         return self.checkpoint_dir / f"shard-{i}.json" if self.checkpoint_dir is not None else None
@@ -154,15 +217,15 @@ class ShardedPredictor:
         block, timestamp = bar
         return np.ascontiguousarray(block[:, self.slices[i]]), timestamp
 
-    def _recover(self, i: int, snapshot: bool):
-        """A new actor for shard ``i``: last checkpoint restored, kept bars replayed (the current one last)."""
+    def _recover(self, i: int, snapshot: bool, current: tuple | None = None):
+        """A new actor for shard ``i``: last checkpoint restored, kept bars replayed (then ``current``)."""
         ray = self._ray
-        sl = self.slices[i]
-        who = f"shard {i} (symbols {self.symbols[sl.start]}..{self.symbols[sl.stop - 1]})"
+        who = self._who(i)
+        bars = self._since + ([current] if current is not None else [])
         error: Exception | None = None
         for _ in range(self.max_restarts):
             self.restarts[i] += 1
-            log.warning("%s: actor died; restarting from its checkpoint and replaying %d bar(s)", who, len(self._since))
+            log.warning("%s: actor died or hung; restarting from its checkpoint and replaying %d bar(s)", who, len(bars))
             try:
                 ray.kill(self.actors[i], no_restart=True)
             except Exception:  # already gone
@@ -171,40 +234,100 @@ class ShardedPredictor:
             try:
                 state = self._load_checkpoint(i)
                 if state is not None:
-                    ray.get(actor.restore.remote(state))
-                return ray.get(actor.replay.remote([self._slice(b, i) for b in self._since], snapshot))
-            except ray.exceptions.RayActorError as exc:
+                    ray.get(actor.restore.remote(state), timeout=self.timeout_s)
+                return ray.get(actor.replay.remote([self._slice(b, i) for b in bars], snapshot), timeout=self.timeout_s)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
                 error = exc
+            except ray.exceptions.RayTaskError as exc:  # deterministic: another try would fail the same way
+                raise ShardFailedError(f"{who}: could not be restored: {_cause(exc)!r}") from _cause(exc)
         raise ShardFailedError(f"{who}: actor died again on each of {self.max_restarts} restart(s): {error}")
+
+    def _rewind(self) -> None:
+        """Every shard back to its last checkpoint plus the kept bars: the state before a refused bar."""
+        ray = self._ray
+        refs = [actor.rewind.remote(self._load_checkpoint(i), [self._slice(b, i) for b in self._since])
+                for i, actor in enumerate(self.actors)]
+        for i, ref in enumerate(refs):
+            try:
+                ray.get(ref, timeout=self.timeout_s)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                self._recover(i, snapshot=False)  # dead or stuck: a new actor, restored and replayed
+            except ray.exceptions.RayTaskError as exc:
+                raise ShardFailedError(f"{self._who(i)}: could not be rewound: {_cause(exc)!r}") from _cause(exc)
+
+    def _check_timestamp(self, timestamp: Any) -> int | None:
+        """The bar time as int ns (None for none), or the ``InferenceError`` every shard would raise."""
+        from .buffers import timestamp_ns
+
+        if timestamp is None:
+            return None
+        stamp = timestamp_ns(timestamp)
+        if self._last_stamp is not None and stamp < self._last_stamp:
+            raise InferenceError(f"bar timestamp {stamp} ns is older than the previous bar's "
+                                 f"({self._last_stamp} ns); bar refused, nothing changed")
+        return stamp
 
     # ------------------------------------------------------------ the bar
 
     def on_bar(self, open: Any, high: Any, low: Any, close: Any, volume: Any, timestamp: Any = None) -> np.ndarray:
-        """One bar for every symbol (arrays in ``symbols`` order); returns (n_symbols, n_columns) float32."""
+        """One bar for every symbol (arrays in ``symbols`` order); returns (n_symbols, n_columns) float32.
+
+        A bar of the wrong shape, with a timestamp that is not a time or is older than the
+        previous bar's, is an ``InferenceError`` raised before any shard sees it. An error a
+        shard raises anyway is raised as itself (not Ray's wrapper) once every shard has been
+        rewound to the state before this bar; ``ShardFailedError`` when a shard cannot be
+        brought back or does not answer within ``timeout_s``. A refused bar changes nothing.
+        """
         ray = self._ray
         n = len(self.symbols)
         block = np.empty((5, n), dtype=np.float64)  # a copy: the caller may reuse its arrays, the replay must not
         for row, name, a in zip(block, ("open", "high", "low", "close", "volume"), (open, high, low, close, volume)):
-            a = np.asarray(a, dtype=np.float64)
+            try:
+                a = np.asarray(a, dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise InferenceError(f"{name}: not numbers ({exc})") from None
             if a.shape != (n,):
                 raise InferenceError(f"{name}: expected shape ({n},) (one value per symbol), got {a.shape}")
             row[:] = a
-        bar = (block, timestamp)
-        self._since.append(bar)
+        stamp = self._check_timestamp(timestamp)
+        bar = (block, stamp)
         snapshot = (self.bars + 1) % self.checkpoint_every == 0
         refs = [actor.on_bar.remote(*self._slice(bar, i), snapshot) for i, actor in enumerate(self.actors)]
-        results = []
+        results: list[Any] = [None] * len(refs)
+        failure: BaseException | None = None
         for i, ref in enumerate(refs):
             try:
-                results.append(ray.get(ref))
+                results[i] = ray.get(ref, timeout=self.timeout_s)
             except ray.exceptions.RayActorError:
-                results.append(self._recover(i, snapshot))
+                try:
+                    results[i] = self._recover(i, snapshot, bar)
+                except ShardFailedError as exc:
+                    failure = failure or exc
+            except ray.exceptions.GetTimeoutError:
+                try:  # stuck: stopped now, replaced (restored, replayed) by the rewind below
+                    ray.kill(self.actors[i], no_restart=True)
+                except Exception:
+                    pass
+                failure = failure or ShardFailedError(
+                    f"{self._who(i)}: no answer to bar {self.bars} within timeout_s={self.timeout_s:g}; bar undone")
+            except ray.exceptions.RayTaskError as exc:
+                if failure is None:
+                    failure = _cause(exc)
+                    if failure is not exc:
+                        failure.__cause__ = exc  # Ray's wrapper carries the actor's traceback
+        if failure is not None:
+            self._rewind()  # the shards that took the bar give it back
+            raise failure
         for (out, state), sl in zip(results, self.slices):
             self.out[sl] = out
         if snapshot:
             for i, (_, state) in enumerate(results):
                 self._save_checkpoint(i, state)
             self._since.clear()
+        else:
+            self._since.append(bar)
+        if stamp is not None:
+            self._last_stamp = stamp
         self.bars += 1
         return self.out
 
@@ -214,7 +337,7 @@ class ShardedPredictor:
 
     def as_dict(self, symbol: str) -> dict[str, dict[str, float]]:
         """The spec's ``{horizon: {family: value}}`` for one symbol, as ``LivePredictor.as_dict``."""
-        from .predictor import POINT_COLUMNS, horizon_of
+        from .predictor import horizon_of, point_column
 
         try:
             i = self.symbols.index(symbol)
@@ -226,14 +349,13 @@ class ShardedPredictor:
             if (target, family) in seen:
                 continue
             seen.add((target, family))
-            names = [c for t, f, c in self.columns if (t, f) == (target, family)]
-            pick = next((names.index(c) for c in POINT_COLUMNS if c in names), 0)
-            result.setdefault(horizon_of(target), {})[family] = float(self.out[i, j + pick])
+            names = [c for t, f, c in self.columns if (t, f) == (target, family)]  # one model's columns, in a row
+            result.setdefault(horizon_of(target), {})[family] = float(self.out[i, j + point_column(names)])
         return result
 
     def latency(self) -> list[dict[str, float]]:
         """Each shard's own on_bar latency summary (inside the actor, without Ray's round trip)."""
-        return self._ray.get([a.latency.remote() for a in self.actors])
+        return self._get([a.latency.remote() for a in self.actors], "latency")
 
     def shutdown(self) -> None:
         """Stop every shard's actor."""

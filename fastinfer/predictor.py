@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit
 
 from . import executor
-from .buffers import SeqBufferManager
+from .buffers import SeqBufferManager, timestamp_ns
 from .config import Settings, load_config
 from .errors import InferenceError, ModelLoadError
 from .features import KNOWN_FEATURES, StreamingFeatures
@@ -27,7 +27,17 @@ from .loader import LoadedModel, ModelLoader
 log = logging.getLogger(__name__)
 
 POINT_COLUMNS = ("prediction", "loc", "q0.5")  # the column a {horizon: {family: value}} view shows
-_STATE_KIND, _STATE_VERSION = "fastinfer.LivePredictor", 1  # state_dict / load_state_dict
+# state_dict / load_state_dict. Version 2 added "last_timestamp"; version 1 states are still read.
+_STATE_KIND, _STATE_VERSION, _STATE_READS = "fastinfer.LivePredictor", 2, (1, 2)
+
+
+def point_column(columns: Sequence[str]) -> int:
+    """Which of a model's output ``columns`` a ``{horizon: {family: value}}`` view shows: the
+    first of ``POINT_COLUMNS`` it has (``prediction``, else a distribution's ``loc``, else the
+    median quantile ``q0.5``), else its first column. The one rule for every such view
+    (``LivePredictor``, ``ShardedPredictor``, ``TritonPredictor``, the seed path)."""
+    names = list(columns)
+    return next((names.index(c) for c in POINT_COLUMNS if c in names), 0)
 
 
 def horizon_of(target: str) -> str:
@@ -43,6 +53,16 @@ def _copy_finite(src, dst):
         for u in range(width):
             x = src[i, u]
             dst[i, u] = x if np.isfinite(x) else np.nan
+
+
+@njit(cache=True)
+def _rows_for_sequences(features, stale, dst):
+    """dst[:] = features, with a NaN row for every stale symbol (no bar this time): a missing bar
+    adds no row to a sequence (the buffers skip non-finite rows), it does not repeat the last one."""
+    n, width = features.shape
+    for i in range(n):
+        for u in range(width):
+            dst[i, u] = np.nan if stale[i] else features[i, u]
 
 
 @njit(cache=True)
@@ -99,9 +119,7 @@ class LivePredictor:
         self.column_index = {col: j for j, col in enumerate(self.columns)}
         self._point_column = {}
         for m, sl in zip(self.models, self.plan.model_slices):
-            names = list(m.columns)
-            pick = next((names.index(c) for c in POINT_COLUMNS if c in names), 0)
-            self._point_column[(m.target, m.family.name)] = sl.start + pick
+            self._point_column[(m.target, m.family.name)] = sl.start + point_column(m.columns)
 
         # Readiness inputs of the masking kernel, allocated once.
         n_models = len(self.models)
@@ -118,12 +136,15 @@ class LivePredictor:
                 self._pass_nan[i] = nan_pass and m.family.handles_nan
         self._model_of_column = np.repeat(np.arange(n_models), [sl.stop - sl.start for sl in self.plan.model_slices])
         self._seq_inputs = [(buf, self.plan.sequence_inputs[t]) for t, buf in self.buffers.items()]
+        self._seq_rows = np.empty_like(self.features.out)  # this bar's rows for the sequence buffers
         self.latency = LatencyHistogram()
         self.bars = 0
+        self._last_stamp: int | None = None  # newest bar time accepted (ns), None before the first stamped bar
         # Compile (or load from numba's cache) now, not on the first bar; out is all NaN here.
         _copy_finite(self.features.out, self.plan.tabular_input)
         _mask_not_ready(self.features.out, self._needs, self._pass_nan, self.features.stale, self._ready,
                         self._model_of_column, self.plan.out)
+        _rows_for_sequences(self.features.out, self.features.stale, self._seq_rows)
 
     # ------------------------------------------------------------ construction checks
 
@@ -158,15 +179,26 @@ class LivePredictor:
 
         Returns the (n_symbols, n_columns) float32 prediction matrix (the same array every
         bar; ``columns`` names its columns, NaN where a model's inputs were not ready).
+
+        ``timestamp``: the bar time (see ``fastinfer.buffers.timestamp_ns``), or None. A bar
+        older than the newest one accepted (an equal one is accepted), or one whose
+        timestamp is not a time, is an ``InferenceError`` raised before anything changes
+        (with or without sequence models); so is an array of the wrong shape
+        (``FeatureBuildError``).
         """
         start = time.perf_counter_ns()
+        stamp = self.check_timestamp(timestamp)  # refuse a bad bar time before any state moves
         feats = self.features.update(open, high, low, close, volume)
         _copy_finite(feats, self.plan.tabular_input)  # +/-inf reaches no model: NaN, then the nan_policy
+        if self._seq_inputs:
+            _rows_for_sequences(feats, self.features.stale, self._seq_rows)
         for buf, seq_input in self._seq_inputs:
-            buf.push_all(feats, timestamp=timestamp, strict=False)  # rows still warming up (NaN) stay out
+            buf.push_all(self._seq_rows, timestamp=stamp, strict=False)  # warming-up (NaN) and missing rows stay out
             buf.get_batch(None, out=seq_input)
+        if stamp is not None:
+            self._last_stamp = stamp
         for buf, row in self._ready_rows:
-            buf.ready_mask(timestamp, out=row)
+            buf.ready_mask(stamp, out=row)
         out = self.plan.run()
         _mask_not_ready(feats, self._needs, self._pass_nan, self.features.stale, self._ready,
                         self._model_of_column, out)
@@ -174,11 +206,33 @@ class LivePredictor:
         self.latency.record(time.perf_counter_ns() - start)
         return out
 
+    def check_timestamp(self, timestamp: Any = None) -> int | None:
+        """The bar time ``on_bar`` would use (int ns, or None), or the ``InferenceError`` it would
+        raise for it: not a time, older than the newest bar accepted, older than a sequence
+        buffer's newest row, or missing where a buffer has a time-to-live. Changes nothing."""
+        if timestamp is None:
+            for buf, _ in self._seq_inputs:
+                buf.check_timestamp(None)  # raises only when a buffer has a ttl
+            return None
+        stamp = timestamp_ns(timestamp)
+        if self._last_stamp is not None and stamp < self._last_stamp:
+            raise InferenceError(f"bar timestamp {stamp} ns is older than the previous bar's "
+                                 f"({self._last_stamp} ns); bar refused, nothing changed")
+        for buf, _ in self._seq_inputs:
+            buf.check_timestamp(stamp)
+        return stamp
+
+    @property
+    def last_timestamp(self) -> int | None:
+        """The newest bar time accepted by ``on_bar`` (ns since the epoch), None before any."""
+        return self._last_stamp
+
     # ------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the next ``on_bar`` output depends on, JSON-safe: the feature state (stale
-        flags included), every sequence buffer (rows, counts, last timestamps) and the bar count.
+        flags included), every sequence buffer (rows, counts, last timestamps), the bar count
+        and the newest bar time accepted (``last_timestamp``: which bars are refused next).
 
         Restoring it into a predictor of the same run and symbols and replaying the same bars
         gives bit-identical outputs to never having stopped (the plan's buffers are rewritten
@@ -186,7 +240,7 @@ class LivePredictor:
         """
         return {"kind": _STATE_KIND, "version": _STATE_VERSION, "symbols": list(self.symbols),
                 "union": list(self.union), "columns": [list(c) for c in self.columns], "bars": self.bars,
-                "features": self.features.state_dict(),
+                "last_timestamp": self._last_stamp, "features": self.features.state_dict(),
                 "buffers": {str(t): buf.to_dict() for t, buf in self.buffers.items()}}
 
     def load_state_dict(self, state: Any) -> None:
@@ -198,8 +252,10 @@ class LivePredictor:
 
         if not isinstance(state, Mapping) or state.get("kind") != _STATE_KIND:
             raise StateError("predictor state: not a LivePredictor state")
-        if state.get("version") != _STATE_VERSION:
-            raise StateError(f"predictor state: version {state.get('version')!r}, this fastinfer reads {_STATE_VERSION}")
+        version = state.get("version")
+        if isinstance(version, bool) or version not in _STATE_READS:
+            raise StateError(f"predictor state: version {version!r}, this fastinfer reads "
+                             f"{', '.join(map(str, _STATE_READS))}")
         for key, mine in (("symbols", list(self.symbols)), ("union", list(self.union)),
                           ("columns", [list(c) for c in self.columns])):
             if state.get(key) != mine:
@@ -218,8 +274,26 @@ class LivePredictor:
                                                  source=f"predictor state buffers[{t}]") for t in self.buffers}
         if any(buf.symbols != list(self.symbols) for buf in buffers.values()):
             raise StateError("predictor state: field 'buffers' is for other symbols")
+        newest = max((s for buf in buffers.values() for s in map(buf.last_timestamp, range(len(buf))) if s is not None),
+                     default=None)
+        if version == 1:  # before "last_timestamp": the buffers' newest row is the best known
+            last = newest
+        else:
+            if "last_timestamp" not in state:
+                raise StateError("predictor state: field 'last_timestamp' missing")
+            last = state["last_timestamp"]
+            if last is not None:
+                if isinstance(last, bool) or not isinstance(last, int):
+                    raise StateError(f"predictor state: field 'last_timestamp': {last!r} is not an int of ns or null")
+                try:
+                    timestamp_ns(last)
+                except InferenceError as exc:
+                    raise StateError(f"predictor state: field 'last_timestamp': {exc}") from None
+            if newest is not None and (last is None or last < newest):
+                raise StateError(f"predictor state: field 'last_timestamp' ({last!r}) is older than a buffer's "
+                                 f"newest row ({newest} ns)")
         # Everything checked: swap in, and re-point the per-bar references at the new objects.
-        self.features, self.buffers, self.bars = features, buffers, bars
+        self.features, self.buffers, self.bars, self._last_stamp = features, buffers, bars, last
         self._seq_inputs = [(buf, self.plan.sequence_inputs[t]) for t, buf in buffers.items()]
         self._ready_rows = [(buffers[m.spec.sequence_length], self._ready[i])
                             for i, m in enumerate(self.models) if m.family.sequential]

@@ -20,7 +20,7 @@ from .feature_builder import FeatureBuilder
 from .features import KNOWN_FEATURES
 from .loader import LoadedModel, ModelLoader
 from .native import is_keras, native_predict
-from .predictor import POINT_COLUMNS
+from .predictor import point_column
 
 
 class SeedPath:
@@ -40,8 +40,7 @@ class SeedPath:
                         for m in self.models if m.family.sequential}
         self._columns = {m: [self.builder.features.index(f) for f in m.feature_order] for m in self.models}
         # The column a {horizon: {family: value}} view shows, as LivePredictor picks it.
-        self._point = {m: next((list(m.columns).index(c) for c in POINT_COLUMNS if c in m.columns), 0)
-                       for m in self.models}
+        self._point = {m: point_column(m.columns) for m in self.models}
 
     def on_bar(self, window: pd.DataFrame) -> dict[tuple[str, str], float]:
         """Predictions of every model for the last bar of ``window`` (OHLCV, oldest first).

@@ -242,6 +242,61 @@ def test_timestamps_timezone_aware_pandas_numpy_and_int_agree():
     assert buffer.count() == 2 and buffer.ttl == timedelta(minutes=30)
 
 
+OUT_OF_RANGE = [10**30, 2**63, -(2**63) - 5, datetime(3000, 1, 1), datetime(1, 1, 1),
+                datetime(9999, 12, 31, tzinfo=timezone(timedelta(hours=-5))),
+                np.datetime64("3000-01-01"), np.datetime64("1500-01-01", "s"), np.datetime64(10**9, "Y")]
+
+
+@pytest.mark.parametrize("ts", OUT_OF_RANGE, ids=repr)
+def test_timestamp_outside_int64_ns_is_an_inference_error_not_a_wrapped_value(ts):
+    # numpy's cast of datetime64('3000-01-01') to [ns] wraps to a time in 1830; an int past
+    # int64 used to reach the numba kernel and fail there with a TypingError / OverflowError.
+    with pytest.raises(InferenceError, match="outside the int64 nanosecond range"):
+        timestamp_ns(ts)
+    buffer = SeqBufferManager(3, 1, "X", ttl=3600)
+    buffer.push([1.0], timestamp=10**18)
+    before = buffer.to_dict()
+    for call in (lambda: buffer.push([2.0], timestamp=ts), lambda: buffer.push_all(np.ones((1, 1)), timestamp=ts),
+                 lambda: buffer.check_timestamp(ts), lambda: buffer.ready_mask(ts), lambda: buffer.expire(ts)):
+        with pytest.raises(InferenceError):
+            call()
+    assert buffer.to_dict() == before
+
+
+def test_datetime64_of_any_unit_converts_exactly():
+    ns = 1_583_143_200_000_000_000  # 2020-03-02 10:00 UTC
+    for unit in ("D", "h", "m", "s", "ms", "us", "ns"):
+        assert timestamp_ns(np.datetime64("2020-03-02T10:00").astype(f"datetime64[{unit}]")) == \
+            (ns if unit != "D" else ns - 10 * 3_600 * 10**9)
+    assert timestamp_ns(np.datetime64("2020-03")) == timestamp_ns(datetime(2020, 3, 1))
+    assert timestamp_ns(np.datetime64("2262-04-11T23:47:16.854775807")) == 2**63 - 1  # the last one
+    assert timestamp_ns(np.datetime64(1_500_999, "ps")) == 1_500  # finer than ns: truncated
+
+
+def test_check_timestamp_refuses_exactly_what_push_all_would_and_changes_nothing():
+    buffer = SeqBufferManager(4, 2, symbols=["A", "B", "C"])
+    assert buffer.check_timestamp(5) == 5  # nothing stamped yet: any time goes
+    buffer.push_many(["A", "B"], np.ones((2, 2)), timestamp=100)
+    buffer.push("B", [2.0, 2.0], timestamp=200)  # B is newest; C never stamped
+    before = buffer.to_dict()
+    for ts, ok in ((150, False), (199, False), (200, True), (201, True), (None, True), ("200", False), (1.0, False)):
+        if ok:
+            stamp = buffer.check_timestamp(ts)
+            assert stamp == ts or ts is None
+        else:
+            with pytest.raises(InferenceError) as checked:
+                buffer.check_timestamp(ts)
+            with pytest.raises(InferenceError) as pushed:
+                buffer.push_all(np.zeros((3, 2)), timestamp=ts)
+            assert str(checked.value) == str(pushed.value)  # the same refusal, same words
+        assert buffer.to_dict() == before
+    timed = SeqBufferManager(4, 1, "X", ttl=60)
+    with pytest.raises(InferenceError, match="timestamp is required when ttl is set"):
+        timed.check_timestamp(None)
+    with pytest.raises(InferenceError, match="timestamp is required when ttl is set"):
+        timed.push_all(np.ones((1, 1)))
+
+
 # ---------------------------------------------------------------- state
 
 

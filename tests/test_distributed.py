@@ -145,6 +145,102 @@ def test_killed_actors_recover_with_nothing_lost(cluster, market_run, bars, refe
             assert state["symbols"] == SYMBOLS[4 * i: 4 * i + 4]
 
 
+def test_bad_bar_time_is_refused_before_any_shard_and_replay_stays_identical(cluster, market_run, bars, reference):
+    """A bar older than the previous one (or not a time) is refused by the runner and by the single
+    predictor alike; it is not kept for replay, so a later recovery replays only good bars."""
+    from fastinfer.distributed import ShardedPredictor
+
+    single = LivePredictor(market_run, SYMBOLS, DAILY)
+    every = 16  # checkpoints after bars 16, 32, 48, 64, 80: the refused bar at 66 is in the replay window of 70
+    refused = {30: bars[28][5], 47: "2016-01-01", 66: bars[65][5] - np.timedelta64(1, "s"), 67: np.datetime64("3000-01-01")}
+    with ShardedPredictor(market_run, SYMBOLS, DAILY, shards=2, checkpoint_every=every) as sharded:
+        for t, b in enumerate(bars):
+            if t in refused:
+                since, last = list(sharded._since), sharded.out.copy()
+                for predictor in (single, sharded):
+                    with pytest.raises(InferenceError, match="timestamp") as raised:
+                        predictor.on_bar(*b[:5], timestamp=refused[t])
+                    assert type(raised.value) is InferenceError  # fastinfer's own error, not Ray's wrapper
+                assert sharded.bars == single.bars == t and sharded._since == since
+                assert np.array_equal(sharded.out, last, equal_nan=True)
+            if t == 70:
+                ray.kill(sharded.actors[1], no_restart=True)  # recovery replays bars 64..69 (no refused one), then 70
+            out = sharded.on_bar(*b[:5], timestamp=b[5])
+            expected = single.on_bar(*b[:5], timestamp=b[5])
+            assert np.array_equal(out, expected, equal_nan=True) and np.array_equal(out, reference[t], equal_nan=True), t
+        assert sharded.restarts == [0, 1]
+
+
+def _break_shard_clock(actor) -> None:
+    """Make one shard alone refuse the next bar: its predictor believes it saw a bar in 2116."""
+    ray.get(actor.__ray_call__.remote(lambda shard: setattr(shard.predictor, "_last_stamp", 2**62)))
+
+
+def test_error_inside_one_shard_rewinds_every_shard_and_raises_the_typed_error(cluster, market_run, bars, reference):
+    """Shard 1 raises while shard 0 has already taken the bar: both are rewound (to the state at
+    construction before the first checkpoint, to the last checkpoint after) and the caller gets
+    fastinfer's ``InferenceError``; sending the bar again then gives the reference output."""
+    from fastinfer.distributed import ShardedPredictor
+
+    with ShardedPredictor(market_run, SYMBOLS, DAILY, shards=2, checkpoint_every=20) as sharded:
+        for t, b in enumerate(bars):
+            if t in (12, 50, 51):  # 12: before any checkpoint; 50, 51: 10 and 11 bars after the one at 40
+                _break_shard_clock(sharded.actors[1])
+                since, last = list(sharded._since), sharded.out.copy()
+                with pytest.raises(InferenceError, match="older than the previous bar") as raised:
+                    sharded.on_bar(*b[:5], timestamp=b[5])
+                assert type(raised.value) is InferenceError
+                assert isinstance(raised.value.__cause__, ray.exceptions.RayTaskError)  # the actor's traceback
+                assert sharded.bars == t and sharded._since == since
+                assert np.array_equal(sharded.out, last, equal_nan=True)
+            out = sharded.on_bar(*b[:5], timestamp=b[5])
+            assert np.array_equal(out, reference[t], equal_nan=True), t  # shard 0 did not keep the refused bar
+        assert sharded.restarts == [0, 0]  # rewound in place, no actor replaced
+
+
+def test_shard_that_does_not_answer_in_time_is_a_shard_failed_error_and_nothing_changes(cluster, market_run, bars,
+                                                                                         reference):
+    from fastinfer.distributed import ShardedPredictor, ShardFailedError
+
+    def hang(shard):
+        import threading
+
+        shard.predictor.on_bar = lambda *a, **k: threading.Event().wait()  # never returns
+
+    with ShardedPredictor(market_run, SYMBOLS, DAILY, shards=2, checkpoint_every=25, timeout_s=20) as sharded:
+        for t, b in enumerate(bars[:40]):
+            if t == 30:
+                ray.get(sharded.actors[0].__ray_call__.remote(hang))
+                with pytest.raises(ShardFailedError, match=r"shard 0 .*no answer to bar 30 within timeout_s=20"):
+                    sharded.on_bar(*b[:5], timestamp=b[5])
+                assert sharded.bars == 30 and sharded.restarts == [1, 0]  # replaced: checkpoint 25 + bars 25..29
+            out = sharded.on_bar(*b[:5], timestamp=b[5])
+            assert np.array_equal(out, reference[t], equal_nan=True), t
+
+
+def test_failing_construction_stops_every_actor_it_started(cluster, market_run, monkeypatch):
+    from fastinfer.distributed import ShardedPredictor
+    from fastinfer.errors import ModelLoadError
+
+    started = []
+    start = ShardedPredictor._start
+
+    def recording(self, i):
+        started.append(start(self, i))
+        return started[-1]
+
+    monkeypatch.setattr(ShardedPredictor, "_start", recording)
+    with pytest.raises(ModelLoadError, match="no usable model") as raised:  # the actors' own error, unwrapped
+        ShardedPredictor(market_run, SYMBOLS, DAILY, shards=2, families=["nope"])
+    assert type(raised.value) is ModelLoadError
+    with pytest.raises(ModelLoadError, match="interval mismatch"):
+        ShardedPredictor(market_run, SYMBOLS, 60.0, shards=2)
+    assert len(started) == 4
+    for actor in started:  # killed: a call on them reports a dead actor, not the build error
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(actor.columns.remote(), timeout=60)
+
+
 def test_bad_arguments(cluster, market_run):
     from fastinfer.distributed import ShardedPredictor
 
@@ -154,3 +250,6 @@ def test_bad_arguments(cluster, market_run):
         ShardedPredictor(market_run, SYMBOLS, DAILY, checkpoint_every=0)
     with pytest.raises(InferenceError, match="listed twice"):
         ShardedPredictor(market_run, ["A", "A"], DAILY)
+    for timeout in (0, -1.0, True, "5"):
+        with pytest.raises(InferenceError, match="timeout_s"):
+            ShardedPredictor(market_run, SYMBOLS, DAILY, timeout_s=timeout)

@@ -1,19 +1,22 @@
 """LivePredictor on replayed real bars against the slow reference path; fusion; fallback; intervals."""
 from __future__ import annotations
 
+import json
 import tracemalloc
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from fastinfer import executor
+from fastinfer.buffers import timestamp_ns
 from fastinfer.config import Settings
 from fastinfer.converters import parity
-from fastinfer.errors import ModelLoadError
+from fastinfer.errors import InferenceError, ModelLoadError, StateError
 from fastinfer.features import FeatureBuilder, ohlcv_arrays
 from fastinfer.loader import ModelLoader
-from fastinfer.predictor import LivePredictor
+from fastinfer.predictor import LivePredictor, point_column
 
 from .conftest import MARKET_FAMILIES, MARKET_TRAIN_BARS
 
@@ -201,3 +204,100 @@ def test_forest_kernel_auto_records_its_calibration(market_run):
     for c in calibrated:
         faster = "forest" if c["calibration"]["forest_us"] < c["calibration"]["onnxruntime_us"] else "onnxruntime"
         assert c["engine"] == faster
+
+
+# ---------------------------------------------------------------- bar time: a refused bar changes nothing
+
+
+def _stamped(frame):
+    """[(open, high, low, close, volume, timestamp)] for two symbols (the second at 1.01× the first)."""
+    a = _bars(frame)
+    return [(*[np.array([x[t], x[t] * 1.01]) for x in a], frame.index[t]) for t in range(len(frame))]
+
+
+def test_refused_timestamp_changes_nothing_and_the_next_bar_is_as_if_never_sent(market_run, goog):
+    bars = _stamped(goog.iloc[1000:1100])  # ret_60: the LSTM's first row at bar 60, warm at 70
+    predictor = LivePredictor(market_run, ["A", "B"], DAILY)
+    twin = LivePredictor(market_run, ["A", "B"], DAILY)  # never sees the refused bars
+    assert list(predictor.buffers) == [10]  # the LSTM's sequence buffer is in the way
+    lstm = [j for j, (_, family, _) in enumerate(predictor.columns) if family == "lstm"]
+    bad_times = {72: bars[71][5] - pd.Timedelta(days=1),  # older than the previous bar
+                 73: bars[30][5],                         # much older
+                 74: "2020-01-01",                        # not a time
+                 75: 10**30,                              # past int64 ns
+                 76: np.datetime64("3000-01-01"),         # numpy would wrap it to 1830
+                 77: pd.NaT,
+                 90: bars[89][5] - pd.Timedelta(1, "ns")}
+    for t, (*ohlcv, ts) in enumerate(bars):
+        if t in bad_times:
+            assert predictor.buffers[10].last_timestamp("A") == timestamp_ns(bars[t - 1][5])  # rows stamped
+            before = predictor.state_dict()
+            with pytest.raises(InferenceError, match="timestamp"):
+                predictor.on_bar(*ohlcv, timestamp=bad_times[t])
+            assert predictor.state_dict() == before and predictor.bars == t
+        out = predictor.on_bar(*ohlcv, timestamp=ts)
+        expected = twin.on_bar(*ohlcv, timestamp=ts)
+        assert np.array_equal(out, expected, equal_nan=True), t
+    assert not np.isnan(out[:, lstm]).any()  # the comparison covered warm LSTM outputs
+
+
+def test_without_sequence_models_a_decreasing_timestamp_is_refused_too(market_run, goog):
+    bars = _stamped(goog.iloc[1000:1040])
+    predictor = LivePredictor(market_run, ["A", "B"], DAILY, families=["ridge", "lightgbm"])
+    assert not predictor.buffers
+    for bar in bars[:30]:
+        predictor.on_bar(*bar[:5], timestamp=bar[5])
+    assert predictor.last_timestamp == timestamp_ns(bars[29][5])
+    before = predictor.state_dict()
+    with pytest.raises(InferenceError, match="older than the previous bar"):
+        predictor.on_bar(*bars[30][:5], timestamp=bars[28][5])
+    assert predictor.state_dict() == before
+    predictor.on_bar(*bars[30][:5])  # no timestamp: accepted, the last one is kept
+    predictor.on_bar(*bars[31][:5], timestamp=bars[29][5])  # equal to the newest: accepted
+    # The bar time is state: a restored predictor refuses the same bar.
+    restored = LivePredictor(market_run, ["A", "B"], DAILY, families=["ridge", "lightgbm"])
+    restored.load_state_dict(json.loads(json.dumps(predictor.state_dict())))
+    assert restored.last_timestamp == predictor.last_timestamp == timestamp_ns(bars[29][5])
+    with pytest.raises(InferenceError, match="older than the previous bar"):
+        restored.on_bar(*bars[32][:5], timestamp=bars[28][5])
+    np.testing.assert_array_equal(restored.on_bar(*bars[32][:5], timestamp=bars[32][5]),
+                                  predictor.on_bar(*bars[32][:5], timestamp=bars[32][5]))
+
+
+def test_state_last_timestamp_is_validated_and_version_1_states_still_load(market_run, goog):
+    bars = _stamped(goog.iloc[1000:1075])  # the LSTM buffer holds stamped rows from bar 60
+    predictor = LivePredictor(market_run, ["A", "B"], DAILY)
+    for bar in bars:
+        predictor.on_bar(*bar[:5], timestamp=bar[5])
+    state = json.loads(json.dumps(predictor.state_dict()))
+    last = timestamp_ns(bars[-1][5])
+    assert state["version"] == 2 and state["last_timestamp"] == last
+    fresh = LivePredictor(market_run, ["A", "B"], DAILY)
+    version_1 = {k: v for k, v in state.items() if k != "last_timestamp"} | {"version": 1}
+    fresh.load_state_dict(version_1)  # before "last_timestamp": taken from the buffers' newest row
+    assert fresh.last_timestamp == last
+    missing = {k: v for k, v in state.items() if k != "last_timestamp"}
+    for bad in (missing, dict(state, last_timestamp="yesterday"), dict(state, last_timestamp=True),
+                dict(state, last_timestamp=1.5e18), dict(state, last_timestamp=10**30),
+                dict(state, last_timestamp=last - 1), dict(state, last_timestamp=None)):  # older than a buffer row
+        other = LivePredictor(market_run, ["A", "B"], DAILY)
+        with pytest.raises(StateError, match="last_timestamp"):
+            other.load_state_dict(bad)
+        assert other.last_timestamp is None and other.bars == 0  # left as it was
+    for version in (3, True, None):
+        with pytest.raises(StateError, match="version"):
+            fresh.load_state_dict(dict(state, version=version))
+
+
+# ---------------------------------------------------------------- the point column
+
+
+def test_point_column_is_the_one_rule_for_a_horizon_family_view(market_run, goog):
+    assert point_column(("prediction",)) == 0
+    assert point_column(["scale", "loc"]) == 1  # a distribution: its location
+    assert point_column(["q0.1", "q0.5", "q0.9"]) == 1  # quantiles: the median
+    assert point_column(["q0.5", "loc", "prediction"]) == 2  # prediction first, then loc, then q0.5
+    assert point_column(["a", "b"]) == 0
+    predictor = LivePredictor(market_run, ["GOOG"], DAILY)
+    for m, sl in zip(predictor.models, predictor.plan.model_slices):
+        assert predictor._point_column[(m.target, m.family.name)] == sl.start + point_column(m.columns)

@@ -233,27 +233,61 @@ def test_feature_builder_returns_or_raises_feature_build_error(frame):
 
 
 @pytest.fixture(scope="module")
-def live(market_run):
+def live(market_run, goog):
+    """A predictor warmed on 75 stamped bars (its LSTM buffer holds stamped rows from bar 60) and that state."""
+    from fastinfer.features import ohlcv_arrays
     from fastinfer.predictor import LivePredictor
 
-    return LivePredictor(market_run, ["A", "B", "C"], 1440.0)
+    predictor = LivePredictor(market_run, ["A", "B", "C"], 1440.0)
+    a = ohlcv_arrays(goog.iloc[1000:1075])
+    for t in range(75):
+        predictor.on_bar(*(np.array([x[t], x[t] * 1.1, x[t] * 0.9]) for x in
+                           (a["open"], a["high"], a["low"], a["close"], a["volume"])), timestamp=goog.index[1000 + t])
+    assert all(b.last_timestamp(0) is not None for b in predictor.buffers.values())
+    return predictor, predictor.state_dict(), int(goog.index[1074].value)
+
+
+DAY_NS = 86_400 * 10**9
+GARBAGE_TIMES = (st.text(max_size=8) | st.floats() | st.booleans() | st.integers(2**63, 10**30)
+                 | st.integers(-(10**30), -(2**63)) | st.sampled_from([np.datetime64("NaT"), np.datetime64("3000-01-01"),
+                                                                        np.datetime64(10**9, "Y"), b"2020", [1], object()]))
+# (kind, value): "later"/"same"/"earlier" are relative to the predictor's newest bar time.
+bar_times = (st.tuples(st.just("none"), st.none()) | st.tuples(st.just("later"), st.integers(1, 30 * DAY_NS))
+             | st.tuples(st.just("same"), st.none()) | st.tuples(st.just("earlier"), st.integers(1, 30 * DAY_NS))
+             | st.tuples(st.just("garbage"), GARBAGE_TIMES))
 
 
 @settings(max_examples=60, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(bars=st.lists(st.tuples(*[st.lists(finite_or_not | st.floats(50, 150), min_size=3, max_size=3)] * 5),
+@given(bars=st.lists(st.tuples(*[st.lists(finite_or_not | st.floats(50, 150), min_size=3, max_size=3)] * 5, bar_times),
                      min_size=1, max_size=8))
 def test_on_bar_never_raises_never_outputs_inf_and_bad_bars_keep_state(live, bars):
-    """Any bar values: on_bar returns; no output is inf; a symbol with a non-finite value in its
-    bar gets NaN outputs and keeps its exact indicator and sequence state."""
+    """Any bar values and bar times: on_bar returns or (for a bar time that is not a time, or is
+    older than the newest bar) raises ``InferenceError`` leaving the whole state as it was; no
+    output is inf; a symbol with a non-finite value in its bar gets NaN outputs and keeps its
+    exact indicator and sequence state."""
     example("LivePredictor.on_bar: arbitrary bars")
+    live, warm, last = live
+    live.load_state_dict(warm)  # every example starts from the same warm, stamped state
     buffers = list(live.buffers.values())
-    for o, h, lo, c, v in bars:
+    for o, h, lo, c, v, (kind, value) in bars:
         arrays = [np.array(x, dtype=np.float64) for x in (o, h, lo, c, v)]
         bad = ~np.logical_and.reduce([np.isfinite(a) for a in arrays])
+        if kind in ("none", "garbage"):
+            timestamp = value
+        else:
+            timestamp = last + value if kind == "later" else last if kind == "same" else last - value
+        if kind == "earlier" or kind == "garbage":
+            before = live.state_dict()
+            with pytest.raises(InferenceError, match="timestamp"):
+                live.on_bar(*arrays, timestamp=timestamp)
+            assert live.state_dict() == before  # indicators, buffers, bar count, bar time: all as they were
+            continue
         feats = [a.copy() for a in live.features._state]
         seqs = [(b._data.copy(), b._state.copy()) for b in buffers]
-        out = live.on_bar(*arrays)
+        out = live.on_bar(*arrays, timestamp=timestamp)
+        last = last if timestamp is None else timestamp
+        assert live.last_timestamp == last
         assert not np.isinf(out).any() and not np.isinf(live.plan.tabular_input).any()
         assert np.isnan(out[bad]).all()
         for old, new in zip(feats, live.features._state):

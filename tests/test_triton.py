@@ -399,3 +399,92 @@ def test_triton_predictor_against_a_real_server(triton_server, repo, replay):
     both = ~np.isnan(live_out)
     # Another ONNX Runtime build may round differently: close, not bit-equal.
     np.testing.assert_allclose(got[both], live_out[both], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- signed runs and input names
+
+
+def test_signed_export_checks_graphs_against_the_signed_lock(market_copy, tmp_path, monkeypatch):
+    """In a signed run the graphs are checked against the lock the signature covers, never a
+    lock read beside it. Here a writer races the export: the lock on disk points a model at an
+    unsigned graph when the export starts, and is put back before the signature is checked."""
+    import dataclasses
+
+    from fastinfer import signing
+    from fastinfer.config import Settings
+
+    private, public = signing.generate_keypair(tmp_path / "k")
+    signing.sign_run(market_copy, private)
+    settings = Settings()
+    settings = dataclasses.replace(settings, models=dataclasses.replace(
+        settings.models, verify_signature=True, trusted_public_key=str(public)))
+    index = export_triton(market_copy, tmp_path / "good", settings=settings, fused=False)  # control
+    signed = {e.key: e for e in read_lock(market_copy).entries if e.status == "onnx"}
+    entry = next(iter(signed.values()))
+    name = next(n for n, m in index["models"].items() if m["sha256"] == entry.onnx_sha256)
+
+    good_lock = (market_copy / LOCK_FILE).read_bytes()
+    graph = market_copy / entry.onnx_file
+    evil = graph.with_name("evil.onnx")  # an unsigned file in the run: nothing should read it
+    evil.write_bytes(graph.read_bytes() + b"\0")  # a trailing zero byte: still a loadable graph
+    lock = json.loads(good_lock)
+    for e in lock["entries"]:
+        if (e["target"], e["family"]) == (entry.target, entry.family):
+            e["onnx_file"] = str(Path(entry.onnx_file).with_name("evil.onnx"))
+            e["onnx_sha256"] = hashlib.sha256(evil.read_bytes()).hexdigest()
+    (market_copy / LOCK_FILE).write_text(json.dumps(lock))
+    real_verify = signing.verify_run
+
+    def racing_verify(root, key):
+        (market_copy / LOCK_FILE).write_bytes(good_lock)  # put back just before the check
+        return real_verify(root, key)
+
+    monkeypatch.setattr(signing, "verify_run", racing_verify)
+    index = export_triton(market_copy, tmp_path / "raced", settings=settings, fused=False)
+    exported = (tmp_path / "raced" / name / "1" / "model.onnx").read_bytes()
+    assert hashlib.sha256(exported).hexdigest() == entry.onnx_sha256 == index["models"][name]["sha256"]
+    assert exported == graph.read_bytes()
+
+
+def test_input_name_comes_from_the_lock_and_must_match_the_graph(repo, market_copy, tmp_path):
+    import onnx
+
+    out, index = repo
+    configs = _configs(out)
+    for name, model in index["models"].items():  # control: config, index and graph agree
+        graph_input = onnx.load(out / name / "1" / "model.onnx").graph.input[0].name
+        assert configs[name].input[0].name == model["input"]["name"] == graph_input
+    data = json.loads((market_copy / LOCK_FILE).read_text())
+    entry = next(e for e in data["entries"] if e["status"] == "onnx")
+    entry["input"]["name"] = "x"
+    (market_copy / LOCK_FILE).write_text(json.dumps(data))
+    with pytest.raises(StateError, match="graph input 'features' disagrees with the lock's input name 'x'"):
+        export_triton(market_copy, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_triton_predictor_sends_the_exported_input_name(repo, replay, tmp_path):
+    """A repository whose graphs read input ``x``: the client names the input as the index says."""
+    import onnx
+
+    out, _ = repo
+    renamed = tmp_path / "renamed"
+    shutil.copytree(out, renamed)
+    index = json.loads((renamed / INDEX_FILE).read_text())
+    for name, model in index["models"].items():
+        graph = onnx.load(renamed / name / "1" / "model.onnx")
+        old = graph.graph.input[0].name
+        graph.graph.input[0].name = "x"
+        for node in graph.graph.node:
+            node.input[:] = ["x" if i == old else i for i in node.input]
+        onnx.save(graph, renamed / name / "1" / "model.onnx")
+        cfg = _configs(renamed)[name]
+        cfg.input[0].name = "x"
+        (renamed / name / "config.pbtxt").write_text(text_format.MessageToString(cfg))
+        model["input"]["name"] = "x"
+    (renamed / INDEX_FILE).write_text(json.dumps(index))
+    _, steps = replay
+    feats, seqs, _, _ = steps[-1]
+    want = TritonPredictor("loopback:8000", out, client=LoopbackServer(out)).infer(feats, seqs)  # control
+    got = TritonPredictor("loopback:8000", renamed, client=LoopbackServer(renamed)).infer(feats, seqs)
+    np.testing.assert_array_equal(got, want)

@@ -35,7 +35,7 @@ from .. import artifacts
 from ..atomic import write_atomic_bytes, write_atomic_json
 from ..config import Settings, load_config
 from ..errors import ConfigError, InferenceError, IntegrityError, ModelLoadError, StateError
-from ..lock import LOCK_FILE, read_lock
+from ..lock import LOCK_FILE
 
 INDEX_FILE = "fastinfer_triton.json"
 SUMS_FILE = "SHA256SUMS"
@@ -55,6 +55,14 @@ def _import(module: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise ImportError(f"{module} is needed for Triton serving ({exc}); install it with `{EXTRA}`") from exc
+
+
+def _input_name() -> str:
+    """The input every converter and fused graph has (``fastinfer.converters.INPUT_NAME``), imported
+    only when needed: the converters package imports onnx, which a Triton client does not need."""
+    from ..converters import INPUT_NAME
+
+    return INPUT_NAME
 
 
 def _pb():
@@ -90,6 +98,10 @@ class _Export:
     input_dims: list[int]  # without the batch dimension
     feature_order: list[str]  # the input's last axis
     outputs: list[dict[str, Any]]  # name, target, family, columns, dims
+    input_name: str = ""  # the graph's input: the lock's for one model's graph, else the converters' INPUT_NAME
+
+    def __post_init__(self) -> None:
+        self.input_name = self.input_name or _input_name()
 
     @property
     def sha256(self) -> str:
@@ -130,7 +142,7 @@ def _model_config(exp: _Export, max_batch_size: int, instance_kind: str, instanc
     pb = _pb()
     cfg = pb.ModelConfig(name=exp.name, platform=PLATFORM, max_batch_size=max_batch_size,
                          default_model_filename=MODEL_FILE)
-    cfg.input.add(name="features", data_type=pb.TYPE_FP32, dims=exp.input_dims)
+    cfg.input.add(name=exp.input_name, data_type=pb.TYPE_FP32, dims=exp.input_dims)
     for out in exp.outputs:
         cfg.output.add(name=out["name"], data_type=pb.TYPE_FP32, dims=out["dims"])
     kind = pb.ModelInstanceGroup.KIND_GPU if instance_kind == "gpu" else pb.ModelInstanceGroup.KIND_CPU
@@ -177,10 +189,12 @@ def _plan(run_root: str | Path, *, fused: bool, name_prefix: str, settings: Sett
     from ..loader import ModelLoader
 
     root = artifacts.resolve_run_root(run_root)
-    lock = read_lock(root)
+    # The graphs are what is exported. The lock is the loader's: in a signed run, the bytes the
+    # signature covered, so every graph is checked against the signed sha256.
+    loader = ModelLoader(root, settings=settings, prefer_onnx=True)
+    lock = loader.lock
     if lock is None:
         raise ModelLoadError(None, None, f"no {LOCK_FILE}: run `fastinfer convert` first", root / LOCK_FILE)
-    loader = ModelLoader(root, settings=settings, prefer_onnx=True)  # the graphs are what is exported
     wanted_t = set(targets) if targets is not None else None
     wanted_f = {fam.resolve(f).name for f in families} if families is not None else None
     exports: list[_Export] = []
@@ -204,6 +218,10 @@ def _plan(run_root: str | Path, *, fused: bool, name_prefix: str, settings: Sett
         lock_dims = list(entry.input.get("shape", []))[1:]
         graph_in, graph_out = model.graph.graph.input[0], model.graph.graph.output[0]
         columns = list(entry.output.get("columns", ["prediction"]))
+        input_name = entry.input.get("name") or _input_name()
+        if graph_in.name != input_name:
+            raise StateError(f"{path}: graph input {graph_in.name!r} disagrees with the lock's input name "
+                             f"{input_name!r} for target={entry.target!r} family={entry.family!r}")
         if _graph_dims(graph_in)[1:] != lock_dims or _graph_dims(graph_out)[1:] != [len(columns)]:
             raise StateError(f"{path}: graph I/O {_graph_dims(graph_in)} → {_graph_dims(graph_out)} disagrees with "
                              f"the lock (input {entry.input.get('shape')}, {len(columns)} output columns) "
@@ -216,7 +234,7 @@ def _plan(run_root: str | Path, *, fused: bool, name_prefix: str, settings: Sett
                                list(entry.feature_order),
                                [{"name": entry.output.get("name", "prediction"), "target": entry.target,
                                  "family": entry.family, "columns": columns, "dims": [len(columns)],
-                                 "handles_nan": model.family.handles_nan}]))
+                                 "handles_nan": model.family.handles_nan}], input_name))
 
     # The set a LivePredictor would serve, fused exactly as its executor plan fuses it.
     served = [m for m in loader.load_all(targets, families).values() if m.backend == "onnx"]
@@ -317,7 +335,7 @@ def export_triton(run_root: str | Path, out_dir: str | Path, *, instance_kind: s
             write_atomic_bytes(out / rel, data)
             files[rel] = hashlib.sha256(data).hexdigest()
         models[exp.name] = {"kind": "fused" if any("slice" in o for o in exp.outputs) else "model",
-                            "sha256": exp.sha256, "input": {"name": "features", "datatype": "FP32",
+                            "sha256": exp.sha256, "input": {"name": exp.input_name, "datatype": "FP32",
                                                             "dims": exp.input_dims, "kind": exp.input_kind},
                             "feature_order": exp.feature_order, "max_batch_size": max_batch_size,
                             "outputs": [{k: v for k, v in o.items() if k not in ("slice", "needs")}
@@ -398,13 +416,12 @@ class TritonPredictor:
         self.columns: list[tuple[str, str, str]] = [tuple(c) for c in self.index["columns"]]
         self.serve: list[dict[str, Any]] = list(self.index["serve"])
         self.sequence_lengths = sorted({s["input_kind"] for s in self.serve if s["input_kind"]})
-        from ..predictor import POINT_COLUMNS, horizon_of
+        from ..predictor import horizon_of, point_column
 
         self._point: dict[tuple[str, str], int] = {}
         for s in self.serve:
             for o in s["outputs"]:
-                pick = next((o["columns"].index(c) for c in POINT_COLUMNS if c in o["columns"]), 0)
-                self._point[(o["target"], o["family"])] = o["slice"][0] + pick
+                self._point[(o["target"], o["family"])] = o["slice"][0] + point_column(o["columns"])
         self._point = dict(sorted(self._point.items(), key=lambda kv: kv[1]))  # as_dict's order: column order
         self._horizon_of = horizon_of
 
@@ -432,7 +449,8 @@ class TritonPredictor:
         return X, seqs
 
     def _infer(self, model: str, x: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
-        inp = self._mod.InferInput("features", list(x.shape), "FP32")
+        name = self.index["models"][model].get("input", {}).get("name") or _input_name()  # as exported
+        inp = self._mod.InferInput(name, list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
         requested = [self._mod.InferRequestedOutput(name) for name in outputs]
         kwargs: dict[str, Any] = {"model_version": self.model_version}
