@@ -170,28 +170,6 @@ def try_put(ctrl, seqs, payload, record, seq):
 
 
 @njit(cache=True, nogil=True)
-def get_batch(ctrl, seqs, payload, out, out_seqs):
-    """Consume up to ``len(out)`` records into ``out`` / ``out_seqs``; returns how many."""
-    cap = seqs.shape[0]
-    tail = ctrl[TAIL]  # only this side writes tail
-    head = _load_relaxed(ctrl, HEAD)
-    _fence_acquire()  # the slots below head are complete
-    n = min(head - tail, out.shape[0], out_seqs.shape[0])
-    if n <= 0:
-        return 0
-    mask = cap - 1
-    w = payload.shape[1]
-    for k in range(n):
-        slot = (tail + k) & mask
-        out_seqs[k] = seqs[slot]
-        for j in range(w):
-            out[k, j] = payload[slot, j]
-    _fence_release()  # our copies are done before the producer may reuse the slots
-    _store_relaxed(ctrl, TAIL, tail + n)
-    return n
-
-
-@njit(cache=True, nogil=True)
 def peek_batch(ctrl, seqs, payload, out, out_seqs):
     """Copy up to ``len(out)`` unconsumed records without consuming them; returns how many."""
     cap = seqs.shape[0]
@@ -220,6 +198,15 @@ def commit(ctrl, n):
         return -1
     _fence_release()  # the peeked copies are done before the producer may reuse the slots
     _store_relaxed(ctrl, TAIL, tail + n)
+    return n
+
+
+@njit(cache=True, nogil=True)
+def get_batch(ctrl, seqs, payload, out, out_seqs):
+    """Consume up to ``len(out)`` records into ``out`` / ``out_seqs``; returns how many."""
+    n = peek_batch(ctrl, seqs, payload, out, out_seqs)
+    if n:
+        commit(ctrl, n)  # releases the slots only after the copies
     return n
 
 
