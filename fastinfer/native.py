@@ -175,12 +175,11 @@ BYTES_LOADERS: dict[str, Callable[[bytes], Any]] = {
 
 # Formats whose parser crashes the process (SIGSEGV) on some damaged files that get past the
 # in-process checks, found by fuzzing truncations and byte flips (1,500 cases each): LightGBM
-# text (~50 crashes; one kind, a parameters block cut short, crashes only sometimes and is now
-# refused by the structure check), XGBoost JSON (e.g. a
-# negative node index; 5) and UBJ. CatBoost's binary parser was not fuzzed, and a test run
-# that had opened damaged .cbm files in-process once died later of SIGSEGV: probed too. Keras
-# (.keras is a zip read by Python, .h5 is HDF5 with its own checks) is not: a probe costs a
-# fresh interpreter importing the library (~1 s; seconds for TensorFlow).
+# text (~50 crashes; one kind, a parameters block cut short, crashes only sometimes and is
+# refused by the structure check instead), XGBoost JSON (e.g. a negative node index; 5) and
+# UBJ. CatBoost's binary parser was not fuzzed: probed too, to be safe. Keras (.keras is a zip
+# read by Python, .h5 is HDF5 with its own checks) is not: a probe costs a fresh interpreter
+# importing the library (~1 s; seconds for TensorFlow).
 PROBED_FORMATS = frozenset({fam.LIGHTGBM_TXT, fam.XGBOOST_JSON, fam.XGBOOST_UBJ, fam.CATBOOST_CBM})
 
 
