@@ -136,6 +136,16 @@ def _kadd(fs, i, s, x):
 
 
 @njit
+def _resum(fs, i, s, window, p):
+    """Recompute the compensated sum fs[i, s] from the p values of window[i]: once per period,
+    so the drift of p add/remove pairs never accumulates."""
+    fs[i, s] = 0.0
+    fs[i, s + 1] = 0.0
+    for j in range(p):
+        _kadd(fs, i, s, window[i, j])
+
+
+@njit
 def _gain_loss(closes, i, j):
     """gain_j, loss_j from the close ring; bit-identical whenever recomputed."""
     d = closes[i, j % CLOSE_WINDOW] - closes[i, (j - 1) % CLOSE_WINDOW]
@@ -225,10 +235,7 @@ def _step_atr(trs, fs, ist, i, t, tr):
     else:
         fs[i, F_ATR] = (fs[i, F_ATR] * (p - 1) + tr) / p
     if t >= p and t % p == p - 1:
-        fs[i, F_TRSUM] = 0.0
-        fs[i, F_TRSUM_C] = 0.0
-        for j in range(p):
-            _kadd(fs, i, F_TRSUM, trs[i, j])
+        _resum(fs, i, F_TRSUM, trs, p)
 
 
 @njit
@@ -278,10 +285,7 @@ def _step_volume(vols, fs, ist, i, t, v):
     _kadd(fs, i, F_VSUM, v)
     ist[i, I_VOL_NZ] += v != 0.0
     if t >= p and t % p == p - 1:
-        fs[i, F_VSUM] = 0.0
-        fs[i, F_VSUM_C] = 0.0
-        for j in range(p):
-            _kadd(fs, i, F_VSUM, vols[i, j])
+        _resum(fs, i, F_VSUM, vols, p)
 
 
 @njit
