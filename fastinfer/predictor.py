@@ -66,13 +66,14 @@ def _rows_for_sequences(features, stale, dst):
 
 
 @njit(cache=True)
-def _mask_not_ready(features, needs, pass_nan, stale, ready, model_of_column, out):
-    """out[i, c] = NaN where model_of_column[c] could not see valid inputs for symbol i."""
+def _mask_not_ready(features, needs, pass_nan, stale, ready, ready_of_model, model_of_column, out):
+    """out[i, c] = NaN where model_of_column[c] could not see valid inputs for symbol i
+    (``ready[ready_of_model[m], i]``: whether the sequence buffer model m reads is full)."""
     n, width = features.shape
     for i in range(n):
         for c in range(out.shape[1]):
             m = model_of_column[c]
-            ok = ready[m, i] and not stale[i]
+            ok = ready[ready_of_model[m], i] and not stale[i]
             if ok and not pass_nan[m]:
                 for u in range(width):
                     if needs[m, u] and not np.isfinite(features[i, u]):  # inf counts as missing
@@ -125,17 +126,19 @@ class LivePredictor:
         n_models = len(self.models)
         self._needs = np.zeros((n_models, len(self.union)), dtype=np.bool_)
         self._pass_nan = np.zeros(n_models, dtype=np.bool_)
-        self._ready = np.ones((n_models, n), dtype=np.bool_)
-        self._ready_rows: list[tuple[SeqBufferManager, np.ndarray]] = []
+        # Row 0: always ready (tabular models); row 1 + k: whether buffer k (one per sequence
+        # length, shared by its models) is full, computed once per bar.
+        self._ready = np.ones((1 + len(seq_lens), n), dtype=np.bool_)
+        self._ready_of_model = np.zeros(n_models, dtype=np.int64)
         nan_pass = self.settings.predictor.nan_policy == "pass"
         for i, m in enumerate(self.models):
             if m.family.sequential:
-                self._ready_rows.append((self.buffers[m.spec.sequence_length], self._ready[i]))
+                self._ready_of_model[i] = 1 + seq_lens.index(m.spec.sequence_length)
             else:
                 self._needs[i, [self.union.index(f) for f in m.feature_order]] = True
                 self._pass_nan[i] = nan_pass and m.family.handles_nan
         self._model_of_column = np.repeat(np.arange(n_models), [sl.stop - sl.start for sl in self.plan.model_slices])
-        self._seq_inputs = [(buf, self.plan.sequence_inputs[t]) for t, buf in self.buffers.items()]
+        self._bind_buffers()
         self._seq_rows = np.empty_like(self.features.out)  # this bar's rows for the sequence buffers
         self.latency = LatencyHistogram()
         self.bars = 0
@@ -143,7 +146,7 @@ class LivePredictor:
         # Compile (or load from numba's cache) now, not on the first bar; out is all NaN here.
         _copy_finite(self.features.out, self.plan.tabular_input)
         _mask_not_ready(self.features.out, self._needs, self._pass_nan, self.features.stale, self._ready,
-                        self._model_of_column, self.plan.out)
+                        self._ready_of_model, self._model_of_column, self.plan.out)
         _rows_for_sequences(self.features.out, self.features.stale, self._seq_rows)
 
     # ------------------------------------------------------------ construction checks
@@ -201,7 +204,7 @@ class LivePredictor:
             buf.ready_mask(stamp, out=row)
         out = self.plan.run()
         _mask_not_ready(feats, self._needs, self._pass_nan, self.features.stale, self._ready,
-                        self._model_of_column, out)
+                        self._ready_of_model, self._model_of_column, out)
         self.bars += 1
         self.latency.record(time.perf_counter_ns() - start)
         return out
@@ -294,9 +297,12 @@ class LivePredictor:
                                  f"newest row ({newest} ns)")
         # Everything checked: swap in, and re-point the per-bar references at the new objects.
         self.features, self.buffers, self.bars, self._last_stamp = features, buffers, bars, last
-        self._seq_inputs = [(buf, self.plan.sequence_inputs[t]) for t, buf in buffers.items()]
-        self._ready_rows = [(buffers[m.spec.sequence_length], self._ready[i])
-                            for i, m in enumerate(self.models) if m.family.sequential]
+        self._bind_buffers()
+
+    def _bind_buffers(self) -> None:
+        """The per-bar references to ``self.buffers``: each buffer's model input and readiness row."""
+        self._seq_inputs = [(buf, self.plan.sequence_inputs[t]) for t, buf in self.buffers.items()]
+        self._ready_rows = [(buf, self._ready[1 + k]) for k, buf in enumerate(self.buffers.values())]
 
     # ------------------------------------------------------------ views
 
