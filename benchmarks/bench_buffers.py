@@ -14,6 +14,7 @@ Run: ``.venv/bin/python -m pytest benchmarks/bench_buffers.py --benchmark-only``
 Ratios are recorded in the shared groups of ``benchmarks/conftest.py`` (printed at the end of
 the run, summarised by ``fastinfer bench``).
 """
+
 from __future__ import annotations
 
 import collections
@@ -181,7 +182,7 @@ def _spsc_producer(conn, name: str) -> None:
         n, batch = msg
         if batch:
             for start in range(0, n, batch):
-                ring.put_many(records[start:start + batch])
+                ring.put_many(records[start : start + batch])
         else:
             for i in range(n):
                 ring.put(records[i])
@@ -235,8 +236,11 @@ def test_spsc_fastinfer_spsc(benchmark, record_ratio, spsc_ring, batch):
 
     transfer()  # the producer's first round compiles/loads its kernels
     benchmark.pedantic(transfer, rounds=3, iterations=1)
-    record_ratio(SPSC_MANY if batch else SPSC_ONE, subject=True,
-                 name=f"fastinfer SPSCRing.{'get_many' if batch else 'get'}, {N_RECORDS:,} records")
+    record_ratio(
+        SPSC_MANY if batch else SPSC_ONE,
+        subject=True,
+        name=f"fastinfer SPSCRing.{'get_many' if batch else 'get'}, {N_RECORDS:,} records",
+    )
 
 
 @pytest.mark.benchmark(group="spsc")

@@ -14,6 +14,7 @@ The sharded predictor runs with its default ``checkpoint_every=100``: the 100 me
 back to the runner), so the mean is the per-bar cost with checkpointing amortised, the
 median a bar without one, and the max the checkpoint bar.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,8 +39,9 @@ GROUP = "2000-symbols-bar"
 def setup(tmp_path_factory):
     from backtesting.test import GOOG
 
-    root = testing.write_market_run(tmp_path_factory.mktemp("bench_dist"), GOOG.iloc[:1500], FAMILIES,
-                                    sequence_length=10, size=SIZE)
+    root = testing.write_market_run(
+        tmp_path_factory.mktemp("bench_dist"), GOOG.iloc[:1500], FAMILIES, sequence_length=10, size=SIZE
+    )
     compile_run(root)
     a = ohlcv_arrays(GOOG)
     scale = 1.0 + 0.001 * np.arange(N_SYMBOLS)
@@ -52,12 +54,20 @@ def setup(tmp_path_factory):
 
 def _report(benchmark, label: str) -> None:
     s = benchmark.stats.stats
-    benchmark.extra_info.update({"symbols_per_bar": N_SYMBOLS, "symbol_bars_per_s": round(N_SYMBOLS / s.median),
-                                 "median_ms": round(s.median * 1e3, 3), "mean_ms": round(s.mean * 1e3, 3),
-                                 "max_ms": round(s.max * 1e3, 3)})
-    print(f"\n{label}: per-bar latency median {s.median * 1e3:.2f} ms, mean {s.mean * 1e3:.2f} ms, "
-          f"max {s.max * 1e3:.2f} ms; throughput {N_SYMBOLS / s.median:,.0f} symbol-bars/s (median), "
-          f"{N_SYMBOLS / s.mean:,.0f} (mean)")
+    benchmark.extra_info.update(
+        {
+            "symbols_per_bar": N_SYMBOLS,
+            "symbol_bars_per_s": round(N_SYMBOLS / s.median),
+            "median_ms": round(s.median * 1e3, 3),
+            "mean_ms": round(s.mean * 1e3, 3),
+            "max_ms": round(s.max * 1e3, 3),
+        }
+    )
+    print(
+        f"\n{label}: per-bar latency median {s.median * 1e3:.2f} ms, mean {s.mean * 1e3:.2f} ms, "
+        f"max {s.max * 1e3:.2f} ms; throughput {N_SYMBOLS / s.median:,.0f} symbol-bars/s (median), "
+        f"{N_SYMBOLS / s.mean:,.0f} (mean)"
+    )
 
 
 def test_sharded_ray_2_workers(benchmark, record_ratio, setup):

@@ -7,6 +7,7 @@ group measures one ``update`` of one symbol (latency) against the same two basel
 
     .venv/bin/python -m pytest benchmarks/bench_features.py --benchmark-only
 """
+
 from __future__ import annotations
 
 import itertools
@@ -36,18 +37,32 @@ def _bars(n, T, seed=0):
 
 def _windows(bars, n):
     """Each symbol's last LOOKBACK + 1 bars as a DataFrame, as a recomputing loop would hold them."""
-    return [pd.DataFrame({k: a[-(LOOKBACK + 1):, j] for k, a in zip(("open", "high", "low", "close", "volume"), bars)})
-            for j in range(n)]
+    return [
+        pd.DataFrame({k: a[-(LOOKBACK + 1) :, j] for k, a in zip(("open", "high", "low", "close", "volume"), bars)})
+        for j in range(n)
+    ]
 
 
 def _talib_features(df):
-    o, h, lo, c, v = (df[k].to_numpy() for k in ("open", "high", "low", "close", "volume"))
+    _o, h, lo, c, v = (df[k].to_numpy() for k in ("open", "high", "low", "close", "volume"))
     rets = [(c[-1] - c[-1 - n]) / c[-1 - n] for n in (1, 5, 10, 20, 60)]
     macd, signal, hist = talib.MACD(c, 12, 26, 9)
-    upper, mid, lower = talib.BBANDS(c, 20, 2, 2, 0)
+    upper, _mid, lower = talib.BBANDS(c, 20, 2, 2, 0)
     pct = (c[-1] - lower[-1]) / (upper[-1] - lower[-1])
-    return np.array(rets + [talib.RSI(c, 14)[-1], macd[-1], signal[-1], hist[-1], upper[-1], lower[-1], pct,
-                            talib.ATR(h, lo, c, 14)[-1], v[-1] / talib.SMA(v, 20)[-1]])
+    return np.array(
+        [
+            *rets,
+            talib.RSI(c, 14)[-1],
+            macd[-1],
+            signal[-1],
+            hist[-1],
+            upper[-1],
+            lower[-1],
+            pct,
+            talib.ATR(h, lo, c, 14)[-1],
+            v[-1] / talib.SMA(v, 20)[-1],
+        ]
+    )
 
 
 def _streaming(n, bars):

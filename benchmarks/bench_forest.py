@@ -9,6 +9,7 @@ native booster (1 thread) and, when installed, tl2cgen-compiled treelite
 Target: forest >= 3x faster than ORT on 1 row and >= 2x on 512 rows.
 Ratios are printed at the end of the run.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -34,21 +35,22 @@ def _data(n: int = 20_000, seed: int = 0):
 def _build(family: str):
     import onnxmltools
     from onnxmltools.convert.common.data_types import FloatTensorType
+
     X, y = _data()
     types = [("x", FloatTensorType([None, F]))]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if family == "lightgbm":
             import lightgbm as lgb
-            m = lgb.LGBMRegressor(n_estimators=N_TREES, num_leaves=31, verbose=-1, n_jobs=1,
-                                  random_state=0).fit(X, y)
+
+            m = lgb.LGBMRegressor(n_estimators=N_TREES, num_leaves=31, verbose=-1, n_jobs=1, random_state=0).fit(X, y)
             booster = m.booster_
             native = lambda x: booster.predict(x, num_threads=1)  # noqa: E731
             onx = onnxmltools.convert_lightgbm(m, initial_types=types, target_opset=15)
         else:
             import xgboost as xgb
-            m = xgb.XGBRegressor(n_estimators=N_TREES, max_depth=6, n_jobs=1,
-                                 random_state=0).fit(X, y)
+
+            m = xgb.XGBRegressor(n_estimators=N_TREES, max_depth=6, n_jobs=1, random_state=0).fit(X, y)
             booster = m.get_booster()
             booster.set_param({"nthread": 1})
             native = lambda x: booster.inplace_predict(x)  # noqa: E731
@@ -72,6 +74,7 @@ def _treelite(family: str, booster, tmp_dir):
 @pytest.fixture(scope="module", params=["lightgbm", "xgboost"])
 def model(request, tmp_path_factory):
     import onnxruntime as ort
+
     family = request.param
     X, booster, native, onx = _build(family)
     so = ort.SessionOptions()
@@ -85,8 +88,15 @@ def model(request, tmp_path_factory):
     ref = sess.run(None, {"x": X_eval})[0].reshape(-1, 1)
     got = kernel.predict(X_eval)
     assert np.array_equal(got, ref), "forest kernel and ORT disagree"
-    return {"family": family, "X": X_eval, "native": native, "sess": sess, "kernel": kernel,
-            "booster": booster, "tmp": tmp_path_factory.mktemp(f"tl-{family}")}
+    return {
+        "family": family,
+        "X": X_eval,
+        "native": native,
+        "sess": sess,
+        "kernel": kernel,
+        "booster": booster,
+        "tmp": tmp_path_factory.mktemp(f"tl-{family}"),
+    }
 
 
 @pytest.mark.parametrize("impl", ["forest", "onnxruntime", "native", "treelite"])

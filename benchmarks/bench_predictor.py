@@ -12,6 +12,7 @@ fastinfer median.
 - per-symbol loop (500 symbols): a one-symbol fastinfer predictor called once per symbol.
 - fused vs per-model sessions: the plan's one fused run vs each model's own session.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,8 +25,10 @@ from fastinfer.loader import ModelLoader
 from fastinfer.predictor import LivePredictor
 from fastinfer.reference import SeedPath
 
-MODEL_SETS = {"": ["lightgbm", "xgboost", "ridge", "mlp"],  # TARGETS P1's models
-              ", +3 LSTM": ["lightgbm", "xgboost", "ridge", "mlp", "lstm"]}
+MODEL_SETS = {
+    "": ["lightgbm", "xgboost", "ridge", "mlp"],  # TARGETS P1's models
+    ", +3 LSTM": ["lightgbm", "xgboost", "ridge", "mlp", "lstm"],
+}
 SIZE = testing.TrainSize(trees=200, depth=6, leaves=31, epochs=1, hidden=32)
 N_SYMBOLS = 500
 SEQUENCE_LENGTH = 10
@@ -36,8 +39,13 @@ def setup(request, tmp_path_factory):
     """(run root, GOOG bars, their arrays, the group-name suffix of this model set)."""
     from backtesting.test import GOOG
 
-    root = testing.write_market_run(tmp_path_factory.mktemp("bench_pred"), GOOG.iloc[:1500],
-                                    MODEL_SETS[request.param], sequence_length=SEQUENCE_LENGTH, size=SIZE)
+    root = testing.write_market_run(
+        tmp_path_factory.mktemp("bench_pred"),
+        GOOG.iloc[:1500],
+        MODEL_SETS[request.param],
+        sequence_length=SEQUENCE_LENGTH,
+        size=SIZE,
+    )
     compile_run(root)
     bars = ohlcv_arrays(GOOG)
     return root, GOOG, bars, request.param
@@ -86,10 +94,18 @@ def test_one_symbol_talib_plus_ort_sessions(benchmark, record_ratio, setup):
     def peer():
         c, h, lo, v = w["close"], w["high"], w["low"], w["volume"]
         macd, signal, hist = talib.MACD(c)
-        upper, middle, lower = talib.BBANDS(c, 20, 2, 2)
-        f = {"rsi_14": talib.RSI(c, 14)[-1], "macd": macd[-1], "macd_signal": signal[-1], "macd_hist": hist[-1],
-             "bb_upper": upper[-1], "bb_lower": lower[-1], "bb_pct": (c[-1] - lower[-1]) / (upper[-1] - lower[-1]),
-             "atr_14": talib.ATR(h, lo, c, 14)[-1], "vol_ratio": v[-1] / talib.SMA(v, 20)[-1]}
+        upper, _middle, lower = talib.BBANDS(c, 20, 2, 2)
+        f = {
+            "rsi_14": talib.RSI(c, 14)[-1],
+            "macd": macd[-1],
+            "macd_signal": signal[-1],
+            "macd_hist": hist[-1],
+            "bb_upper": upper[-1],
+            "bb_lower": lower[-1],
+            "bb_pct": (c[-1] - lower[-1]) / (upper[-1] - lower[-1]),
+            "atr_14": talib.ATR(h, lo, c, 14)[-1],
+            "vol_ratio": v[-1] / talib.SMA(v, 20)[-1],
+        }
         for n in (1, 5, 10, 20, 60):
             f[f"ret_{n}"] = c[-1] / c[-1 - n] - 1.0
         out = []

@@ -5,6 +5,7 @@ Each round is a new interpreter (start-up is what is measured), so the figure in
 Python's own start and every import. It also reports whether TensorFlow was imported: it
 must not be when no model is served by native Keras.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,9 @@ print(json.dumps({"seconds": time.perf_counter() - start, "models": len(predicto
 def run_root(tmp_path_factory):
     from backtesting.test import GOOG
 
-    root = testing.write_market_run(tmp_path_factory.mktemp("bench_startup"), GOOG.iloc[:900], FAMILIES,
-                                    sequence_length=10)
+    root = testing.write_market_run(
+        tmp_path_factory.mktemp("bench_startup"), GOOG.iloc[:900], FAMILIES, sequence_length=10
+    )
     compile_run(root)
     return root
 

@@ -15,6 +15,7 @@ subject's ("how many times faster the subject is"). Medians, because these machi
 With ``FASTINFER_BENCH_RATIOS=path.json`` in the environment (``fastinfer bench`` sets it) the
 same results are also written to that file, for ``fastinfer.bench`` to summarise.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,9 +38,15 @@ class RatioResults:
 
     def to_dict(self) -> dict:
         """``{"groups": {group: {name: {"median_s": …, "subject": …}}}}``, what ``fastinfer.bench`` reads."""
-        return {"groups": {group: {name: {"median_s": seconds, "subject": is_subject}
-                                   for name, (seconds, is_subject) in entries.items()}
-                           for group, entries in self.groups.items()}}
+        return {
+            "groups": {
+                group: {
+                    name: {"median_s": seconds, "subject": is_subject}
+                    for name, (seconds, is_subject) in entries.items()
+                }
+                for group, entries in self.groups.items()
+            }
+        }
 
     def lines(self) -> list[str]:
         out = []
@@ -81,8 +88,7 @@ def results():
 def pytest_collect_file(file_path, parent):
     # bench_*.py is not in pytest's default pattern; a path given on the command line is
     # collected by pytest itself, so leave those alone.
-    if file_path.name.startswith("bench_") and file_path.suffix == ".py" \
-            and not parent.session.isinitpath(file_path):
+    if file_path.name.startswith("bench_") and file_path.suffix == ".py" and not parent.session.isinitpath(file_path):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
 

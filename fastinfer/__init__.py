@@ -3,17 +3,37 @@
 The public API is the spec's (``ModelLoader``, ``InferenceEngine``, ``FeatureBuilder``,
 ``SeqBufferManager``, ``ModelLoadError``) plus the live predictor and ``warmup``.
 """
+
 from .buffers import SeqBufferManager
 from .engine import InferenceEngine
-from .errors import (ConfigError, ConversionError, FeatureBuildError, InferenceError, IntegrityError,
-                     ModelLoadError, StateError)
+from .errors import (
+    ConfigError,
+    ConversionError,
+    FeatureBuildError,
+    InferenceError,
+    IntegrityError,
+    ModelLoadError,
+    StateError,
+)
 from .features import StreamingFeatures
 from .loader import LoadedModel, ModelLoader
 
 __all__ = [
-    "ConfigError", "ConversionError", "FeatureBuildError", "FeatureBuilder", "InferenceEngine", "InferenceError",
-    "IntegrityError", "LivePredictor", "LoadedModel", "ModelLoadError", "ModelLoader", "SeqBufferManager",
-    "StateError", "StreamingFeatures", "warmup",
+    "ConfigError",
+    "ConversionError",
+    "FeatureBuildError",
+    "FeatureBuilder",
+    "InferenceEngine",
+    "InferenceError",
+    "IntegrityError",
+    "LivePredictor",
+    "LoadedModel",
+    "ModelLoadError",
+    "ModelLoader",
+    "SeqBufferManager",
+    "StateError",
+    "StreamingFeatures",
+    "warmup",
 ]
 
 

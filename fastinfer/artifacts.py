@@ -10,15 +10,17 @@
 Discovery only lists directories; metadata is parsed when a model is asked for. No path
 taken from metadata may leave the run root.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import families as fam
 from .errors import ModelLoadError
@@ -89,7 +91,9 @@ def resolve_run_root(path: str | Path) -> Path:
         return path.resolve()
     runs = sorted(p for p in path.iterdir() if p.is_dir() and is_run(p))
     if not runs:
-        raise ModelLoadError(None, None, "not a TRAINING run (no manifest.json or targets/ here or one level down)", path)
+        raise ModelLoadError(
+            None, None, "not a TRAINING run (no manifest.json or targets/ here or one level down)", path
+        )
     newest = runs[-1]  # timestamp folder names sort chronologically
     log.info("run_id folder %s: using newest timestamp %s", path, newest.name)
     return newest.resolve()
@@ -151,8 +155,12 @@ def _depth(obj: Any) -> int:
     depth, frontier = 0, [obj]
     while frontier:
         depth += 1
-        frontier = [v for o in frontier for v in (o.values() if isinstance(o, dict) else o if isinstance(o, list) else ())
-                    if isinstance(v, (dict, list))]
+        frontier = [
+            v
+            for o in frontier
+            for v in (o.values() if isinstance(o, dict) else o if isinstance(o, list) else ())
+            if isinstance(v, (dict, list))
+        ]
     return depth
 
 
@@ -175,8 +183,12 @@ def read_json_limited(path: Path, loc: ModelLocation | None = None, *, expected_
     if expected_sha256 is not None and hashlib.sha256(raw).hexdigest() != expected_sha256:
         from .errors import SignatureError
 
-        raise SignatureError(loc.family.name if loc else None, loc.target if loc else None,
-                             "signed file changed since the run was opened", path)
+        raise SignatureError(
+            loc.family.name if loc else None,
+            loc.target if loc else None,
+            "signed file changed since the run was opened",
+            path,
+        )
     return parse_json_limited(raw, path, loc)
 
 
@@ -209,8 +221,12 @@ def _number(meta: dict, key: str, kind: type, loc: ModelLocation, path: Path) ->
     value = meta.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-            isinstance(value, float) and not math.isfinite(value)) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (isinstance(value, float) and not math.isfinite(value))
+        or value <= 0
+    ):
         raise _error(loc, f"{key} must be a positive number, got {str(value)[:40]}", path)
     if value > _LIMITS[key]:  # before any float(): a 400-digit JSON int must not overflow
         raise _error(loc, f"{key} {str(value)[:40]} is above the limit {_LIMITS[key]:g}", path)
@@ -221,8 +237,17 @@ def _number(meta: dict, key: str, kind: type, loc: ModelLocation, path: Path) ->
     return float(value)
 
 
-_KNOWN_KEYS = {"family", "feature_list", "features", "feature_names", "metrics", "model_checksum",
-               "interval_minutes", "sequence_length", "model_file"}
+_KNOWN_KEYS = {
+    "family",
+    "feature_list",
+    "features",
+    "feature_names",
+    "metrics",
+    "model_checksum",
+    "interval_minutes",
+    "sequence_length",
+    "model_file",
+}
 
 
 def read_spec(loc: ModelLocation, run_root: Path, *, meta_sha256: str | None = None) -> ModelSpec:
@@ -250,8 +275,9 @@ def read_spec(loc: ModelLocation, run_root: Path, *, meta_sha256: str | None = N
         feature_names = feature_list
 
     checksum = meta.get("model_checksum")
-    if checksum is not None and (not isinstance(checksum, str) or len(checksum) != 64
-                                 or any(c not in "0123456789abcdefABCDEF" for c in checksum)):
+    if checksum is not None and (
+        not isinstance(checksum, str) or len(checksum) != 64 or any(c not in "0123456789abcdefABCDEF" for c in checksum)
+    ):
         raise _error(loc, "model_checksum must be a 64-hex-digit sha256", meta_path)
     metrics = meta.get("metrics", {})
     if not isinstance(metrics, dict):
@@ -279,8 +305,11 @@ def _model_file(loc: ModelLocation, run_root: Path, meta: dict, meta_path: Path)
             raise _error(loc, "model_file must be a string", meta_path)
         path = inside(run_root, loc.path.relative_to(run_root) / meta["model_file"], what="model_file", loc=loc)
         if path.name not in loc.family.formats:
-            raise _error(loc, f"model_file {path.name!r} is not a {loc.family.name} format "
-                              f"({', '.join(loc.family.formats)})", meta_path)
+            raise _error(
+                loc,
+                f"model_file {path.name!r} is not a {loc.family.name} format ({', '.join(loc.family.formats)})",
+                meta_path,
+            )
         try:
             exists = path.is_file()
         except OSError:
@@ -307,11 +336,14 @@ def read_manifest(run_root: Path, *, digest: Callable[[Path], str | None] | None
     return data if isinstance(data, dict) else {}
 
 
-def read_routing_decision(run_root: Path, target: str, view: str, *,
-                          digest: Callable[[Path], str | None] | None = None) -> dict[str, Any] | None:
+def read_routing_decision(
+    run_root: Path, target: str, view: str, *, digest: Callable[[Path], str | None] | None = None
+) -> dict[str, Any] | None:
     """The target's ``routing_decision.json`` for ``view`` (or its ``decision/`` folder), else None."""
-    for path in (run_root / "targets" / target / "models" / f"view={view}" / "routing_decision.json",
-                 run_root / "targets" / target / "decision" / "routing_decision.json"):
+    for path in (
+        run_root / "targets" / target / "models" / f"view={view}" / "routing_decision.json",
+        run_root / "targets" / target / "decision" / "routing_decision.json",
+    ):
         if path.is_file():
             inside(run_root, path.relative_to(run_root), what="routing_decision.json link")
             data = read_json_limited(path, expected_sha256=digest(path) if digest else None)

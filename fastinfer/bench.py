@@ -6,6 +6,7 @@ ratio group (one subject, its baselines, their medians) to the JSON file named b
 from TARGETS.md where one applies) and ``ratios.png``. ``update_readme`` puts the summary
 between the README's bench markers.
 """
+
 from __future__ import annotations
 
 import io
@@ -14,9 +15,9 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from .atomic import read_json, write_atomic_bytes
 from .latency import format_duration
@@ -84,8 +85,11 @@ def read_ratio_rows(path: str | Path) -> list[RatioRow]:
         if len(subjects) != 1:
             raise ValueError(f"{path}: group {group!r} has {len(subjects)} subjects, needs exactly one")
         subject, t0 = subjects[0]
-        rows += [RatioRow(group, subject, t0, name, e["median_s"], target_for(group, name))
-                 for name, e in entries.items() if not e["subject"]]
+        rows += [
+            RatioRow(group, subject, t0, name, e["median_s"], target_for(group, name))
+            for name, e in entries.items()
+            if not e["subject"]
+        ]
     return rows
 
 
@@ -102,8 +106,10 @@ def _machine(benchmark_json: Path | None) -> str:
     info = json.loads(benchmark_json.read_text())
     machine = info.get("machine_info", {})
     cpu = machine.get("cpu", {})
-    return (f"{cpu.get('brand_raw', machine.get('processor', '?'))}, {cpu.get('count', os.cpu_count())} CPUs, "
-            f"Python {machine.get('python_version', sys.version.split()[0])}, {info.get('datetime', '')[:10]}")
+    return (
+        f"{cpu.get('brand_raw', machine.get('processor', '?'))}, {cpu.get('count', os.cpu_count())} CPUs, "
+        f"Python {machine.get('python_version', sys.version.split()[0])}, {info.get('datetime', '')[:10]}"
+    )
 
 
 def summary_markdown(rows: Sequence[RatioRow], benchmark_json: Path | None = None) -> str:
@@ -118,9 +124,12 @@ def summary_markdown(rows: Sequence[RatioRow], benchmark_json: Path | None = Non
     ]
     for r in rows:
         goal = "" if r.target is None else f"{r.target.text} {'✅' if r.met else '❌'}"
-        lines.append(f"| {r.target.id if r.target else ''} | {r.group} | {short_name(r.subject)} "
-                     f"| {format_duration(r.subject_median_s)} | {short_name(r.baseline)} | {format_duration(r.baseline_median_s)} "
-                     f"| {r.ratio:,.1f}× | {goal} |")
+        lines.append(
+            f"| {r.target.id if r.target else ''} | {r.group} | {short_name(r.subject)} "
+            f"| {format_duration(r.subject_median_s)} | {short_name(r.baseline)} "
+            f"| {format_duration(r.baseline_median_s)} "
+            f"| {r.ratio:,.1f}× | {goal} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -159,7 +168,7 @@ def update_readme(readme: Path, summary: str) -> None:
     start, end = text.find(README_START), text.find(README_END)
     if start < 0 or end < start:
         raise ValueError(f"{readme}: no '{README_START}' … '{README_END}' section to fill")
-    new = text[:start + len(README_START)] + "\n" + summary.rstrip("\n") + "\n" + text[end:]
+    new = text[: start + len(README_START)] + "\n" + summary.rstrip("\n") + "\n" + text[end:]
     write_atomic_bytes(readme, new.encode())
 
 
@@ -179,8 +188,17 @@ def run_suite(out: Path, benchmarks: Path, keyword: str | None = None, extra: Se
     ratios = out / "ratios.json"
     for stale in (ratios, out / "benchmarks.json"):  # never summarise a previous run's numbers
         stale.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "pytest", str(benchmarks), "--benchmark-only",
-               f"--benchmark-json={out / 'benchmarks.json'}", "-p", "no:cacheprovider", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(benchmarks),
+        "--benchmark-only",
+        f"--benchmark-json={out / 'benchmarks.json'}",
+        "-p",
+        "no:cacheprovider",
+        *extra,
+    ]
     if keyword:
         command += ["-k", keyword]
     env = {**os.environ, RATIOS_ENV: str(ratios)}
@@ -199,4 +217,3 @@ def summarise(out: Path) -> tuple[list[RatioRow], str]:
     write_atomic_bytes(out / "summary.md", summary.encode())
     write_ratios_png(out / "ratios.png", rows)
     return rows, summary
-

@@ -33,23 +33,25 @@ symbol's ring; ``expire(now)`` does the same for every symbol idle longer than `
 Timestamps may be ``datetime`` (naive means UTC; aware ones are converted), pandas
 ``Timestamp``, ``numpy.datetime64`` or an int of nanoseconds since the epoch; a timestamp
 older than the symbol's newest is rejected (an equal one is accepted), and
-``check_timestamp(t)`` tells beforehand, changing nothing, whether ``push_all`` would refuse ``t``. ``ttl`` is a ``timedelta``, ``numpy.timedelta64``
-or a number of seconds.
+``check_timestamp(t)`` tells beforehand, changing nothing, whether ``push_all`` would refuse
+``t``. ``ttl`` is a ``timedelta``, ``numpy.timedelta64`` or a number of seconds.
 
 State. ``to_dict()``/``from_dict()`` use a versioned JSON-safe format (rows as base64
 little-endian float32 with a sha256); ``save(path)`` writes it atomically
 (``fastinfer.atomic``), ``load(path)`` validates it and raises ``StateError`` naming the
 file and the field on corruption or a seq_len / n_features mismatch.
 """
+
 from __future__ import annotations
 
 import base64
 import binascii
 import hashlib
 import json
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -67,8 +69,16 @@ _MISSING = object()  # "no second argument": push(features) for the default symb
 _EPOCH = datetime(1970, 1, 1)
 
 
-_NS_PER_UNIT = {"W": 604_800 * 10**9, "D": 86_400 * 10**9, "h": 3_600 * 10**9, "m": 60 * 10**9, "s": 10**9,
-                "ms": 10**6, "us": 10**3, "ns": 1}
+_NS_PER_UNIT = {
+    "W": 604_800 * 10**9,
+    "D": 86_400 * 10**9,
+    "h": 3_600 * 10**9,
+    "m": 60 * 10**9,
+    "s": 10**9,
+    "ms": 10**6,
+    "us": 10**3,
+    "ns": 1,
+}
 _MAX_STAMP = np.iinfo(np.int64).max
 
 
@@ -105,7 +115,7 @@ def timestamp_ns(ts: Any) -> int:
         if not isinstance(value, (int, np.integer)):
             if ts.tzinfo is not None and ts.utcoffset() is not None:
                 try:
-                    ts = ts.astimezone(timezone.utc).replace(tzinfo=None)
+                    ts = ts.astimezone(UTC).replace(tzinfo=None)
                 except OverflowError:
                     raise InferenceError(f"timestamp {ts!r} is outside the int64 nanosecond range") from None
             d = ts - _EPOCH
@@ -132,11 +142,13 @@ def _ttl_ns(ttl: Any) -> int:
         ns = int(ttl.astype("timedelta64[ns]").astype(np.int64))
     elif isinstance(ttl, timedelta):
         value = getattr(ttl, "value", None)  # pandas.Timedelta carries exact ns
-        ns = int(value) if isinstance(value, (int, np.integer)) else (
-            (ttl.days * 86_400 + ttl.seconds) * 1_000_000_000 + ttl.microseconds * 1_000
+        ns = (
+            int(value)
+            if isinstance(value, (int, np.integer))
+            else ((ttl.days * 86_400 + ttl.seconds) * 1_000_000_000 + ttl.microseconds * 1_000)
         )
     elif isinstance(ttl, (int, float, np.integer, np.floating)):
-        ns = int(round(float(ttl) * 1e9))
+        ns = round(float(ttl) * 1e9)
     else:
         raise ValueError(f"ttl {ttl!r}: expected a timedelta or a number of seconds")
     if ns <= 0:
@@ -179,7 +191,11 @@ class SeqBufferManager:
         self._n_features = _positive_int("n_features", n_features)
         if warmup_bars is None:
             warmup_bars = min(settings.seq_warmup_bars, self._seq_len)
-        if isinstance(warmup_bars, bool) or not isinstance(warmup_bars, (int, np.integer)) or not 0 <= warmup_bars <= self._seq_len:
+        if (
+            isinstance(warmup_bars, bool)
+            or not isinstance(warmup_bars, (int, np.integer))
+            or not 0 <= warmup_bars <= self._seq_len
+        ):
             raise ValueError(f"warmup_bars must be an integer in [0, seq_len={self._seq_len}], got {warmup_bars!r}")
         self._warmup = int(warmup_bars)
         padding = settings.seq_padding if padding is None else padding
@@ -323,9 +339,15 @@ class SeqBufferManager:
         if type(block) is not np.ndarray:
             block = np.asarray(block)
         n = idx.shape[0]
-        if block.ndim != 2 or block.shape[0] != n or block.shape[1] != self._n_features or block.dtype.kind not in "fiu":
+        if (
+            block.ndim != 2
+            or block.shape[0] != n
+            or block.shape[1] != self._n_features
+            or block.dtype.kind not in "fiu"
+        ):
             raise InferenceError(
-                f"feature block has shape {block.shape} and dtype {block.dtype}, expected ({n}, {self._n_features}) real numbers"
+                f"feature block has shape {block.shape} and dtype {block.dtype}, "
+                f"expected ({n}, {self._n_features}) real numbers"
             )
         if n > self._bad.shape[0]:
             raise InferenceError(f"{n} rows but only {self._n} symbols are registered")
@@ -334,7 +356,9 @@ class SeqBufferManager:
         if code == _ring.BAD_INDEX:
             raise InferenceError(f"symbol index out of range (0..{self._n - 1}) in {idx!r}")
         if code == _ring.BAD_TIME:
-            raise InferenceError(f"bar timestamp {stamp} ns is older than the newest row of some symbol; block rejected")
+            raise InferenceError(
+                f"bar timestamp {stamp} ns is older than the newest row of some symbol; block rejected"
+            )
         if code < 0:
             raise InferenceError(f"feature block has shape {block.shape}, expected ({n}, {self._n_features})")
         if code and strict:
@@ -357,7 +381,9 @@ class SeqBufferManager:
         ``NO_STAMP`` for None). Lets a caller refuse a bar before it updates anything else."""
         stamp = self._block_stamp(timestamp)
         if stamp != _NO_STAMP and self._n and stamp < self._stamps.max():  # NO_STAMP is int64's minimum
-            raise InferenceError(f"bar timestamp {stamp} ns is older than the newest row of some symbol; block rejected")
+            raise InferenceError(
+                f"bar timestamp {stamp} ns is older than the newest row of some symbol; block rejected"
+            )
         return stamp
 
     @property
@@ -370,7 +396,9 @@ class SeqBufferManager:
             try:
                 features = np.asarray(features, dtype=np.float64)
             except (TypeError, ValueError):
-                raise InferenceError(f"symbol {self._names[i]!r}: features are not numeric ({type(features).__name__})") from None
+                raise InferenceError(
+                    f"symbol {self._names[i]!r}: features are not numeric ({type(features).__name__})"
+                ) from None
         if features.ndim == 2 and features.shape[0] == 1:
             features = features[0]
         if features.ndim != 1 or features.shape[0] != self._n_features or features.dtype.kind not in "fiu":
@@ -384,10 +412,13 @@ class SeqBufferManager:
         name = self._names[i]
         if code == _ring.BAD_TIME:
             return InferenceError(
-                f"symbol {name!r}: bar timestamp {stamp} ns is older than its newest row ({int(self._stamps[i])} ns); row rejected"
+                f"symbol {name!r}: bar timestamp {stamp} ns is older than its newest row "
+                f"({int(self._stamps[i])} ns); row rejected"
             )
         if code >= 0:
-            return InferenceError(f"symbol {name!r}: non-finite value {float(row[code])} at column {code}; row rejected")
+            return InferenceError(
+                f"symbol {name!r}: non-finite value {float(row[code])} at column {code}; row rejected"
+            )
         return InferenceError(f"symbol {name!r}: feature row rejected (shape {row.shape})")
 
     # ---------------------------------------------------------------- read
@@ -402,7 +433,10 @@ class SeqBufferManager:
         if out is None:
             out = np.empty((1, self._seq_len, self._n_features), dtype=np.float32)
         if out.dtype != np.float32 or out.ndim not in (2, 3) or (out.ndim == 3 and out.shape[0] != 1):
-            raise InferenceError(f"out has shape {out.shape} and dtype {out.dtype}, expected (1, {self._seq_len}, {self._n_features}) float32")
+            raise InferenceError(
+                f"out has shape {out.shape} and dtype {out.dtype}, "
+                f"expected (1, {self._seq_len}, {self._n_features}) float32"
+            )
         code = _ring.read(self._data, self._state, i, out[0] if out.ndim == 3 else out, self._pad)
         if code != _ring.OK:
             raise InferenceError(f"out has shape {out.shape}, expected (1, {self._seq_len}, {self._n_features})")
@@ -423,12 +457,17 @@ class SeqBufferManager:
         if out is None:
             out = np.empty((idx.shape[0], self._seq_len, self._n_features), dtype=np.float32)
         if out.dtype != np.float32 or out.ndim != 3:
-            raise InferenceError(f"out has shape {out.shape} and dtype {out.dtype}, expected ({idx.shape[0]}, {self._seq_len}, {self._n_features}) float32")
+            raise InferenceError(
+                f"out has shape {out.shape} and dtype {out.dtype}, "
+                f"expected ({idx.shape[0]}, {self._seq_len}, {self._n_features}) float32"
+            )
         code = _ring.read_batch(self._data, self._state, idx, out, self._pad)
         if code == _ring.BAD_INDEX:
             raise InferenceError(f"symbol index out of range (0..{self._n - 1}) in {idx!r}")
         if code != _ring.OK:
-            raise InferenceError(f"out has shape {out.shape}, expected ({idx.shape[0]}, {self._seq_len}, {self._n_features})")
+            raise InferenceError(
+                f"out has shape {out.shape}, expected ({idx.shape[0]}, {self._seq_len}, {self._n_features})"
+            )
         return out
 
     # ---------------------------------------------------------------- readiness, time
@@ -562,7 +601,7 @@ class SeqBufferManager:
         seq_len: int | None = None,
         n_features: int | None = None,
         source: str = "buffer state",
-    ) -> "SeqBufferManager":
+    ) -> SeqBufferManager:
         """Rebuild from ``to_dict()`` output; every field is checked (``StateError`` names it).
 
         ``seq_len`` / ``n_features``: what the caller expects; a state of another shape is
@@ -574,8 +613,22 @@ class SeqBufferManager:
 
         if not isinstance(state, dict):
             raise StateError(f"{source}: expected a mapping, got {type(state).__name__}")
-        for key in ("format", "version", "seq_len", "n_features", "warmup_bars", "padding", "ttl_ns",
-                    "symbols", "default_index", "counts", "stamps", "dtype", "data", "sha256"):
+        for key in (
+            "format",
+            "version",
+            "seq_len",
+            "n_features",
+            "warmup_bars",
+            "padding",
+            "ttl_ns",
+            "symbols",
+            "default_index",
+            "counts",
+            "stamps",
+            "dtype",
+            "data",
+            "sha256",
+        ):
             if key not in state:
                 raise fail(key, "missing")
         if state["format"] != FORMAT:
@@ -648,7 +701,7 @@ class SeqBufferManager:
         write_atomic_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | Path, *, seq_len: int | None = None, n_features: int | None = None) -> "SeqBufferManager":
+    def load(cls, path: str | Path, *, seq_len: int | None = None, n_features: int | None = None) -> SeqBufferManager:
         """Read a ``save``d state; ``StateError`` naming the file (and field) if it is corrupt or
         does not match the expected ``seq_len`` / ``n_features``. A missing file raises
         ``FileNotFoundError``."""

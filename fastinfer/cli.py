@@ -2,6 +2,7 @@
 
 Errors are one clear line and a non-zero exit code; ``--debug`` shows the traceback.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,8 @@ import sys
 from pathlib import Path
 
 import click
-import numpy as np
 
-from .demo import DATASETS, DEFAULT_BARS, DEFAULT_FAMILIES, DEFAULT_SEED_BARS
+from .demo import DATASETS, DEFAULT_BARS, DEFAULT_FAMILIES, DEFAULT_SEED_BARS  # constants only: demo imports lazily
 from .errors import FastInferError
 
 
@@ -52,9 +52,14 @@ def _password(password_env: str | None) -> bytes | None:
     return os.environ[password_env].encode()
 
 
-_CONFIG = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                       help="Settings YAML (e.g. models.verify_signature + trusted_public_key) instead of the "
-                            "packaged config/fastinfer.yaml.")
+_CONFIG = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Settings YAML (e.g. models.verify_signature + trusted_public_key) instead of the "
+    "packaged config/fastinfer.yaml.",
+)
 
 
 @main.command()
@@ -73,11 +78,17 @@ def convert(run_root: Path, targets: str | None, families: str | None, config_pa
 
 @main.command()
 @click.argument("run_root", type=click.Path(path_type=Path))
-@click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also verify fastinfer.lock.sig with this Ed25519 public key (PEM).")
+@click.option(
+    "--public-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also verify fastinfer.lock.sig with this Ed25519 public key (PEM).",
+)
 @_CONFIG
 def verify(run_root: Path, public_key: Path | None, config_path: Path | None) -> None:
-    """Re-check every checksum of RUN_ROOT (meta, lock, graphs, and the signature with --public-key); exit 1 on any mismatch."""
+    """Re-check every checksum of RUN_ROOT (meta, lock, graphs; the signature with --public-key).
+
+    Exits 1 on any mismatch."""
     from .artifacts import resolve_run_root
     from .integrity import sha256_file
     from .loader import ModelLoader
@@ -131,19 +142,25 @@ def keygen(out_prefix: Path, password_env: str | None) -> None:
 
     password = _password(password_env)
     private, public = generate_keypair(out_prefix, password)
-    click.echo(f"private key {private} (keep it off the serving machines)\npublic key  {public} "
-               f"(key id {key_id(load_public_key(public))[:16]}…): set models.trusted_public_key to it")
+    click.echo(
+        f"private key {private} (keep it off the serving machines)\npublic key  {public} "
+        f"(key id {key_id(load_public_key(public))[:16]}…): set models.trusted_public_key to it"
+    )
 
 
 @main.command()
 @click.argument("run_root", type=click.Path(path_type=Path))
-@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Ed25519 private key (PEM, from `fastinfer keygen`).")
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Ed25519 private key (PEM, from `fastinfer keygen`).",
+)
 @click.option("--password-env", default=None, help="The key's password is in this environment variable.")
 def sign(run_root: Path, key_path: Path, password_env: str | None) -> None:
     """Sign a converted RUN_ROOT: fastinfer.lock.sig over the lock and every file it lists."""
-    from .signing import sign_run, verify_run
-    from .signing import load_private_key
+    from .signing import load_private_key, sign_run, verify_run
 
     password = _password(password_env)
     path = sign_run(run_root, load_private_key(key_path, password))
@@ -156,19 +173,34 @@ def sign(run_root: Path, key_path: Path, password_env: str | None) -> None:
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--gpu", is_flag=True, help="Triton instance_group KIND_GPU (default KIND_CPU).")
 @click.option("--max-batch-size", default=1024, show_default=True, type=click.IntRange(min=1))
-@click.option("--max-queue-delay-us", default=100, show_default=True, type=click.IntRange(min=0),
-              help="Dynamic batcher's max_queue_delay_microseconds.")
+@click.option(
+    "--max-queue-delay-us",
+    default=100,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Dynamic batcher's max_queue_delay_microseconds.",
+)
 @click.option("--no-fused", is_flag=True, help="Only one model folder per graph, no fused graphs.")
-def export_triton(run_root: Path, out_dir: Path, gpu: bool, max_batch_size: int, max_queue_delay_us: int,
-                  no_fused: bool) -> None:
+def export_triton(
+    run_root: Path, out_dir: Path, gpu: bool, max_batch_size: int, max_queue_delay_us: int, no_fused: bool
+) -> None:
     """Write a Triton model repository of RUN_ROOT's verified graphs into OUT_DIR."""
-    from .serving import SUMS_FILE, export_triton as export
+    from .serving import SUMS_FILE
+    from .serving import export_triton as export
 
-    index = export(run_root, out_dir, instance_kind="gpu" if gpu else "cpu", max_batch_size=max_batch_size,
-                   max_queue_delay_us=max_queue_delay_us, fused=not no_fused)
+    index = export(
+        run_root,
+        out_dir,
+        instance_kind="gpu" if gpu else "cpu",
+        max_batch_size=max_batch_size,
+        max_queue_delay_us=max_queue_delay_us,
+        fused=not no_fused,
+    )
     for name, model in index["models"].items():
-        click.echo(f"  {name:<40} {model['kind']:5}  {model['sha256'][:16]}  "
-                   f"{', '.join(o['name'] for o in model['outputs'])[:60]}")
+        click.echo(
+            f"  {name:<40} {model['kind']:5}  {model['sha256'][:16]}  "
+            f"{', '.join(o['name'] for o in model['outputs'])[:60]}"
+        )
     for s in index["skipped"]:
         click.echo(f"  skipped {s['target']}/{s['family']}: {s['reason'][:80]}")
     click.echo(f"{len(index['models'])} model(s) in {out_dir}; checksums in {SUMS_FILE}")
@@ -176,15 +208,27 @@ def export_triton(run_root: Path, out_dir: Path, gpu: bool, max_batch_size: int,
 
 @main.command()
 @click.argument("run_root", type=click.Path(path_type=Path))
-@click.option("--ohlcv", "ohlcv_path", required=True, type=click.Path(path_type=Path),
-              help="CSV or Parquet of bars (open, high, low, close, volume; any case), oldest first.")
+@click.option(
+    "--ohlcv",
+    "ohlcv_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="CSV or Parquet of bars (open, high, low, close, volume; any case), oldest first.",
+)
 @click.option("--interval", "interval_minutes", type=float, required=True, help="Bar interval in minutes.")
 @click.option("--symbol", default=None, help="Symbol name (default: the file name).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write every bar's predictions as CSV.")
 @_CONFIG
-def predict(run_root: Path, ohlcv_path: Path, interval_minutes: float, symbol: str | None, out: Path | None,
-            config_path: Path | None) -> None:
+def predict(
+    run_root: Path,
+    ohlcv_path: Path,
+    interval_minutes: float,
+    symbol: str | None,
+    out: Path | None,
+    config_path: Path | None,
+) -> None:
     """Replay the bars of an OHLCV file through the live predictor; print the last bar's predictions."""
+    import numpy as np
     import pandas as pd
 
     from .atomic import write_atomic_bytes
@@ -195,10 +239,13 @@ def predict(run_root: Path, ohlcv_path: Path, interval_minutes: float, symbol: s
     if not ohlcv_path.is_file():
         raise FeatureBuildError(f"{ohlcv_path}: no such file")
     try:
-        frame = pd.read_parquet(ohlcv_path) if ohlcv_path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(ohlcv_path)
+        frame = (
+            pd.read_parquet(ohlcv_path) if ohlcv_path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(ohlcv_path)
+        )
     except ImportError:
-        raise FeatureBuildError(f"{ohlcv_path}: reading Parquet needs pyarrow (pip install pyarrow), "
-                                "or give the bars as CSV") from None
+        raise FeatureBuildError(
+            f"{ohlcv_path}: reading Parquet needs pyarrow (pip install pyarrow), or give the bars as CSV"
+        ) from None
     except Exception as exc:  # pandas raises many types for a malformed file
         raise FeatureBuildError(f"{ohlcv_path}: cannot read bars ({type(exc).__name__}: {str(exc)[:120]})") from None
     bars = ohlcv_arrays(frame, where=str(ohlcv_path))
@@ -206,7 +253,7 @@ def predict(run_root: Path, ohlcv_path: Path, interval_minutes: float, symbol: s
     predictor = LivePredictor(run_root, [symbol], interval_minutes, config_path=config_path)
     rows = []
     for t in range(len(frame)):
-        result = predictor.on_bar(*(bars[k][t:t + 1] for k in ("open", "high", "low", "close", "volume")))
+        result = predictor.on_bar(*(bars[k][t : t + 1] for k in ("open", "high", "low", "close", "volume")))
         if out is not None:
             rows.append(result[0].copy())
     if out is not None:
@@ -215,26 +262,48 @@ def predict(run_root: Path, ohlcv_path: Path, interval_minutes: float, symbol: s
         write_atomic_bytes(out, table.to_csv().encode())
         click.echo(f"wrote {len(rows)} bars × {len(names)} columns to {out}")
     # NaN (a model still warming up) is not JSON: null.
-    last = {h: {f: (v if v == v else None) for f, v in by_family.items()}
-            for h, by_family in predictor.as_dict(symbol).items()}
+    last = {
+        h: {f: (v if v == v else None) for f, v in by_family.items()}
+        for h, by_family in predictor.as_dict(symbol).items()
+    }
     click.echo(json.dumps({"symbol": symbol, "bars": len(frame), "predictions": last}, indent=1))
 
 
 @main.command()
-@click.option("--dataset", type=click.Choice(list(DATASETS)), default="goog", show_default=True,
-              help="Bars shipped with backtesting: GOOG daily or EURUSD hourly.")
-@click.option("--horizons", default=None,
-              help="Forward-return horizons: durations (15m, 4h, 5d) or bar counts, comma-separated [default: "
-                   + "; ".join(f"{k} {d.default_horizons}" for k, d in DATASETS.items()) + "].")
+@click.option(
+    "--dataset",
+    type=click.Choice(list(DATASETS)),
+    default="goog",
+    show_default=True,
+    help="Bars shipped with backtesting: GOOG daily or EURUSD hourly.",
+)
+@click.option(
+    "--horizons",
+    default=None,
+    help="Forward-return horizons: durations (15m, 4h, 5d) or bar counts, comma-separated [default: "
+    + "; ".join(f"{k} {d.default_horizons}" for k, d in DATASETS.items())
+    + "].",
+)
 @click.option("--families", default=",".join(DEFAULT_FAMILIES), show_default=True, help="Model families to train.")
-@click.option("--bars", default=DEFAULT_BARS, show_default=True,
-              help="Bars held out and replayed through the live predictor.")
-@click.option("--seed-bars", default=DEFAULT_SEED_BARS, show_default=True,
-              help="Of those, bars replayed through the seed path (pandas + native predict, ~0.5 s per bar).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output folder for the run, latency.png and report.json [default: ./fastinfer-demo-<time>].")
+@click.option(
+    "--bars", default=DEFAULT_BARS, show_default=True, help="Bars held out and replayed through the live predictor."
+)
+@click.option(
+    "--seed-bars",
+    default=DEFAULT_SEED_BARS,
+    show_default=True,
+    help="Of those, bars replayed through the seed path (pandas + native predict, ~0.5 s per bar).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output folder for the run, latency.png and report.json [default: ./fastinfer-demo-<time>].",
+)
 def demo(dataset: str, horizons: str | None, families: str, bars: int, seed_bars: int, out: Path | None) -> None:
-    """Train a small run on real bars, convert it, replay the last bars as a trading loop; time it against the seed path."""
+    """Train a small run on real bars, convert it, replay the last bars as a trading loop.
+
+    Times it against the seed path."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter
     from rich.console import Console
 
@@ -253,8 +322,13 @@ def demo(dataset: str, horizons: str | None, families: str, bars: int, seed_bars
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"),
-              show_default=True, help="Folder for benchmarks.json, ratios.json, summary.md and ratios.png.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("bench-results"),
+    show_default=True,
+    help="Folder for benchmarks.json, ratios.json, summary.md and ratios.png.",
+)
 @click.option("--readme", is_flag=True, help="Also put the summary between the README's bench markers.")
 @click.option("-k", "keyword", default=None, help="Only benchmarks matching this pytest -k expression.")
 @click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)

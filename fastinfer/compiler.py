@@ -4,14 +4,15 @@ A graph that converts and passes the gate is written beside its native model as
 ``model.onnx`` (atomically) and marked ``onnx`` in the lock; anything else is marked
 ``native`` with the reason, and the loader keeps serving the native file.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -21,8 +22,8 @@ from .atomic import write_atomic_bytes
 from .converters import parity
 from .errors import ConversionError, ModelLoadError
 from .integrity import sha256_file
-from .lock import ONNX_FILE, Lock, LockEntry, write_lock
 from .loader import LoadedModel, ModelLoader
+from .lock import ONNX_FILE, Lock, LockEntry, write_lock
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +40,21 @@ class CompileEvent:
 def _base_entry(model: LoadedModel, run_root: Path) -> LockEntry:
     loc = model.spec.location
     return LockEntry(
-        target=loc.target, view=loc.view, family=loc.family.name, universe=loc.universe, symbol=loc.symbol,
+        target=loc.target,
+        view=loc.view,
+        family=loc.family.name,
+        universe=loc.universe,
+        symbol=loc.symbol,
         native_file=str(model.spec.model_path.relative_to(run_root)),
-        native_sha256=sha256_file(model.spec.model_path), status="native",
+        native_sha256=sha256_file(model.spec.model_path),
+        status="native",
         feature_order=list(model.feature_order),
     )
 
 
-def compile_model(model: LoadedModel, run_root: Path, probe_seed: int = 0,
-                  feature_scale: np.ndarray | None = None) -> LockEntry:
+def compile_model(
+    model: LoadedModel, run_root: Path, probe_seed: int = 0, feature_scale: np.ndarray | None = None
+) -> LockEntry:
     """Convert and gate one native model; returns its lock entry (status onnx or native)."""
     entry = _base_entry(model, run_root)
     family, spec = model.family, model.spec
@@ -58,12 +65,22 @@ def compile_model(model: LoadedModel, run_root: Path, probe_seed: int = 0,
         entry.reason = f"not convertible: {exc}"
         entry.convert_seconds = round(time.perf_counter() - start, 3)
         return entry
-    probes = parity.probe_rows(family, model.n_features, probe_seed, spec.sequence_length,
-                               thresholds=parity.tree_thresholds(graph), feature_scale=feature_scale)
+    probes = parity.probe_rows(
+        family,
+        model.n_features,
+        probe_seed,
+        spec.sequence_length,
+        thresholds=parity.tree_thresholds(graph),
+        feature_scale=feature_scale,
+    )
     report = parity.check_parity(model.native, graph, probes, family)
     entry.convert_seconds = round(time.perf_counter() - start, 3)
-    entry.parity = {"max_abs": report.max_abs, "max_rel": report.max_rel, "tolerance": report.tolerance,
-                    "n_rows": report.n_rows}
+    entry.parity = {
+        "max_abs": report.max_abs,
+        "max_rel": report.max_rel,
+        "tolerance": report.tolerance,
+        "n_rows": report.n_rows,
+    }
     entry.converter, entry.opsets, entry.versions = graph.converter, dict(graph.opsets), dict(graph.versions)
     shape = ["N", spec.sequence_length, model.n_features] if family.sequential else ["N", model.n_features]
     entry.input = {"name": converters.INPUT_NAME, "shape": shape, "dtype": "float32"}
@@ -80,9 +97,15 @@ def compile_model(model: LoadedModel, run_root: Path, probe_seed: int = 0,
     return entry
 
 
-def compile_run(run_root: str | Path, targets: Iterable[str] | None = None, families: Iterable[str] | None = None,
-                *, loader: ModelLoader | None = None, progress: Callable[[CompileEvent], None] | None = None,
-                feature_scale: dict[str, float] | None = None) -> Lock:
+def compile_run(
+    run_root: str | Path,
+    targets: Iterable[str] | None = None,
+    families: Iterable[str] | None = None,
+    *,
+    loader: ModelLoader | None = None,
+    progress: Callable[[CompileEvent], None] | None = None,
+    feature_scale: dict[str, float] | None = None,
+) -> Lock:
     """Compile every model of the run (or the targets × families asked for) and write the lock.
 
     Models that fail to load natively are recorded as native with the loader's reason.
@@ -92,9 +115,12 @@ def compile_run(run_root: str | Path, targets: Iterable[str] | None = None, fami
     run_root = loader.run_root
     wanted_targets = set(targets) if targets is not None else None
     wanted_families = {fam.resolve(f).name for f in families} if families is not None else None
-    locations = [loc for loc in loader.locations()
-                 if (wanted_targets is None or loc.target in wanted_targets)
-                 and (wanted_families is None or loc.family.name in wanted_families)]
+    locations = [
+        loc
+        for loc in loader.locations()
+        if (wanted_targets is None or loc.target in wanted_targets)
+        and (wanted_families is None or loc.family.name in wanted_families)
+    ]
     entries: list[LockEntry] = []
     for i, loc in enumerate(locations, 1):
         try:
@@ -104,13 +130,21 @@ def compile_run(run_root: str | Path, targets: Iterable[str] | None = None, fami
                 scale = np.array([feature_scale.get(name, 1.0) for name in model.feature_order])
             entry = compile_model(model, run_root, feature_scale=scale)
         except ModelLoadError as exc:
-            entry = LockEntry(loc.target, loc.view, loc.family.name, loc.universe, loc.symbol,
-                              native_file=str(loc.path.relative_to(run_root)), native_sha256="",
-                              status="native", reason=f"failed to load: {exc.reason}")
+            entry = LockEntry(
+                loc.target,
+                loc.view,
+                loc.family.name,
+                loc.universe,
+                loc.symbol,
+                native_file=str(loc.path.relative_to(run_root)),
+                native_sha256="",
+                status="native",
+                reason=f"failed to load: {exc.reason}",
+            )
         entries.append(entry)
         log.info("%s/%s: %s %s", loc.target, loc.family.name, entry.status, entry.reason)
         if progress:
             progress(CompileEvent(entry, i, len(locations)))
-    lock = Lock(entries, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    lock = Lock(entries, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     write_lock(run_root, lock)
     return lock

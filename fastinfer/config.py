@@ -3,6 +3,7 @@
 The file may use the spec's nesting (``live_trading: models: …``) or start at the sections
 directly (``models:``, ``executor:``, ``predictor:``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -130,7 +131,9 @@ def _build(cls: type, data: Any, where: str) -> Any:
             values[name] = _check_value(key, value, hint)
     settings = cls(**values)
     if cls is ModelSettings and settings.seq_warmup_bars > settings.seq_buffer_size:
-        raise ConfigError(f"{where}.seq_warmup_bars: {settings.seq_warmup_bars} exceeds seq_buffer_size {settings.seq_buffer_size}")
+        raise ConfigError(
+            f"{where}.seq_warmup_bars: {settings.seq_warmup_bars} exceeds seq_buffer_size {settings.seq_buffer_size}"
+        )
     if cls is ModelSettings and settings.verify_signature and not settings.trusted_public_key:
         raise ConfigError(f"{where}.trusted_public_key: verify_signature is true but no trusted public key is set")
     return settings

@@ -1,8 +1,10 @@
 """Terminal output shared by the CLI commands and the demo (rich): one way to show each thing."""
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -11,8 +13,14 @@ if TYPE_CHECKING:
     from .lock import Lock
 
 
-def convert_with_progress(run_root: str | Path, console: "Console", targets: Iterable[str] | None = None,
-                          families: Iterable[str] | None = None, *, config_path: str | Path | None = None) -> "Lock":
+def convert_with_progress(
+    run_root: str | Path,
+    console: Console,
+    targets: Iterable[str] | None = None,
+    families: Iterable[str] | None = None,
+    *,
+    config_path: str | Path | None = None,
+) -> Lock:
     """``compile_run`` with a progress bar, then the parity table; what ``fastinfer convert`` prints.
 
     ``config_path``: settings YAML for the loader (checksum policy, signature); the packaged one if None.
@@ -28,8 +36,9 @@ def convert_with_progress(run_root: str | Path, console: "Console", targets: Ite
         task = progress.add_task("", total=len(loader.locations()))
 
         def step(event) -> None:
-            progress.update(task, completed=event.done, total=event.total,
-                            description=f"{event.entry.target}/{event.entry.family}")
+            progress.update(
+                task, completed=event.done, total=event.total, description=f"{event.entry.target}/{event.entry.family}"
+            )
 
         lock = compile_run(loader.run_root, targets, families, loader=loader, progress=step)
     console.print(parity_table(lock, title=f"fastinfer.lock.json — {loader.run_root}"))
@@ -38,13 +47,20 @@ def convert_with_progress(run_root: str | Path, console: "Console", targets: Ite
     return lock
 
 
-def parity_table(lock: "Lock", title: str) -> "Table":
+def parity_table(lock: Lock, title: str) -> Table:
     """One row per model: how it is served, the parity error against its native model, why."""
     from rich.table import Table
 
     table = Table(title=title)
-    for col, justify in (("target", "left"), ("family", "left"), ("status", "left"), ("max rel err", "right"),
-                         ("tolerance", "right"), ("seconds", "right"), ("reason", "left")):
+    for col, justify in (
+        ("target", "left"),
+        ("family", "left"),
+        ("status", "left"),
+        ("max rel err", "right"),
+        ("tolerance", "right"),
+        ("seconds", "right"),
+        ("reason", "left"),
+    ):
         table.add_column(col, justify=justify)
     for e in lock.entries:
         err = f"{e.parity['max_rel']:.2e}" if e.parity else "-"
@@ -53,7 +69,7 @@ def parity_table(lock: "Lock", title: str) -> "Table":
     return table
 
 
-def latency_table(rows: Mapping[str, Mapping[str, float]], title: str) -> "Table":
+def latency_table(rows: Mapping[str, Mapping[str, float]], title: str) -> Table:
     """Per-bar latency summaries (``LatencyHistogram.summary`` keys) side by side, µs."""
     from rich.table import Table
 

@@ -12,6 +12,7 @@
 5. Printed: predictions for the final bars and the latency table; written to the output
    folder: ``latency.png`` (both distributions) and ``report.json``.
 """
+
 from __future__ import annotations
 
 import io
@@ -26,15 +27,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from . import families as fam
-from . import testing
 from .atomic import write_atomic_bytes, write_atomic_json
 from .errors import ConfigError
 from .latency import LatencyHistogram, format_duration
 
 if TYPE_CHECKING:
+    import pandas as pd
     from rich.console import Console
 
 
@@ -59,8 +59,8 @@ SEQUENCE_LENGTH = 10
 WARMUP_BARS = 100
 MIN_TRAIN_ROWS = 200
 FINAL_BARS_SHOWN = 3
-# Sized like benchmarks/bench_predictor.py: 200-tree ensembles, a 32-unit MLP and LSTM.
-DEMO_SIZE = testing.TrainSize(trees=200, depth=6, leaves=31, epochs=5, hidden=32)
+# Sized like benchmarks/bench_predictor.py: 200-tree ensembles, a 32-unit MLP and LSTM (testing.TrainSize).
+DEMO_SIZE = {"trees": 200, "depth": 6, "leaves": 31, "epochs": 5, "hidden": 32}
 
 _UNIT_MINUTES = {"m": 1.0, "h": 60.0, "d": 1440.0}
 _OHLCV = ("open", "high", "low", "close", "volume")
@@ -79,7 +79,7 @@ def parse_horizons(text: str, interval_minutes: float) -> tuple[int, ...]:
             raise ConfigError(f"horizon {item!r} is not a whole number (≥ 1) of {interval_minutes:g}-minute bars")
         if round(n) in bars:
             raise ConfigError(f"horizon {item!r} given twice")
-        bars.append(int(round(n)))
+        bars.append(round(n))
     return tuple(bars)
 
 
@@ -146,14 +146,17 @@ def _check_sizes(options: DemoOptions, data: pd.DataFrame, horizons: tuple[int, 
     train_rows = len(data) - options.bars - 61 - max(horizons)
     if train_rows < MIN_TRAIN_ROWS or len(data) - options.bars < WARMUP_BARS:
         most = len(data) - 61 - max(horizons) - MIN_TRAIN_ROWS
-        raise ConfigError(f"--bars {options.bars} leaves too few {name} bars to train on "
-                          f"({len(data)} bars in all; at most {most} can be replayed)")
+        raise ConfigError(
+            f"--bars {options.bars} leaves too few {name} bars to train on "
+            f"({len(data)} bars in all; at most {most} can be replayed)"
+        )
 
 
-def run_demo(options: DemoOptions, console: "Console") -> dict[str, Any]:
+def run_demo(options: DemoOptions, console: Console) -> dict[str, Any]:
     """Run every step, print as it goes, write ``latency.png`` and ``report.json``; returns the report."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from . import testing
     from .console import convert_with_progress, latency_table
     from .predictor import LivePredictor
     from .reference import SeedPath
@@ -168,11 +171,15 @@ def run_demo(options: DemoOptions, console: "Console") -> dict[str, Any]:
     symbol = spec.attribute
     replay_start = len(data) - options.bars
     train = data.iloc[:replay_start]
-    console.print(f"[bold]fastinfer demo[/bold] — {spec.description} of {symbol}: {len(data):,} bars, "
-                  f"{data.index[0]:%Y-%m-%d} … {data.index[-1]:%Y-%m-%d}")
-    console.print(f"training {', '.join(families)} × {len(horizons)} horizon{'s' * (len(horizons) > 1)} "
-                  f"on the first {len(train):,} bars; "
-                  f"replaying the last {options.bars:,}; output folder {out}")
+    console.print(
+        f"[bold]fastinfer demo[/bold] — {spec.description} of {symbol}: {len(data):,} bars, "
+        f"{data.index[0]:%Y-%m-%d} … {data.index[-1]:%Y-%m-%d}"
+    )
+    console.print(
+        f"training {', '.join(families)} × {len(horizons)} horizon{'s' * (len(horizons) > 1)} "
+        f"on the first {len(train):,} bars; "
+        f"replaying the last {options.bars:,}; output folder {out}"
+    )
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -180,10 +187,17 @@ def run_demo(options: DemoOptions, console: "Console") -> dict[str, Any]:
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("", total=len(horizons) * len(families))
         root = testing.write_market_run(
-            out, train, list(families), horizons=horizons, interval_minutes=spec.interval_minutes,
-            run_id="demo", timestamp=time.strftime("%Y%m%dT%H%M%S"), sequence_length=SEQUENCE_LENGTH,
-            size=DEMO_SIZE, progress=lambda target, family: progress.update(task, advance=1,
-                                                                             description=f"{target}/{family}"))
+            out,
+            train,
+            list(families),
+            horizons=horizons,
+            interval_minutes=spec.interval_minutes,
+            run_id="demo",
+            timestamp=time.strftime("%Y%m%dT%H%M%S"),
+            sequence_length=SEQUENCE_LENGTH,
+            size=testing.TrainSize(**DEMO_SIZE),
+            progress=lambda target, family: progress.update(task, advance=1, description=f"{target}/{family}"),
+        )
     timings["train_s"] = time.perf_counter() - t0
     console.print(f"trained {len(horizons) * len(families)} models in {timings['train_s']:.1f} s → {root}")
 
@@ -193,59 +207,93 @@ def run_demo(options: DemoOptions, console: "Console") -> dict[str, Any]:
 
     t0 = time.perf_counter()
     with console.status(f"replaying {options.bars:,} bars through LivePredictor.on_bar …"):
-        fast, final = _replay_fastinfer(LivePredictor(root, [symbol], spec.interval_minutes), data, replay_start,
-                                        symbol, "%Y-%m-%d" if spec.interval_minutes >= 1440 else "%Y-%m-%d %H:%M")
+        fast, final = _replay_fastinfer(
+            LivePredictor(root, [symbol], spec.interval_minutes),
+            data,
+            replay_start,
+            symbol,
+            "%Y-%m-%d" if spec.interval_minutes >= 1440 else "%Y-%m-%d %H:%M",
+        )
     timings["replay_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    with console.status(f"replaying the last {options.seed_bars} bars through the seed path "
-                        "(pandas FeatureBuilder + native predict) …"):
+    with console.status(
+        f"replaying the last {options.seed_bars} bars through the seed path (pandas FeatureBuilder + native predict) …"
+    ):
         seed = _replay_seed(SeedPath(root), data, len(data) - options.seed_bars)
     timings["seed_s"] = time.perf_counter() - t0
 
-    console.print(_predictions_table(final, families, [testing.horizon_label(h, spec.interval_minutes) for h in horizons]))
+    console.print(
+        _predictions_table(final, families, [testing.horizon_label(h, spec.interval_minutes) for h in horizons])
+    )
     ratio = seed.summary["p50_us"] / fast.summary["p50_us"]
-    console.print(latency_table({fast.name: fast.summary, seed.name: seed.summary},
-                                title=f"latency per bar, one symbol, {len(lock.entries)} models"))
-    console.print(f"fastinfer's p50 is [bold]{ratio:,.0f}×[/bold] lower than the seed path's "
-                  f"(seed path measured over {options.seed_bars} bars only: it takes "
-                  f"~{seed.summary['p50_us'] / 1e6:.2f} s per bar)")
+    console.print(
+        latency_table(
+            {fast.name: fast.summary, seed.name: seed.summary},
+            title=f"latency per bar, one symbol, {len(lock.entries)} models",
+        )
+    )
+    console.print(
+        f"fastinfer's p50 is [bold]{ratio:,.0f}×[/bold] lower than the seed path's "
+        f"(seed path measured over {options.seed_bars} bars only: it takes "
+        f"~{seed.summary['p50_us'] / 1e6:.2f} s per bar)"
+    )
 
     png = out / "latency.png"
-    write_latency_png(png, [fast, seed], title=f"{symbol} {spec.description}, {len(lock.entries)} models: "
-                                              "wall time per bar, one symbol")
+    write_latency_png(
+        png,
+        [fast, seed],
+        title=f"{symbol} {spec.description}, {len(lock.entries)} models: wall time per bar, one symbol",
+    )
     timings["total_s"] = time.perf_counter() - started
     report = {
-        "dataset": options.dataset, "symbol": symbol, "interval_minutes": spec.interval_minutes,
-        "bars": options.bars, "seed_bars": options.seed_bars, "warmup_bars": WARMUP_BARS,
-        "train_bars": len(train), "train_period": [f"{train.index[0]:%Y-%m-%d %H:%M}", f"{train.index[-1]:%Y-%m-%d %H:%M}"],
+        "dataset": options.dataset,
+        "symbol": symbol,
+        "interval_minutes": spec.interval_minutes,
+        "bars": options.bars,
+        "seed_bars": options.seed_bars,
+        "warmup_bars": WARMUP_BARS,
+        "train_bars": len(train),
+        "train_period": [f"{train.index[0]:%Y-%m-%d %H:%M}", f"{train.index[-1]:%Y-%m-%d %H:%M}"],
         "horizons": {testing.horizon_label(h, spec.interval_minutes): h for h in horizons},
-        "families": list(families), "run_root": str(root),
-        "parity": [{"target": e.target, "family": e.family, "status": e.status, "reason": e.reason,
-                    **({k: e.parity[k] for k in ("max_abs", "max_rel", "tolerance")} if e.parity else {})}
-                   for e in lock.entries],
+        "families": list(families),
+        "run_root": str(root),
+        "parity": [
+            {
+                "target": e.target,
+                "family": e.family,
+                "status": e.status,
+                "reason": e.reason,
+                **({k: e.parity[k] for k in ("max_abs", "max_rel", "tolerance")} if e.parity else {}),
+            }
+            for e in lock.entries
+        ],
         "latency_us": {"fastinfer": fast.summary, "seed_path": seed.summary},
         "p50_ratio": ratio,
         "final_predictions": final,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "versions": _versions(),
-        "machine": {"cpu_count": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0))
-                    if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-                    "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
     }
     write_atomic_json(out / "report.json", report)
     console.print(f"wrote {png} and {out / 'report.json'} (demo took {timings['total_s']:.0f} s)")
     return report
 
 
-def _replay_fastinfer(predictor, data: pd.DataFrame, start: int, symbol: str,
-                      date_format: str) -> tuple[Replay, list[dict]]:
+def _replay_fastinfer(
+    predictor, data: pd.DataFrame, start: int, symbol: str, date_format: str
+) -> tuple[Replay, list[dict]]:
     """Warm up on the bars before ``start`` (untimed), then time ``on_bar`` on every bar from ``start``."""
     from .feature_builder import ohlcv_arrays
 
     arrays = ohlcv_arrays(data)
     stamps = data.index.asi8  # int ns since the epoch: what a feed hands the loop
     # Each bar's arguments are built before the loop, as a feed handler would hand them over.
-    args = [tuple(arrays[k][t:t + 1] for k in _OHLCV) for t in range(len(data))]
+    args = [tuple(arrays[k][t : t + 1] for k in _OHLCV) for t in range(len(data))]
     for t in range(start - WARMUP_BARS, start):
         predictor.on_bar(*args[t], timestamp=int(stamps[t]))
     ns = np.empty(len(data) - start, dtype=np.int64)
@@ -257,14 +305,17 @@ def _replay_fastinfer(predictor, data: pd.DataFrame, start: int, symbol: str,
         ns[i] = clock() - begin
         if t >= len(data) - FINAL_BARS_SHOWN:
             when = data.index[t].strftime(date_format)
-            final += [{"bar": when, "horizon": h, "family": f, "value": _finite_or_none(v)}
-                      for h, by_family in predictor.as_dict(symbol).items() for f, v in by_family.items()]
+            final += [
+                {"bar": when, "horizon": h, "family": f, "value": _finite_or_none(v)}
+                for h, by_family in predictor.as_dict(symbol).items()
+                for f, v in by_family.items()
+            ]
     return Replay("fastinfer on_bar", ns), final
 
 
 def _replay_seed(seed, data: pd.DataFrame, start: int) -> Replay:
     """The seed path over the bars from ``start``, after an untimed warm-up that fills its sequence buffers."""
-    windows = [data.iloc[max(0, t - seed.lookback):t + 1] for t in range(start - SEQUENCE_LENGTH, len(data))]
+    windows = [data.iloc[max(0, t - seed.lookback) : t + 1] for t in range(start - SEQUENCE_LENGTH, len(data))]
     for window in windows[:SEQUENCE_LENGTH]:
         seed.on_bar(window)
     ns = np.empty(len(windows) - SEQUENCE_LENGTH, dtype=np.int64)
@@ -308,13 +359,26 @@ def write_latency_png(path: Path, replays: list[Replay], title: str) -> None:
     bins = np.geomspace(all_us.min() / 1.2, all_us.max() * 1.2, 120)
     for replay, color in zip(replays, ("tab:blue", "tab:red", "tab:green")):
         us = replay.ns / 1e3
-        ax.hist(us, bins=bins, weights=np.full(len(us), 1.0 / len(us)), color=color, alpha=0.65,
-                label=f"{replay.name} ({len(us):,} bars)")
+        ax.hist(
+            us,
+            bins=bins,
+            weights=np.full(len(us), 1.0 / len(us)),
+            color=color,
+            alpha=0.65,
+            label=f"{replay.name} ({len(us):,} bars)",
+        )
         s = replay.summary
         for key, style in (("p50_us", "-"), ("p99_us", "--")):
             ax.axvline(s[key], color=color, linestyle=style, linewidth=1.2)
-            ax.annotate(f"{key[:-3]} {format_duration(s[key] / 1e6)}", xy=(s[key], 1.0), xycoords=("data", "axes fraction"),
-                        xytext=(3, -14 if style == "-" else -28), textcoords="offset points", color=color, fontsize=8)
+            ax.annotate(
+                f"{key[:-3]} {format_duration(s[key] / 1e6)}",
+                xy=(s[key], 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, -14 if style == "-" else -28),
+                textcoords="offset points",
+                color=color,
+                fontsize=8,
+            )
     ax.set_xscale("log")
     ax.set_xlabel("wall time per bar (µs, log scale)")
     ax.set_ylabel("fraction of bars")
@@ -329,8 +393,24 @@ def write_latency_png(path: Path, replays: list[Replay], title: str) -> None:
 
 def _versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {"python": sys.version.split()[0]}
-    for dist in ("fastinfer", "numpy", "numba", "onnx", "onnxruntime", "pandas", "lightgbm", "xgboost", "xgboost-cpu",
-                 "scikit-learn", "keras", "tensorflow-cpu", "tensorflow", "tf2onnx", "backtesting", "matplotlib"):
+    for dist in (
+        "fastinfer",
+        "numpy",
+        "numba",
+        "onnx",
+        "onnxruntime",
+        "pandas",
+        "lightgbm",
+        "xgboost",
+        "xgboost-cpu",
+        "scikit-learn",
+        "keras",
+        "tensorflow-cpu",
+        "tensorflow",
+        "tf2onnx",
+        "backtesting",
+        "matplotlib",
+    ):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

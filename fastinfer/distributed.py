@@ -21,11 +21,14 @@ reaches the caller, and the bar is not kept for replay.
 ``ray`` is the ``[distributed]`` extra, imported only here. Start the cluster first
 (``ray.init(...)``); Ray otherwise starts a local one on the first actor.
 """
+
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -63,14 +66,16 @@ class _Shard:
     by every call, so the runner gets fastinfer's typed error rather than Ray's "actor died".
     """
 
-    def __init__(self, run_root: str, symbols: list[str], interval_minutes: float, targets, families,
-                 settings: Settings | None):
+    def __init__(
+        self, run_root: str, symbols: list[str], interval_minutes: float, targets, families, settings: Settings | None
+    ):
         from .predictor import LivePredictor
 
         self.error: Exception | None = None
         try:
-            self.predictor = LivePredictor(run_root, symbols, interval_minutes, targets=targets, families=families,
-                                           settings=settings)
+            self.predictor = LivePredictor(
+                run_root, symbols, interval_minutes, targets=targets, families=families, settings=settings
+            )
         except Exception as exc:
             self.error = exc
             return
@@ -126,11 +131,22 @@ class ShardedPredictor:
     raised (the next bar starts a new actor for it from its checkpoint).
     """
 
-    def __init__(self, run_root: str | Path, symbols: Sequence[str], interval_minutes: float, *,
-                 shards: int = 2, checkpoint_every: int = 100, checkpoint_dir: str | Path | None = None,
-                 targets: Iterable[str] | None = None, families: Iterable[str] | None = None,
-                 settings: Settings | None = None, actor_options: dict[str, Any] | None = None,
-                 max_restarts: int = 3, timeout_s: float | None = None):
+    def __init__(
+        self,
+        run_root: str | Path,
+        symbols: Sequence[str],
+        interval_minutes: float,
+        *,
+        shards: int = 2,
+        checkpoint_every: int = 100,
+        checkpoint_dir: str | Path | None = None,
+        targets: Iterable[str] | None = None,
+        families: Iterable[str] | None = None,
+        settings: Settings | None = None,
+        actor_options: dict[str, Any] | None = None,
+        max_restarts: int = 3,
+        timeout_s: float | None = None,
+    ):
         ray = _ray()
         self._ray = ray
         self.symbols = tuple(str(s) for s in symbols)
@@ -144,8 +160,9 @@ class ShardedPredictor:
                 raise InferenceError(f"{name} must be a positive integer, got {value!r}")
         if shards > len(self.symbols):
             raise InferenceError(f"shards={shards} is more than the {len(self.symbols)} symbols")
-        if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float))
-                                      or not timeout_s > 0):
+        if timeout_s is not None and (
+            isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0
+        ):
             raise InferenceError(f"timeout_s must be a positive number of seconds or None, got {timeout_s!r}")
         self.timeout_s = None if timeout_s is None else float(timeout_s)
         self.run_root = str(run_root)
@@ -153,10 +170,13 @@ class ShardedPredictor:
         self.checkpoint_every = checkpoint_every
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.max_restarts = max_restarts
-        self._args = (list(targets) if targets is not None else None,
-                      list(families) if families is not None else None, settings)
+        self._args = (
+            list(targets) if targets is not None else None,
+            list(families) if families is not None else None,
+            settings,
+        )
         bounds = np.linspace(0, len(self.symbols), shards + 1).round().astype(int)
-        self.slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        self.slices = [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
         self.bars = 0
         self.restarts = [0] * shards  # actors started again, per shard
         self._checkpoints: list[dict[str, Any] | Path | None] = [None] * shards  # each shard's last state (or its file)
@@ -181,8 +201,9 @@ class ShardedPredictor:
 
     def _start(self, i: int):
         targets, families, settings = self._args
-        return self._remote.remote(self.run_root, list(self.symbols[self.slices[i]]), self.interval_minutes,
-                                   targets, families, settings)
+        return self._remote.remote(
+            self.run_root, list(self.symbols[self.slices[i]]), self.interval_minutes, targets, families, settings
+        )
 
     def _who(self, i: int) -> str:
         sl = self.slices[i]
@@ -225,7 +246,9 @@ class ShardedPredictor:
         error: Exception | None = None
         for _ in range(self.max_restarts):
             self.restarts[i] += 1
-            log.warning("%s: actor died or hung; restarting from its checkpoint and replaying %d bar(s)", who, len(bars))
+            log.warning(
+                "%s: actor died or hung; restarting from its checkpoint and replaying %d bar(s)", who, len(bars)
+            )
             try:
                 ray.kill(self.actors[i], no_restart=True)
             except Exception:  # already gone
@@ -245,8 +268,10 @@ class ShardedPredictor:
     def _rewind(self) -> None:
         """Every shard back to its last checkpoint plus the kept bars: the state before a refused bar."""
         ray = self._ray
-        refs = [actor.rewind.remote(self._load_checkpoint(i), [self._slice(b, i) for b in self._since])
-                for i, actor in enumerate(self.actors)]
+        refs = [
+            actor.rewind.remote(self._load_checkpoint(i), [self._slice(b, i) for b in self._since])
+            for i, actor in enumerate(self.actors)
+        ]
         for i, ref in enumerate(refs):
             try:
                 ray.get(ref, timeout=self.timeout_s)
@@ -263,8 +288,10 @@ class ShardedPredictor:
             return None
         stamp = timestamp_ns(timestamp)
         if self._last_stamp is not None and stamp < self._last_stamp:
-            raise InferenceError(f"bar timestamp {stamp} ns is older than the previous bar's "
-                                 f"({self._last_stamp} ns); bar refused, nothing changed")
+            raise InferenceError(
+                f"bar timestamp {stamp} ns is older than the previous bar's "
+                f"({self._last_stamp} ns); bar refused, nothing changed"
+            )
         return stamp
 
     # ------------------------------------------------------------ the bar
@@ -309,7 +336,8 @@ class ShardedPredictor:
                 except Exception:
                     pass
                 failure = failure or ShardFailedError(
-                    f"{self._who(i)}: no answer to bar {self.bars} within timeout_s={self.timeout_s:g}; bar undone")
+                    f"{self._who(i)}: no answer to bar {self.bars} within timeout_s={self.timeout_s:g}; bar undone"
+                )
             except ray.exceptions.RayTaskError as exc:
                 if failure is None:
                     failure = _cause(exc)
@@ -318,7 +346,7 @@ class ShardedPredictor:
         if failure is not None:
             self._rewind()  # the shards that took the bar give it back
             raise failure
-        for (out, state), sl in zip(results, self.slices):
+        for (out, _), sl in zip(results, self.slices):
             self.out[sl] = out
         if snapshot:
             for i, (_, state) in enumerate(results):
@@ -366,7 +394,7 @@ class ShardedPredictor:
                 pass
         self.actors = []
 
-    def __enter__(self) -> "ShardedPredictor":
+    def __enter__(self) -> ShardedPredictor:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -5,6 +5,7 @@ estimator, Keras model, …), so code written against the spec works unchanged. 
 float64 ndarray of shape (N,); multi-output families return (N, K): NGBoost [loc, scale],
 quantile models one column per quantile.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -2,6 +2,7 @@
 
 All are ordinary exceptions: hashable, picklable (their ``args`` rebuild them), readable.
 """
+
 from __future__ import annotations
 
 

@@ -8,14 +8,15 @@ A fused graph merges every graph that reads the same input into one: one input
 ``features`` holding the union of their columns, a Gather per member where its columns
 differ, and one named output per member, so one ``run`` per bar serves all of them.
 """
+
 from __future__ import annotations
 
 import hashlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import onnx
@@ -28,8 +29,12 @@ log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 
-_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
-               "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+_OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
 
 
 def select_providers(wanted: Sequence[str], available: Sequence[str] | None = None) -> list[str]:
@@ -39,7 +44,7 @@ def select_providers(wanted: Sequence[str], available: Sequence[str] | None = No
 
         available = onnxruntime.get_available_providers()
     chosen = [p for p in wanted if p in available and p != CPU]
-    return chosen + [CPU]
+    return [*chosen, CPU]
 
 
 def session_options(settings: ExecutorSettings, name: str = "graph"):
@@ -60,15 +65,17 @@ def session_options(settings: ExecutorSettings, name: str = "graph"):
     return opts
 
 
-def open_session(model_bytes: bytes, settings: ExecutorSettings, name: str = "graph",
-                 available: Sequence[str] | None = None):
+def open_session(
+    model_bytes: bytes, settings: ExecutorSettings, name: str = "graph", available: Sequence[str] | None = None
+):
     """An InferenceSession over verified graph bytes, on the first configured provider that works."""
     import onnxruntime as ort
 
     providers = select_providers(settings.providers, available)
     digest = hashlib.sha256(model_bytes).hexdigest()[:12]
-    session = ort.InferenceSession(model_bytes, sess_options=session_options(settings, f"{name}-{digest}"),
-                                   providers=providers)
+    session = ort.InferenceSession(
+        model_bytes, sess_options=session_options(settings, f"{name}-{digest}"), providers=providers
+    )
     log.info("%s served by %s", name, session.get_providers()[0])
     return session
 
@@ -110,17 +117,25 @@ def fuse(members: Sequence[FuseMember], union_width: int, input_shape: Sequence[
         else:
             idx = prefix + "columns"
             inits.append(numpy_helper.from_array(np.asarray(member.columns, dtype=np.int64), idx))
-            nodes.append(helper.make_node("Gather", [INPUT_NAME, idx], [member_in], axis=len(input_shape) - 1,
-                                          name=f"{prefix}select"))
+            nodes.append(
+                helper.make_node(
+                    "Gather", [INPUT_NAME, idx], [member_in], axis=len(input_shape) - 1, name=f"{prefix}select"
+                )
+            )
         nodes.extend(graph.node)
         inits.extend(graph.initializer)
         nodes.append(helper.make_node("Identity", [member_out], [member.name], name=f"{prefix}out"))
         outputs.append(helper.make_tensor_value_info(member.name, TensorProto.FLOAT, ["N", member.n_outputs]))
-    graph = helper.make_graph(nodes, "fastinfer_fused",
-                              [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, list(input_shape))],
-                              outputs, initializer=inits)
-    fused = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
-                              producer_name="fastinfer")
+    graph = helper.make_graph(
+        nodes,
+        "fastinfer_fused",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, list(input_shape))],
+        outputs,
+        initializer=inits,
+    )
+    fused = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())], producer_name="fastinfer"
+    )
     fused.ir_version = ir_version
     onnx.checker.check_model(fused)
     return fused
@@ -199,17 +214,24 @@ class Plan:
                 kinds.setdefault(kind, []).append(i)
         for kind, members in kinds.items():
             source = self.sequence_inputs[kind] if kind else self.tabular_input
-            fuse_members = [FuseMember(f"{self.models[i].target}/{self.models[i].family.name}", self.models[i].graph,
-                                       tuple(member_cols[i].tolist()),
-                                       len(self.models[i].columns)) for i in members]
+            fuse_members = [
+                FuseMember(
+                    f"{self.models[i].target}/{self.models[i].family.name}",
+                    self.models[i].graph,
+                    tuple(member_cols[i].tolist()),
+                    len(self.models[i].columns),
+                )
+                for i in members
+            ]
             shape = ["N", kind, width] if kind else ["N", width]
             fused = fuse(fuse_members, width, shape)
             name = f"fused-seq{kind}" if kind else "fused-tabular"
             self.fused_graphs[name] = fused
             session = open_session(fused.SerializeToString(), settings, name)
             bound = BoundGraph(session, source, {fm.name: fm.n_outputs for fm in fuse_members})
-            copies = [(bound.outputs[fm.name], self.out[:, self.model_slices[i]])
-                      for fm, i in zip(fuse_members, members)]
+            copies = [
+                (bound.outputs[fm.name], self.out[:, self.model_slices[i]]) for fm, i in zip(fuse_members, members)
+            ]
             self._groups.append((bound, copies))
 
     def _forest_member(self, m, cols: np.ndarray, dst: np.ndarray, settings: ExecutorSettings) -> bool:

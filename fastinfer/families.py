@@ -4,6 +4,7 @@ Every family of the spec is one ``Family`` entry: canonical name, aliases, categ
 input rank, native file formats (in order of preference) and the converter that turns it
 into ONNX. Nothing else in the code switches on family-name strings: it asks the entry.
 """
+
 from __future__ import annotations
 
 import enum
@@ -11,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 
-class Category(str, enum.Enum):
+class Category(enum.StrEnum):
     TREE = "tree"
     LINEAR = "linear"
     KERAS = "keras"
@@ -69,7 +70,15 @@ FAMILIES: tuple[Family, ...] = (
     Family("tab_cnn", Category.SEQUENTIAL, 3, _KERAS, "keras"),
     Family("cnn1d_transformer", Category.SEQUENTIAL, 3, _KERAS, "keras"),
     Family("ngboost", Category.PROBABILISTIC, 2, _SKLEARN, "ngboost", ("ngb",)),
-    Family("quantile_lightgbm", Category.PROBABILISTIC, 2, _SKLEARN, "quantile_lightgbm", ("qlgbm", "lightgbm_quantile"), True),
+    Family(
+        "quantile_lightgbm",
+        Category.PROBABILISTIC,
+        2,
+        _SKLEARN,
+        "quantile_lightgbm",
+        ("qlgbm", "lightgbm_quantile"),
+        True,
+    ),
     Family("ensemble", Category.META, 2, _SKLEARN, "ensemble", ("voting",)),
     Family("meta_learning", Category.META, 2, _SKLEARN, "ensemble", ("stacking", "meta_learner")),
 )

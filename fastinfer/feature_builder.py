@@ -4,9 +4,10 @@ Kept apart from ``fastinfer.features`` so that the live path (``StreamingFeature
 import pandas (~0.4 s of start-up). The definitions are those of
 ``fastinfer.kernels.indicators``; ``fastinfer.features`` describes the names.
 """
+
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .errors import FeatureBuildError
 from .features import OHLCV, resolve_features
 from .kernels import indicators as _k
+
 
 def ohlcv_arrays(df: pd.DataFrame, where: str = "OHLCV data") -> dict[str, np.ndarray]:
     """The five OHLCV columns of ``df`` (names in any case) as float64 arrays, checked."""
@@ -70,8 +72,10 @@ def check_time_order(df: pd.DataFrame, where: str = "OHLCV data") -> None:
         if (step <= 0).any():
             row = int(np.flatnonzero(step <= 0)[0]) + 1
             kind = "duplicated" if step[row - 1] == 0 else "earlier than the bar before it"
-            raise FeatureBuildError(f"{where}: {what} at row {row} ({stamps[row]}) is {kind} "
-                                    f"(row {row - 1}: {stamps[row - 1]}); bars must be oldest first, each once")
+            raise FeatureBuildError(
+                f"{where}: {what} at row {row} ({stamps[row]}) is {kind} "
+                f"(row {row - 1}: {stamps[row - 1]}); bars must be oldest first, each once"
+            )
 
 
 def _as_time(values: pd.Series, what: str, where: str) -> pd.DatetimeIndex | None:
@@ -105,7 +109,7 @@ def _windows(x: pd.Series, p: int) -> np.ndarray:
 def _per_window(x: pd.Series, p: int, values: np.ndarray) -> pd.Series:
     """One value per full window, aligned on the window's last row (NaN before)."""
     out = np.full(len(x), np.nan)
-    out[p - 1:] = values
+    out[p - 1 :] = values
     return pd.Series(out, index=x.index)
 
 
@@ -139,8 +143,7 @@ def _gains_losses(f: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
 def _rsi_wilder(f: pd.DataFrame) -> dict[str, pd.Series]:
     p = _k.RSI_PERIOD
     g, lo = _gains_losses(f)
-    avg = [_seeded_ewm(x, 1.0 / p, p, x.iloc[1:p + 1].mean() if len(x) > p else np.nan)
-           for x in (g, lo)]
+    avg = [_seeded_ewm(x, 1.0 / p, p, x.iloc[1 : p + 1].mean() if len(x) > p else np.nan) for x in (g, lo)]
     return {"rsi_14": _rsi(*avg)}
 
 
@@ -158,7 +161,7 @@ def _true_range(f: pd.DataFrame) -> pd.Series:
 def _atr_wilder(f: pd.DataFrame) -> dict[str, pd.Series]:
     p = _k.ATR_PERIOD
     tr = _true_range(f)
-    seed = tr.iloc[1:p + 1].mean() if len(tr) > p else np.nan
+    seed = tr.iloc[1 : p + 1].mean() if len(tr) > p else np.nan
     return {"atr_14": _seeded_ewm(tr, 1.0 / p, p, seed)}
 
 
@@ -173,12 +176,12 @@ def _macd(f: pd.DataFrame) -> dict[str, pd.Series]:
     if len(c) <= first:
         nan = pd.Series(np.nan, index=c.index)
         return {"macd": nan, "macd_signal": nan, "macd_hist": nan}
-    seeds = [_mean_around_last(c.to_numpy()[None, first - k + 1:first + 1])[0] for k in (fast, slow)]
+    seeds = [_mean_around_last(c.to_numpy()[None, first - k + 1 : first + 1])[0] for k in (fast, slow)]
     ema_fast = _seeded_ewm(c, 2.0 / (fast + 1), first, seeds[0])
     ema_slow = _seeded_ewm(c, 2.0 / (slow + 1), first, seeds[1])
     macd = ema_fast - ema_slow
     first_sig = first + sig - 1
-    seed = macd.iloc[first:first_sig + 1].mean() if len(c) > first_sig else np.nan
+    seed = macd.iloc[first : first_sig + 1].mean() if len(c) > first_sig else np.nan
     signal = _seeded_ewm(macd, 2.0 / (sig + 1), first_sig, seed)
     return {"macd": macd, "macd_signal": signal, "macd_hist": macd - signal}
 
@@ -194,6 +197,7 @@ def _bollinger(ddof: int, suffix: str) -> Callable[[pd.DataFrame], dict[str, pd.
         width = upper - lower
         pct = ((c - lower) / width).mask(width == 0, 0.5)
         return {f"bb_upper{suffix}": upper, f"bb_lower{suffix}": lower, f"bb_pct{suffix}": pct}
+
     return bands
 
 
@@ -227,8 +231,7 @@ class FeatureBuilder:
     def __init__(self, features: Sequence[str] | None = None):
         self.features = resolve_features(features)
 
-    def build(self, df: pd.DataFrame, lookback: int | None = 60,
-              features: Sequence[str] | None = None) -> np.ndarray:
+    def build(self, df: pd.DataFrame, lookback: int | None = 60, features: Sequence[str] | None = None) -> np.ndarray:
         """Features of the last bar of ``df`` (columns open, high, low, close, volume, any case).
 
         Bars with a missing value are dropped first; the features are then computed over the
@@ -242,8 +245,9 @@ class FeatureBuilder:
             return np.full(len(names), np.nan)
         return rows.iloc[-1].to_numpy(dtype=np.float64)
 
-    def frame(self, df: pd.DataFrame, lookback: int | None = None,
-              features: Sequence[str] | None = None) -> pd.DataFrame:
+    def frame(
+        self, df: pd.DataFrame, lookback: int | None = None, features: Sequence[str] | None = None
+    ) -> pd.DataFrame:
         """Every bar's features as a DataFrame (rows: the kept bars, with ``df``'s index)."""
         names = self.features if features is None else resolve_features(features)
         if lookback is not None and (not isinstance(lookback, (int, np.integer)) or lookback < 0):
@@ -252,7 +256,7 @@ class FeatureBuilder:
         valid = np.logical_and.reduce([np.isfinite(a) for a in arrays.values()])
         f = pd.DataFrame({k: a[valid] for k, a in arrays.items()}, index=df.index[valid])
         if lookback is not None:
-            f = f.iloc[-(lookback + 1):]
+            f = f.iloc[-(lookback + 1) :]
         index = f.index
         f = f.reset_index(drop=True)
         wanted = set(names)

@@ -12,17 +12,21 @@ follow TA-Lib (Wilder RSI/ATR, Bollinger std with ddof 0); named variants add a 
 A bar whose open, high, low, close or volume is missing (not finite) is not a bar for that
 symbol: both paths skip it, and the streaming path marks the symbol ``stale``.
 """
+
 from __future__ import annotations
 
 import base64
 import binascii
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import FeatureBuildError, StateError
 from .kernels import indicators as _k
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 KNOWN_FEATURES: tuple[str, ...] = _k.FEATURES
 DEFAULT_FEATURES: tuple[str, ...] = KNOWN_FEATURES[:14]
@@ -68,8 +72,18 @@ def _layout() -> dict[str, Any]:
     """What a saved state depends on besides its version: kernel features and parameters."""
     return {
         "kernel_features": list(_k.FEATURES),
-        "params": [list(_k.RETURN_HORIZONS), _k.RSI_PERIOD, _k.ATR_PERIOD, _k.BB_PERIOD, _k.BB_NSTD,
-                   _k.VOL_PERIOD, _k.MACD_FAST, _k.MACD_SLOW, _k.MACD_SIGNAL, _k.CLOSE_WINDOW],
+        "params": [
+            list(_k.RETURN_HORIZONS),
+            _k.RSI_PERIOD,
+            _k.ATR_PERIOD,
+            _k.BB_PERIOD,
+            _k.BB_NSTD,
+            _k.VOL_PERIOD,
+            _k.MACD_FAST,
+            _k.MACD_SLOW,
+            _k.MACD_SIGNAL,
+            _k.CLOSE_WINDOW,
+        ],
         "n_float": _k.N_FLOAT,
         "n_int": _k.N_INT,
     }
@@ -102,8 +116,7 @@ class StreamingFeatures:
     (JSON-safe, versioned; save it with ``fastinfer.atomic.write_atomic_json``).
     """
 
-    def __init__(self, symbols: Sequence[str], features: Sequence[str] | None = None,
-                 dtype: Any = np.float32):
+    def __init__(self, symbols: Sequence[str], features: Sequence[str] | None = None, dtype: Any = np.float32):
         if isinstance(symbols, str):
             raise FeatureBuildError(f"symbols must be a list of names, not the string {symbols!r}")
         self.symbols = tuple(str(s) for s in symbols)
@@ -144,9 +157,21 @@ class StreamingFeatures:
     def update(self, open: Any, high: Any, low: Any, close: Any, volume: Any) -> np.ndarray:
         """Advance every symbol by one bar (arrays of length n_symbols, NaN = missing); return ``out``."""
         s = self._state
-        _k.update_bar(self._input(open, "open"), self._input(high, "high"), self._input(low, "low"),
-                      self._input(close, "close"), self._input(volume, "volume"),
-                      s.closes, s.true_ranges, s.volumes, s.floats, s.ints, self._cols, self.out, self.stale)
+        _k.update_bar(
+            self._input(open, "open"),
+            self._input(high, "high"),
+            self._input(low, "low"),
+            self._input(close, "close"),
+            self._input(volume, "volume"),
+            s.closes,
+            s.true_ranges,
+            s.volumes,
+            s.floats,
+            s.ints,
+            self._cols,
+            self.out,
+            self.stale,
+        )
         return self.out
 
     def warm_start(self, history: Mapping[str, pd.DataFrame]) -> np.ndarray:
@@ -162,8 +187,9 @@ class StreamingFeatures:
             a = ohlcv_arrays(df, where=f"history of {sym!r}")
             i = self._index[sym]
             _k.reset_symbol(st, i)
-            self.stale[i] = _k.update_series(i, a["open"], a["high"], a["low"], a["close"], a["volume"],
-                                             *st, self._cols, self.out)
+            self.stale[i] = _k.update_series(
+                i, a["open"], a["high"], a["low"], a["close"], a["volume"], *st, self._cols, self.out
+            )
         return self.out
 
     def state_dict(self) -> dict[str, Any]:
@@ -180,7 +206,7 @@ class StreamingFeatures:
         }
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any]) -> "StreamingFeatures":
+    def from_state_dict(cls, state: Mapping[str, Any]) -> StreamingFeatures:
         """Rebuild from ``state_dict()``; a corrupt, foreign or other-version state is a ``StateError``."""
         if not isinstance(state, Mapping):
             raise StateError(f"feature state must be a dict, got {type(state).__name__}")

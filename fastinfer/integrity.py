@@ -6,6 +6,7 @@ when opened, so it is opened only after its sha256 matched the recorded checksum
 on" for a pickle, whatever ``strict_checksums`` says. The loader hashes a pickle's bytes in
 memory and unpickles those same bytes (``actual``), never the file a second time.
 """
+
 from __future__ import annotations
 
 import hashlib

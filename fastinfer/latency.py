@@ -1,4 +1,5 @@
 """A fixed-size latency histogram: record per-bar timings forever, read percentiles any time."""
+
 from __future__ import annotations
 
 import math
@@ -41,14 +42,19 @@ class LatencyHistogram:
             return float("nan")
         rank = math.ceil(q / 100.0 * self.count)
         i = int(np.searchsorted(np.cumsum(self.counts), max(rank, 1)))
-        return min(_LO_NS * _RATIO ** i, self.max_ns)
+        return min(_LO_NS * _RATIO**i, self.max_ns)
 
     def summary(self) -> dict[str, float]:
         """p50 / p99 / p99.9 / max / mean in microseconds, and the count."""
         us = 1e-3
-        return {"count": self.count, "p50_us": self.percentile(50) * us, "p99_us": self.percentile(99) * us,
-                "p99.9_us": self.percentile(99.9) * us, "max_us": self.max_ns * us,
-                "mean_us": (self.total_ns / self.count * us) if self.count else float("nan")}
+        return {
+            "count": self.count,
+            "p50_us": self.percentile(50) * us,
+            "p99_us": self.percentile(99) * us,
+            "p99.9_us": self.percentile(99.9) * us,
+            "max_us": self.max_ns * us,
+            "mean_us": (self.total_ns / self.count * us) if self.count else float("nan"),
+        }
 
     def reset(self) -> None:
         self.counts[:] = 0

@@ -4,12 +4,14 @@ Lazy and cached per (target, family, view, universe, symbol). Each model comes b
 ``LoadedModel`` handle: ``predict(X)``, its meta, the feature order it needs and which
 backend serves it (the verified ONNX graph when the run has a lock, else the native file).
 """
+
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -27,10 +29,19 @@ log = logging.getLogger(__name__)
 class LoadedModel:
     """A model ready to predict, whatever serves it."""
 
-    def __init__(self, spec: ModelSpec, backend: str, feature_order: tuple[str, ...],
-                 columns: tuple[str, ...], runner: Callable[[np.ndarray], np.ndarray],
-                 native_model: Any = None, integrity: str = "verified", graph_path: Path | None = None,
-                 graph: Any = None, lock_entry: LockEntry | None = None):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        backend: str,
+        feature_order: tuple[str, ...],
+        columns: tuple[str, ...],
+        runner: Callable[[np.ndarray], np.ndarray],
+        native_model: Any = None,
+        integrity: str = "verified",
+        graph_path: Path | None = None,
+        graph: Any = None,
+        lock_entry: LockEntry | None = None,
+    ):
         self.spec = spec
         self.backend = backend  # "onnx" or "native"
         self.feature_order = feature_order
@@ -94,8 +105,10 @@ class LoadedModel:
             except (TypeError, ValueError) as exc:
                 raise InferenceError(f"{self._who()}: feature {n!r} is not a real number ({str(exc)[:80]})") from None
             if col.ndim != 1 or (columns and col.shape != columns[0].shape):
-                raise InferenceError(f"{self._who()}: feature {n!r} has shape {col.shape}, the others "
-                                     f"{columns[0].shape if columns else '(N,)'}")
+                raise InferenceError(
+                    f"{self._who()}: feature {n!r} has shape {col.shape}, the others "
+                    f"{columns[0].shape if columns else '(N,)'}"
+                )
             columns.append(col)
         return np.column_stack(columns)
 
@@ -111,8 +124,10 @@ class LoadedModel:
             return X
         rows = np.flatnonzero(~finite.reshape(len(X), -1).all(axis=1)) if X.ndim > 1 else np.array([0])
         col = int(np.flatnonzero(~finite.reshape(len(X), -1)[rows[0]])[0]) % self.n_features
-        what = (f"row {int(rows[0])} feature {self.feature_order[col]!r} is "
-                f"{X.reshape(len(X), -1)[rows[0]].flat[col]!r} ({len(rows)} row(s) with NaN/inf)")
+        what = (
+            f"row {int(rows[0])} feature {self.feature_order[col]!r} is "
+            f"{X.reshape(len(X), -1)[rows[0]].flat[col]!r} ({len(rows)} row(s) with NaN/inf)"
+        )
         if self.nan_policy == "pass" and self.family.handles_nan:
             return np.where(finite, X, np.nan)  # a copy: the caller's array is not touched
         why = "nan_policy is 'reject'" if self.nan_policy != "pass" else f"{self.family.name} does not handle NaN"
@@ -139,11 +154,19 @@ class ModelLoader:
     raises ``ModelLoadError`` when a model exists but cannot be trusted or opened.
     """
 
-    def __init__(self, run_root: str | Path, verify_checksums: bool | None = None,
-                 strict_checksums: bool | None = None, allow_unsigned: bool | None = None, *,
-                 settings: Settings | None = None, config_path: str | Path | None = None,
-                 prefer_onnx: bool | None = None, verify_signature: bool | None = None,
-                 trusted_public_key: Any = None):
+    def __init__(
+        self,
+        run_root: str | Path,
+        verify_checksums: bool | None = None,
+        strict_checksums: bool | None = None,
+        allow_unsigned: bool | None = None,
+        *,
+        settings: Settings | None = None,
+        config_path: str | Path | None = None,
+        prefer_onnx: bool | None = None,
+        verify_signature: bool | None = None,
+        trusted_public_key: Any = None,
+    ):
         self.settings = settings if settings is not None else load_config(config_path)
         ms = self.settings.models
         self.policy = ChecksumPolicy(
@@ -158,7 +181,9 @@ class ModelLoader:
         key = trusted_public_key if trusted_public_key is not None else ms.trusted_public_key
         if ms.verify_signature if verify_signature is None else verify_signature:
             if key is None:
-                raise ConfigError("models.trusted_public_key: verify_signature is on but no trusted public key is given")
+                raise ConfigError(
+                    "models.trusted_public_key: verify_signature is on but no trusted public key is given"
+                )
             from .signing import verify_run
 
             self.signed = verify_run(self.run_root, key)
@@ -177,19 +202,37 @@ class ModelLoader:
         return sorted(found | (set(indexed) & found))
 
     def list_families(self, target: str, view: str | None = None) -> list[str]:
-        return sorted({loc.family.name for loc in self._locations.values()
-                       if loc.target == target and (view is None or loc.view == view)})
+        return sorted(
+            {
+                loc.family.name
+                for loc in self._locations.values()
+                if loc.target == target and (view is None or loc.view == view)
+            }
+        )
 
     def locations(self) -> list[ModelLocation]:
         return list(self._locations.values())
 
-    def locate(self, target: str, family: str | fam.Family, view: str | None = None, *,
-               universe: str | None = None, symbol: str | None = None) -> ModelLocation | None:
+    def locate(
+        self,
+        target: str,
+        family: str | fam.Family,
+        view: str | None = None,
+        *,
+        universe: str | None = None,
+        symbol: str | None = None,
+    ) -> ModelLocation | None:
         """The model's directory; with no view, CROSS_SECTIONAL first, else its only view."""
         family = self._family(family, target)
-        matches = [loc for loc in self._locations.values()
-                   if loc.target == target and loc.family is family and loc.universe == universe
-                   and loc.symbol == symbol and (view is None or loc.view == view)]
+        matches = [
+            loc
+            for loc in self._locations.values()
+            if loc.target == target
+            and loc.family is family
+            and loc.universe == universe
+            and loc.symbol == symbol
+            and (view is None or loc.view == view)
+        ]
         if len(matches) > 1:
             preferred = [m for m in matches if m.view == artifacts.CROSS_SECTIONAL]
             if len(preferred) != 1:
@@ -218,8 +261,15 @@ class ModelLoader:
 
     # ------------------------------------------------------------ loading
 
-    def load(self, target: str, family: str, view: str | None = None, *,
-             universe: str | None = None, symbol: str | None = None) -> LoadedModel | None:
+    def load(
+        self,
+        target: str,
+        family: str,
+        view: str | None = None,
+        *,
+        universe: str | None = None,
+        symbol: str | None = None,
+    ) -> LoadedModel | None:
         loc = self.locate(target, family, view, universe=universe, symbol=symbol)
         if loc is None:
             return None
@@ -230,8 +280,9 @@ class ModelLoader:
             self._cache[loc.key] = model
         return model
 
-    def load_all(self, targets: Iterable[str] | None = None, families: Iterable[str] | None = None,
-                 view: str | None = None) -> dict[tuple[str, str], LoadedModel]:
+    def load_all(
+        self, targets: Iterable[str] | None = None, families: Iterable[str] | None = None, view: str | None = None
+    ) -> dict[tuple[str, str], LoadedModel]:
         """Every (target, family) asked for that exists; failures are logged and kept in ``errors``."""
         targets = list(targets) if targets is not None else self.list_targets()
         models: dict[tuple[str, str], LoadedModel] = {}
@@ -274,8 +325,12 @@ class ModelLoader:
         path = Path(path)
         digest = None if path.is_symlink() else self.signed.digest(path)
         if digest is None:
-            raise SignatureError(loc.family.name if loc else None, loc.target if loc else None,
-                                 f"{path.name} is not covered by the signature: not trusted", path)
+            raise SignatureError(
+                loc.family.name if loc else None,
+                loc.target if loc else None,
+                f"{path.name} is not covered by the signature: not trusted",
+                path,
+            )
         return digest
 
     def _open(self, loc: ModelLocation) -> LoadedModel:
@@ -290,8 +345,12 @@ class ModelLoader:
         if self.signed is not None:
             entry = self.lock.find(loc.key)
             if spec.model_path.resolve() != (self.run_root / entry.native_file).resolve():
-                raise SignatureError(loc.family.name, loc.target, "model_meta.json names a model file the "
-                                     "signature does not cover", spec.model_path)
+                raise SignatureError(
+                    loc.family.name,
+                    loc.target,
+                    "model_meta.json names a model file the signature does not cover",
+                    spec.model_path,
+                )
         entry = self.lock.find(loc.key) if self.lock is not None and self.prefer_onnx else None
         if entry is not None and entry.status == "onnx":
             model = self._open_onnx(spec, entry)
@@ -316,8 +375,7 @@ class ModelLoader:
         if native_sha != entry.native_sha256 or set(entry.feature_order) != set(spec.feature_list):
             if self.signed is not None:  # a signed run is served exactly as signed
                 raise SignatureError(family, target, "model_meta.json disagrees with the signed lock", spec.meta_path)
-            log.warning("%s/%s: lock is stale (native model changed since conversion): serving native",
-                        target, family)
+            log.warning("%s/%s: lock is stale (native model changed since conversion): serving native", target, family)
             return None
         path = artifacts.inside(self.run_root, entry.onnx_file, what="lock onnx_file", loc=spec.location)
         try:
@@ -338,14 +396,26 @@ class ModelLoader:
         except (ConversionError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
             raise ModelLoadError(family, target, f"graph refused: {exc}", path) from None
         except Exception as exc:  # protobuf / onnxruntime errors on a malformed graph
-            raise ModelLoadError(family, target, f"graph refused: {type(exc).__name__}: {str(exc)[:200]}", path) from None
+            raise ModelLoadError(
+                family, target, f"graph refused: {type(exc).__name__}: {str(exc)[:200]}", path
+            ) from None
         out_name, in_name = entry.output.get("name", "prediction"), entry.input.get("name", "features")
 
         def run(X: np.ndarray) -> np.ndarray:
             return session.run([out_name], {in_name: np.ascontiguousarray(X, dtype=np.float32)})[0]
 
-        return LoadedModel(spec, "onnx", tuple(entry.feature_order), tuple(entry.output.get("columns", ("prediction",))),
-                           run, None, "verified", path, graph, entry)
+        return LoadedModel(
+            spec,
+            "onnx",
+            tuple(entry.feature_order),
+            tuple(entry.output.get("columns", ("prediction",))),
+            run,
+            None,
+            "verified",
+            path,
+            graph,
+            entry,
+        )
 
     def _open_native(self, spec: ModelSpec) -> LoadedModel:
         """Hash the native file once and open exactly what was hashed where the format allows.
@@ -370,8 +440,9 @@ class ModelLoader:
             actual = sha256_file(path)
         if signed is not None and actual != signed:
             raise SignatureError(family, target, "native model file changed since the run was opened", path)
-        integrity = check_file(path, spec.model_checksum, self.policy, family=family, target=target,
-                               executes_code=pickle, actual=actual)
+        integrity = check_file(
+            path, spec.model_checksum, self.policy, family=family, target=target, executes_code=pickle, actual=actual
+        )
         if integrity != "verified" and path.name in native.PROBED_FORMATS:
             # Not verified, and this format's parser can crash on a damaged file: the same
             # bytes are opened in a throw-away interpreter first (SECURITY.md: the cost).
@@ -382,11 +453,17 @@ class ModelLoader:
         try:
             model = native.load_native_bytes(path.name, data) if data is not None else native.load_native(path)
         except Exception as exc:  # every library raises its own types for a broken file
-            raise ModelLoadError(family, target, f"cannot open: {type(exc).__name__}: {str(exc)[:200]}",
-                                 path) from exc
+            raise ModelLoadError(family, target, f"cannot open: {type(exc).__name__}: {str(exc)[:200]}", path) from exc
         order = _feature_order(spec, native.feature_names(model))
-        return LoadedModel(spec, "native", order, native.output_columns(model),
-                           lambda X, m=model: native.native_predict(m, X), model, integrity)
+        return LoadedModel(
+            spec,
+            "native",
+            order,
+            native.output_columns(model),
+            lambda X, m=model: native.native_predict(m, X),
+            model,
+            integrity,
+        )
 
 
 def _feature_order(spec: ModelSpec, recorded: list[str] | None) -> tuple[str, ...]:
@@ -395,7 +472,11 @@ def _feature_order(spec: ModelSpec, recorded: list[str] | None) -> tuple[str, ..
     if set(order) != set(spec.feature_list):
         extra = sorted(set(order) - set(spec.feature_list))
         missing = sorted(set(spec.feature_list) - set(order))
-        raise ModelLoadError(spec.family.name, spec.target,
-                             f"model's features disagree with feature_list: model has {extra[:5]}, "
-                             f"feature_list has {missing[:5]} the model lacks", spec.meta_path)
+        raise ModelLoadError(
+            spec.family.name,
+            spec.target,
+            f"model's features disagree with feature_list: model has {extra[:5]}, "
+            f"feature_list has {missing[:5]} the model lacks",
+            spec.meta_path,
+        )
     return order

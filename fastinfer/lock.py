@@ -5,6 +5,7 @@ their sha256, how the graph was made (converter, opsets, library versions), its 
 contract, the feature order it reads, the parity figures, and whether it is served from
 ONNX or stays native (with the reason). Written atomically; validated on read.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -63,18 +64,28 @@ def lock_path(run_root: Path) -> Path:
 
 def write_lock(run_root: Path, lock: Lock) -> Path:
     path = lock_path(run_root)
-    write_atomic_json(path, {"version": lock.version, "created": lock.created,
-                             "entries": [asdict(e) for e in lock.entries]})
+    write_atomic_json(
+        path, {"version": lock.version, "created": lock.created, "entries": [asdict(e) for e in lock.entries]}
+    )
     return path
 
 
 _STR_FIELDS = ("target", "view", "family", "native_file", "native_sha256", "status")
 # Every other field's JSON type: a hostile lock must fail here, not as an AttributeError later.
 _TYPED_FIELDS: dict[str, tuple[type, ...]] = {
-    "universe": (str, type(None)), "symbol": (str, type(None)), "reason": (str,),
-    "onnx_file": (str, type(None)), "onnx_sha256": (str, type(None)), "converter": (str, type(None)),
-    "opsets": (dict,), "versions": (dict,), "input": (dict,), "output": (dict,), "feature_order": (list,),
-    "parity": (dict,), "convert_seconds": (int, float),
+    "universe": (str, type(None)),
+    "symbol": (str, type(None)),
+    "reason": (str,),
+    "onnx_file": (str, type(None)),
+    "onnx_sha256": (str, type(None)),
+    "converter": (str, type(None)),
+    "opsets": (dict,),
+    "versions": (dict,),
+    "input": (dict,),
+    "output": (dict,),
+    "feature_order": (list,),
+    "parity": (dict,),
+    "convert_seconds": (int, float),
 }
 
 
@@ -112,14 +123,17 @@ def _validate(run_root: Path, path: Path, data: Any) -> Lock:
     for i, raw in enumerate(data["entries"]):
         where = f"{path}: entries[{i}]"
         if not isinstance(raw, dict) or set(raw) - known:
-            raise StateError(f"{where}: unexpected fields {sorted(set(raw) - known) if isinstance(raw, dict) else raw!r}")
+            raise StateError(
+                f"{where}: unexpected fields {sorted(set(raw) - known) if isinstance(raw, dict) else raw!r}"
+            )
         for name in _STR_FIELDS:
             if not isinstance(raw.get(name), str):
                 raise StateError(f"{where}.{name}: expected a string")
         for name, kinds in _TYPED_FIELDS.items():
-            if name in raw and not isinstance(raw[name], kinds) or isinstance(raw.get(name), bool):
-                raise StateError(f"{where}.{name}: expected {' or '.join(k.__name__ for k in kinds)}, "
-                                 f"got {type(raw[name]).__name__}")
+            if (name in raw and not isinstance(raw[name], kinds)) or isinstance(raw.get(name), bool):
+                raise StateError(
+                    f"{where}.{name}: expected {' or '.join(k.__name__ for k in kinds)}, got {type(raw[name]).__name__}"
+                )
         for name in ("native_sha256", "onnx_sha256"):
             if raw.get(name) is not None and not _is_sha256(raw[name]):
                 raise StateError(f"{where}.{name}: not a 64-hex-digit sha256")
@@ -128,7 +142,8 @@ def _validate(run_root: Path, path: Path, data: Any) -> Lock:
         for io in ("input", "output"):
             spec = raw.get(io, {})
             if not isinstance(spec.get("name", ""), str) or not (
-                    isinstance(spec.get("columns", []), list) and all(isinstance(c, str) for c in spec.get("columns", []))):
+                isinstance(spec.get("columns", []), list) and all(isinstance(c, str) for c in spec.get("columns", []))
+            ):
                 raise StateError(f"{where}.{io}: name must be a string and columns a list of strings")
         if raw["status"] not in ("onnx", "native"):
             raise StateError(f"{where}.status: {raw['status']!r} is not onnx or native")
@@ -138,7 +153,9 @@ def _validate(run_root: Path, path: Path, data: Any) -> Lock:
                     inside(run_root, raw[name], what=f"lock {name}")
                 except Exception:
                     raise StateError(f"{where}.{name}: {raw[name]!r} escapes the run root") from None
-        if raw["status"] == "onnx" and not (isinstance(raw.get("onnx_file"), str) and isinstance(raw.get("onnx_sha256"), str)):
+        if raw["status"] == "onnx" and not (
+            isinstance(raw.get("onnx_file"), str) and isinstance(raw.get("onnx_sha256"), str)
+        ):
             raise StateError(f"{where}: status onnx without onnx_file and onnx_sha256")
         try:
             entries.append(LockEntry(**raw))

@@ -7,12 +7,14 @@ so a tree-only run never pays the TensorFlow import.
 ``[loc, scale]`` for NGBoost (Normal) and (N, Q) for quantile models (one column per
 quantile, in the order the artifact lists them).
 """
+
 from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -48,8 +50,14 @@ def check_lightgbm_text(text: str) -> str | None:
         fields = dict(line.partition("=")[::2] for line in block.splitlines())
         try:
             leaves, n_cat = int(fields["num_leaves"]), int(fields.get("num_cat", "0"))
-            arrays = {name: fields[name].split() for name in
-                      ("split_feature", "threshold", "decision_type", "left_child", "right_child")} if leaves > 1 else {}
+            arrays = (
+                {
+                    name: fields[name].split()
+                    for name in ("split_feature", "threshold", "decision_type", "left_child", "right_child")
+                }
+                if leaves > 1
+                else {}
+            )
             leaf_value = [float(x) for x in fields["leaf_value"].split()]
             float(fields.get("shrinkage", "1"))
             nums = {name: [float(x) for x in values] for name, values in arrays.items()}
@@ -193,9 +201,11 @@ def load_native_bytes(name: str, data: bytes) -> Any:
     return BYTES_LOADERS[name](data)
 
 
-_PROBE = ("import sys, pathlib; from fastinfer import native; path = pathlib.Path(sys.argv[1]); "
-          "native.load_native_bytes(path.name, sys.stdin.buffer.read()) if path.name in native.BYTES_LOADERS "
-          "else native.load_native(path)")
+_PROBE = (
+    "import sys, pathlib; from fastinfer import native; path = pathlib.Path(sys.argv[1]); "
+    "native.load_native_bytes(path.name, sys.stdin.buffer.read()) if path.name in native.BYTES_LOADERS "
+    "else native.load_native(path)"
+)
 
 
 def probe_in_subprocess(path: Path, data: bytes | None = None, timeout: float = 120.0) -> str | None:
@@ -215,11 +225,11 @@ def probe_in_subprocess(path: Path, data: bytes | None = None, timeout: float = 
         raise ValueError("pickles are never probed: opening one runs its code")
     if path.name in BYTES_LOADERS and data is None:
         data = path.read_bytes()
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     try:
-        done = subprocess.run([sys.executable, "-c", _PROBE, str(path)], input=data or b"", capture_output=True,
-                              timeout=timeout, env=env)
+        done = subprocess.run(
+            [sys.executable, "-c", _PROBE, str(path)], input=data or b"", capture_output=True, timeout=timeout, env=env
+        )
     except subprocess.TimeoutExpired:
         return f"opening it did not finish within {timeout:g} s"
     if done.returncode == 0:

@@ -6,12 +6,14 @@ per input kind (plus any native fallbacks) over all symbols at once; a jitted pa
 outputs NaN where a model's inputs were not ready. Nothing is allocated per bar on the
 ONNX path.
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from numba import njit
@@ -42,7 +44,7 @@ def point_column(columns: Sequence[str]) -> int:
 
 def horizon_of(target: str) -> str:
     """``fwd_ret_15m`` → ``15m``: the spec keys predictions by horizon."""
-    return target[len("fwd_ret_"):] if target.startswith("fwd_ret_") else target
+    return target[len("fwd_ret_") :] if target.startswith("fwd_ret_") else target
 
 
 @njit(cache=True)
@@ -92,10 +94,18 @@ class LivePredictor:
     with a warning).
     """
 
-    def __init__(self, run_root: str | Path, symbols: Sequence[str], interval_minutes: float, *,
-                 targets: Iterable[str] | None = None, families: Iterable[str] | None = None,
-                 settings: Settings | None = None, config_path: str | Path | None = None,
-                 loader: ModelLoader | None = None):
+    def __init__(
+        self,
+        run_root: str | Path,
+        symbols: Sequence[str],
+        interval_minutes: float,
+        *,
+        targets: Iterable[str] | None = None,
+        families: Iterable[str] | None = None,
+        settings: Settings | None = None,
+        config_path: str | Path | None = None,
+        loader: ModelLoader | None = None,
+    ):
         self.settings = settings if settings is not None else load_config(config_path)
         self.loader = loader or ModelLoader(run_root, settings=self.settings)
         self.symbols = tuple(symbols)
@@ -107,14 +117,17 @@ class LivePredictor:
             self.unavailable[key] = f"failed to load: {err.reason}"
         self.models: list[LoadedModel] = [m for m in models.values() if self._interval_ok(m)]
         if not self.models:
-            raise ModelLoadError(None, None, "no usable model in the run for these targets/families",
-                                 self.loader.run_root)
+            raise ModelLoadError(
+                None, None, "no usable model in the run for these targets/families", self.loader.run_root
+            )
         self.union = self._union_features()
         self.features = StreamingFeatures(self.symbols, self.union)
         n = len(self.symbols)
         seq_lens = sorted({m.spec.sequence_length for m in self.models if m.family.sequential})
-        self.buffers = {t: SeqBufferManager(t, len(self.union), symbols=self.symbols, settings=self.settings.models)
-                        for t in seq_lens}
+        self.buffers = {
+            t: SeqBufferManager(t, len(self.union), symbols=self.symbols, settings=self.settings.models)
+            for t in seq_lens
+        }
         self.plan = executor.Plan(self.models, self.union, n, self.settings.executor)
         self.columns = self.plan.columns
         self.column_index = {col: j for j, col in enumerate(self.columns)}
@@ -145,8 +158,16 @@ class LivePredictor:
         self._last_stamp: int | None = None  # newest bar time accepted (ns), None before the first stamped bar
         # Compile (or load from numba's cache) now, not on the first bar; out is all NaN here.
         _copy_finite(self.features.out, self.plan.tabular_input)
-        _mask_not_ready(self.features.out, self._needs, self._pass_nan, self.features.stale, self._ready,
-                        self._ready_of_model, self._model_of_column, self.plan.out)
+        _mask_not_ready(
+            self.features.out,
+            self._needs,
+            self._pass_nan,
+            self.features.stale,
+            self._ready,
+            self._ready_of_model,
+            self._model_of_column,
+            self.plan.out,
+        )
         _rows_for_sequences(self.features.out, self.features.stale, self._seq_rows)
 
     # ------------------------------------------------------------ construction checks
@@ -170,9 +191,12 @@ class LivePredictor:
         unknown = sorted(used - set(KNOWN_FEATURES))
         if unknown:
             who = next(m for m in self.models if set(m.feature_order) & set(unknown))
-            raise ModelLoadError(who.family.name, who.target,
-                                 f"features {unknown[:5]} cannot be computed from OHLCV bars "
-                                 f"(known: {', '.join(KNOWN_FEATURES)})", who.spec.meta_path)
+            raise ModelLoadError(
+                who.family.name,
+                who.target,
+                f"features {unknown[:5]} cannot be computed from OHLCV bars (known: {', '.join(KNOWN_FEATURES)})",
+                who.spec.meta_path,
+            )
         return [f for f in KNOWN_FEATURES if f in used]
 
     # ------------------------------------------------------------ the hot path
@@ -203,8 +227,16 @@ class LivePredictor:
         for buf, row in self._ready_rows:
             buf.ready_mask(stamp, out=row)
         out = self.plan.run()
-        _mask_not_ready(feats, self._needs, self._pass_nan, self.features.stale, self._ready,
-                        self._ready_of_model, self._model_of_column, out)
+        _mask_not_ready(
+            feats,
+            self._needs,
+            self._pass_nan,
+            self.features.stale,
+            self._ready,
+            self._ready_of_model,
+            self._model_of_column,
+            out,
+        )
         self.bars += 1
         self.latency.record(time.perf_counter_ns() - start)
         return out
@@ -219,8 +251,10 @@ class LivePredictor:
             return None
         stamp = timestamp_ns(timestamp)
         if self._last_stamp is not None and stamp < self._last_stamp:
-            raise InferenceError(f"bar timestamp {stamp} ns is older than the previous bar's "
-                                 f"({self._last_stamp} ns); bar refused, nothing changed")
+            raise InferenceError(
+                f"bar timestamp {stamp} ns is older than the previous bar's "
+                f"({self._last_stamp} ns); bar refused, nothing changed"
+            )
         for buf, _ in self._seq_inputs:
             buf.check_timestamp(stamp)
         return stamp
@@ -241,10 +275,17 @@ class LivePredictor:
         gives bit-identical outputs to never having stopped (the plan's buffers are rewritten
         in full on every bar, so they carry no state).
         """
-        return {"kind": _STATE_KIND, "version": _STATE_VERSION, "symbols": list(self.symbols),
-                "union": list(self.union), "columns": [list(c) for c in self.columns], "bars": self.bars,
-                "last_timestamp": self._last_stamp, "features": self.features.state_dict(),
-                "buffers": {str(t): buf.to_dict() for t, buf in self.buffers.items()}}
+        return {
+            "kind": _STATE_KIND,
+            "version": _STATE_VERSION,
+            "symbols": list(self.symbols),
+            "union": list(self.union),
+            "columns": [list(c) for c in self.columns],
+            "bars": self.bars,
+            "last_timestamp": self._last_stamp,
+            "features": self.features.state_dict(),
+            "buffers": {str(t): buf.to_dict() for t, buf in self.buffers.items()},
+        }
 
     def load_state_dict(self, state: Any) -> None:
         """Restore a ``state_dict()``. A state of other symbols, features or models, or a corrupt
@@ -257,28 +298,41 @@ class LivePredictor:
             raise StateError("predictor state: not a LivePredictor state")
         version = state.get("version")
         if isinstance(version, bool) or version not in _STATE_READS:
-            raise StateError(f"predictor state: version {version!r}, this fastinfer reads "
-                             f"{', '.join(map(str, _STATE_READS))}")
-        for key, mine in (("symbols", list(self.symbols)), ("union", list(self.union)),
-                          ("columns", [list(c) for c in self.columns])):
+            raise StateError(
+                f"predictor state: version {version!r}, this fastinfer reads {', '.join(map(str, _STATE_READS))}"
+            )
+        for key, mine in (
+            ("symbols", list(self.symbols)),
+            ("union", list(self.union)),
+            ("columns", [list(c) for c in self.columns]),
+        ):
             if state.get(key) != mine:
                 raise StateError(f"predictor state: field {key!r} differs from this predictor's")
         bars = state.get("bars")
         if isinstance(bars, bool) or not isinstance(bars, int) or bars < 0:
             raise StateError(f"predictor state: field 'bars': {bars!r} is not a count")
         features = StreamingFeatures.from_state_dict(state.get("features"))
-        if features.symbols != self.symbols or list(features.features) != self.union \
-                or features.dtype != self.features.dtype:
+        if (
+            features.symbols != self.symbols
+            or list(features.features) != self.union
+            or features.dtype != self.features.dtype
+        ):
             raise StateError("predictor state: field 'features' is for other symbols, features or dtype")
         raw = state.get("buffers")
         if not isinstance(raw, Mapping) or set(raw) != {str(t) for t in self.buffers}:
             raise StateError(f"predictor state: field 'buffers' must hold sequence lengths {sorted(self.buffers)}")
-        buffers = {t: SeqBufferManager.from_dict(raw[str(t)], seq_len=t, n_features=len(self.union),
-                                                 source=f"predictor state buffers[{t}]") for t in self.buffers}
+        buffers = {
+            t: SeqBufferManager.from_dict(
+                raw[str(t)], seq_len=t, n_features=len(self.union), source=f"predictor state buffers[{t}]"
+            )
+            for t in self.buffers
+        }
         if any(buf.symbols != list(self.symbols) for buf in buffers.values()):
             raise StateError("predictor state: field 'buffers' is for other symbols")
-        newest = max((s for buf in buffers.values() for s in map(buf.last_timestamp, range(len(buf))) if s is not None),
-                     default=None)
+        newest = max(
+            (s for buf in buffers.values() for s in map(buf.last_timestamp, range(len(buf))) if s is not None),
+            default=None,
+        )
         if version == 1:  # before "last_timestamp": the buffers' newest row is the best known
             last = newest
         else:
@@ -293,8 +347,10 @@ class LivePredictor:
                 except InferenceError as exc:
                     raise StateError(f"predictor state: field 'last_timestamp': {exc}") from None
             if newest is not None and (last is None or last < newest):
-                raise StateError(f"predictor state: field 'last_timestamp' ({last!r}) is older than a buffer's "
-                                 f"newest row ({newest} ns)")
+                raise StateError(
+                    f"predictor state: field 'last_timestamp' ({last!r}) is older than a buffer's "
+                    f"newest row ({newest} ns)"
+                )
         # Everything checked: swap in, and re-point the per-bar references at the new objects.
         self.features, self.buffers, self.bars, self._last_stamp = features, buffers, bars, last
         self._bind_buffers()
@@ -318,8 +374,9 @@ class LivePredictor:
             result.setdefault(horizon_of(target), {})[family] = float(self.plan.out[i, j])
         return result
 
-    def predict_with_fallback(self, target: str, families: Iterable[str] | None = None,
-                              symbol: str | None = None) -> float | None:
+    def predict_with_fallback(
+        self, target: str, families: Iterable[str] | None = None, symbol: str | None = None
+    ) -> float | None:
         """The first family in ``family_priority`` order with a usable prediction for ``target``.
 
         Skips families that failed to load, were left out, are absent or not ready (NaN),

@@ -6,10 +6,11 @@ window of the last ``lookback + 1`` bars; for each sequence model the row goes i
 file (no ONNX) through its own ``predict`` — Keras through ``model.predict(x, verbose=0)``,
 the spec's ``_predict_keras``. Used by ``fastinfer demo`` and ``benchmarks/bench_predictor.py``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -26,8 +27,15 @@ from .predictor import point_column
 class SeedPath:
     """``SeedPath(run_root)``; ``on_bar(window)`` → ``{(target, family): value}`` for the window's last bar."""
 
-    def __init__(self, run_root: str | Path, *, targets: Iterable[str] | None = None,
-                 families: Iterable[str] | None = None, lookback: int = 60, loader: ModelLoader | None = None):
+    def __init__(
+        self,
+        run_root: str | Path,
+        *,
+        targets: Iterable[str] | None = None,
+        families: Iterable[str] | None = None,
+        lookback: int = 60,
+        loader: ModelLoader | None = None,
+    ):
         self.loader = loader or ModelLoader(run_root, prefer_onnx=False)
         self.models: list[LoadedModel] = list(self.loader.load_all(targets, families).values())
         if not self.models:
@@ -36,8 +44,11 @@ class SeedPath:
         self.builder = FeatureBuilder([f for f in KNOWN_FEATURES if f in used])
         self.lookback = lookback
         # One spec-style buffer per sequence model, holding that model's feature order.
-        self.buffers = {id(m): SeqBufferManager(m.spec.sequence_length, m.n_features, settings=self.loader.settings.models)
-                        for m in self.models if m.family.sequential}
+        self.buffers = {
+            id(m): SeqBufferManager(m.spec.sequence_length, m.n_features, settings=self.loader.settings.models)
+            for m in self.models
+            if m.family.sequential
+        }
         self._columns = {m: [self.builder.features.index(f) for f in m.feature_order] for m in self.models}
         # The column a {horizon: {family: value}} view shows, as LivePredictor picks it.
         self._point = {m: point_column(m.columns) for m in self.models}

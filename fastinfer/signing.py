@@ -18,6 +18,7 @@ digest is the sha256 over those digests in name order). The signature is Ed25519
 DSSE pre-authentication encoding (PAE). Keys are PEM: PKCS8 private, SubjectPublicKeyInfo
 public. See SECURITY.md for how this maps onto model-signing's own verifier.
 """
+
 from __future__ import annotations
 
 import base64
@@ -97,11 +98,11 @@ def generate_keypair(out_prefix: str | Path, password: bytes | None = None) -> t
         if p.exists():
             raise _fail("refusing to overwrite an existing key file", p)
     key = Ed25519PrivateKey.generate()
-    encryption = (serialization.BestAvailableEncryption(password) if password
-                  else serialization.NoEncryption())
+    encryption = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
     private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
-    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     private_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never world-readable, not even briefly
     with os.fdopen(fd, "wb") as f:
@@ -175,8 +176,11 @@ def _signed_paths(run_root: Path, lock: Lock) -> list[str]:
         paths.add(e.native_file)
         folder = folders.get(e.key)
         if folder is None:
-            raise _fail(f"lock entry target={e.target!r} family={e.family!r} view={e.view!r} has no model "
-                        "folder in the run; refusing to sign", run_root / e.native_file)
+            raise _fail(
+                f"lock entry target={e.target!r} family={e.family!r} view={e.view!r} has no model "
+                "folder in the run; refusing to sign",
+                run_root / e.native_file,
+            )
         paths.add((folder / artifacts.META_FILE).relative_to(run_root).as_posix())
         if e.onnx_file:
             paths.add(e.onnx_file)
@@ -198,8 +202,7 @@ def _hash_confined(run_root: Path, rel: str) -> str:
     return sha256_file(path)
 
 
-def sign_run(run_root: str | Path, private_key: str | Path | Ed25519PrivateKey,
-             password: bytes | None = None) -> Path:
+def sign_run(run_root: str | Path, private_key: str | Path | Ed25519PrivateKey, password: bytes | None = None) -> Path:
     """Sign a converted run: write ``fastinfer.lock.sig`` atomically; returns its path.
 
     Refuses (``SignatureError`` naming the file) when a file no longer matches the sha256 the
@@ -226,8 +229,12 @@ def sign_run(run_root: str | Path, private_key: str | Path | Ed25519PrivateKey,
         "subject": [{"name": root.name, "digest": {"sha256": _root_digest(resources)}}],
         "predicateType": PREDICATE_TYPE,
         "predicate": {
-            "serialization": {"method": "files", "hash_type": "sha256", "allow_symlinks": False,
-                              "ignore_paths": [SIG_FILE]},
+            "serialization": {
+                "method": "files",
+                "hash_type": "sha256",
+                "allow_symlinks": False,
+                "ignore_paths": [SIG_FILE],
+            },
             "resources": resources,
         },
     }

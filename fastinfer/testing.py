@@ -6,11 +6,13 @@ sets ``model.joblib``, Keras ``model.keras``. Meta carries the sorted ``feature_
 the training-order ``feature_names``, the sha256 ``model_checksum``, ``interval_minutes``
 and, for sequence models, ``sequence_length``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,13 +40,21 @@ SMALL = TrainSize()
 
 
 def _lgbm_params(size: TrainSize, seed: int) -> dict:
-    return dict(n_estimators=size.trees, num_leaves=size.leaves, learning_rate=0.1, min_child_samples=5,
-                random_state=seed, n_jobs=1, verbose=-1)
+    return dict(
+        n_estimators=size.trees,
+        num_leaves=size.leaves,
+        learning_rate=0.1,
+        min_child_samples=5,
+        random_state=seed,
+        n_jobs=1,
+        verbose=-1,
+    )
 
 
 # ------------------------------------------------------------------ trainers
 # Each takes (X, y, size, seed) with X a DataFrame in training column order (2-D families)
 # or a float32 (N, T, F) array (sequence families); returns (file name, writer(path)).
+
 
 def _train_lightgbm(X, y, size, seed):
     import lightgbm
@@ -56,16 +66,18 @@ def _train_lightgbm(X, y, size, seed):
 def _train_xgboost(X, y, size, seed):
     import xgboost
 
-    model = xgboost.XGBRegressor(n_estimators=size.trees, max_depth=size.depth, learning_rate=0.1,
-                                 random_state=seed, n_jobs=1).fit(X, y)
+    model = xgboost.XGBRegressor(
+        n_estimators=size.trees, max_depth=size.depth, learning_rate=0.1, random_state=seed, n_jobs=1
+    ).fit(X, y)
     return fam.XGBOOST_JSON, lambda p: model.save_model(str(p))
 
 
 def _train_catboost(X, y, size, seed):
     import catboost
 
-    model = catboost.CatBoostRegressor(iterations=size.trees, depth=size.depth, random_seed=seed, verbose=0,
-                                       thread_count=1, allow_writing_files=False).fit(X, y)
+    model = catboost.CatBoostRegressor(
+        iterations=size.trees, depth=size.depth, random_seed=seed, verbose=0, thread_count=1, allow_writing_files=False
+    ).fit(X, y)
     return fam.CATBOOST_CBM, lambda p: model.save_model(str(p), format="cbm")
 
 
@@ -78,6 +90,7 @@ def _joblib(model):
 def _sklearn(factory):
     def train(X, y, size, seed):
         return _joblib(factory(size, seed).fit(X, y))
+
     return train
 
 
@@ -85,8 +98,10 @@ def _forest(cls_name):
     def factory(size, seed):
         import sklearn.ensemble
 
-        return getattr(sklearn.ensemble, cls_name)(n_estimators=max(5, size.trees // 2), max_depth=size.depth + 2,
-                                                   random_state=seed, n_jobs=1)
+        return getattr(sklearn.ensemble, cls_name)(
+            n_estimators=max(5, size.trees // 2), max_depth=size.depth + 2, random_state=seed, n_jobs=1
+        )
+
     return factory
 
 
@@ -95,6 +110,7 @@ def _linear(cls_name, **kwargs):
         import sklearn.linear_model
 
         return getattr(sklearn.linear_model, cls_name)(**kwargs)
+
     return factory
 
 
@@ -108,8 +124,9 @@ def _train_ngboost(X, y, size, seed):
 def _train_quantile_lightgbm(X, y, size, seed):
     import lightgbm
 
-    models = [lightgbm.LGBMRegressor(objective="quantile", alpha=q, **_lgbm_params(size, seed)).fit(X, y)
-              for q in QUANTILES]
+    models = [
+        lightgbm.LGBMRegressor(objective="quantile", alpha=q, **_lgbm_params(size, seed)).fit(X, y) for q in QUANTILES
+    ]
     return _joblib({"quantiles": list(QUANTILES), "models": models})
 
 
@@ -118,9 +135,11 @@ def _base_estimators(size, seed):
     from sklearn.ensemble import ExtraTreesRegressor
     from sklearn.linear_model import Ridge
 
-    return [("lightgbm", lightgbm.LGBMRegressor(**_lgbm_params(size, seed))),
-            ("ridge", Ridge(alpha=1.0)),
-            ("extra_trees", ExtraTreesRegressor(n_estimators=10, max_depth=size.depth + 2, random_state=seed, n_jobs=1))]
+    return [
+        ("lightgbm", lightgbm.LGBMRegressor(**_lgbm_params(size, seed))),
+        ("ridge", Ridge(alpha=1.0)),
+        ("extra_trees", ExtraTreesRegressor(n_estimators=10, max_depth=size.depth + 2, random_state=seed, n_jobs=1)),
+    ]
 
 
 def _train_ensemble(X, y, size, seed):
@@ -183,11 +202,11 @@ def _keras_trainer(name: str):
         standardised = keras.layers.Dense(1)(build(scale(inputs)))
         core = keras.Model(inputs, standardised)
         core.compile(optimizer="adam", loss="mse")
-        core.fit(data, ((target - y_mean) / y_std).astype(np.float32), epochs=size.epochs, batch_size=64,
-                 verbose=0)
+        core.fit(data, ((target - y_mean) / y_std).astype(np.float32), epochs=size.epochs, batch_size=64, verbose=0)
         unscale = keras.layers.Rescaling(scale=y_std, offset=y_mean, name="to_target_units")
         model = keras.Model(inputs, unscale(standardised), name=name)  # shares core's trained layers
         return fam.KERAS, lambda p: model.save(str(p))
+
     return train
 
 
@@ -220,8 +239,15 @@ def family_dir_name(family: fam.Family, style: str) -> str:
     """``family=lightgbm`` (TRAINING's style) or ``family=LightGBM`` (the spec's examples)."""
     if style == "canonical":
         return family.name
-    display = {"lightgbm": "LightGBM", "xgboost": "XGBoost", "catboost": "CatBoost", "mlp": "MLP",
-               "lstm": "LSTM", "cnn1d": "CNN1D", "ngboost": "NGBoost"}
+    display = {
+        "lightgbm": "LightGBM",
+        "xgboost": "XGBoost",
+        "catboost": "CatBoost",
+        "mlp": "MLP",
+        "lstm": "LSTM",
+        "cnn1d": "CNN1D",
+        "ngboost": "NGBoost",
+    }
     return display.get(family.name, "".join(part.capitalize() for part in family.name.split("_")))
 
 
@@ -259,21 +285,23 @@ def write_training_run(
             family = fam.resolve(name)
             if family.sequential:
                 X = windows(values, sequence_length)
-                Y = y[sequence_length - 1:]
-                keep = ok[sequence_length - 1:]
+                Y = y[sequence_length - 1 :]
+                keep = ok[sequence_length - 1 :]
                 X, Y = X[keep], Y[keep]
                 view = artifacts.SEQUENTIAL
             else:
                 X, Y, view = features[ok], y[ok], artifacts.CROSS_SECTIONAL
             file_name, save = TRAINERS[family.name](X, Y, size, seed)
-            folder = root / "targets" / target / "models" / f"view={view}" / f"family={family_dir_name(family, dir_style)}"
+            folder = (
+                root / "targets" / target / "models" / f"view={view}" / f"family={family_dir_name(family, dir_style)}"
+            )
             folder.mkdir(parents=True, exist_ok=True)
             save(folder / file_name)
             meta = {
                 "family": family_dir_name(family, dir_style),
                 "feature_list": sorted(training_order),
                 "feature_names": training_order,
-                "metrics": {"n_train": int(len(Y))},
+                "metrics": {"n_train": len(Y)},
                 "model_checksum": sha256_file(folder / file_name),
                 "interval_minutes": interval_minutes,
             }
@@ -291,17 +319,19 @@ def write_training_run(
     return root
 
 
-def synthetic_features(n_rows: int = 400, n_features: int = 8, seed: int = 0) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+def synthetic_features(
+    n_rows: int = 400, n_features: int = 8, seed: int = 0
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Deterministic features (training column order deliberately not alphabetical) and three targets."""
     rng = np.random.default_rng(seed)
     names = [f"feat_{c}" for c in "hcaegbfd"[:n_features]] + [f"feat_x{i}" for i in range(max(0, n_features - 8))]
     X = pd.DataFrame(rng.standard_normal((n_rows, n_features)), columns=names)
     base = X.iloc[:, 0] * 0.5 - X.iloc[:, 1] * 0.3 + np.tanh(X.iloc[:, 2])
-    targets = {f"fwd_ret_{h}": (base * (1 + 0.2 * i) + rng.standard_normal(n_rows) * 0.1).to_numpy()
-               for i, h in enumerate(("5m", "15m", "60m"))}
+    targets = {
+        f"fwd_ret_{h}": (base * (1 + 0.2 * i) + rng.standard_normal(n_rows) * 0.1).to_numpy()
+        for i, h in enumerate(("5m", "15m", "60m"))
+    }
     return X, targets
-
-
 
 
 # ------------------------------------------------------------------ runs trained on market data
@@ -309,11 +339,15 @@ def synthetic_features(n_rows: int = 400, n_features: int = 8, seed: int = 0) ->
 
 def horizon_label(bars: int, interval_minutes: float) -> str:
     """``fwd_ret_{label}``: days for daily bars, minutes otherwise (the spec's ``fwd_ret_15m``)."""
-    return f"{bars}d" if interval_minutes == 1440 else f"{int(round(bars * interval_minutes))}m"
+    return f"{bars}d" if interval_minutes == 1440 else f"{round(bars * interval_minutes)}m"
 
 
-def market_dataset(ohlcv: pd.DataFrame, horizons: tuple[int, ...], interval_minutes: float,
-                   feature_names: tuple[str, ...] | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+def market_dataset(
+    ohlcv: pd.DataFrame,
+    horizons: tuple[int, ...],
+    interval_minutes: float,
+    feature_names: tuple[str, ...] | None = None,
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Features of every bar (rows where all are defined) and forward returns per horizon.
 
     Features come from ``FeatureBuilder`` in its default (non-alphabetical) order, so the
@@ -324,14 +358,23 @@ def market_dataset(ohlcv: pd.DataFrame, horizons: tuple[int, ...], interval_minu
     frame = FeatureBuilder(feature_names).frame(ohlcv)
     close = pd.Series(ohlcv_arrays(ohlcv)["close"], index=ohlcv.index).loc[frame.index]
     keep = frame.notna().all(axis=1).to_numpy()
-    targets = {f"fwd_ret_{horizon_label(h, interval_minutes)}": (close.shift(-h) / close - 1.0).to_numpy()[keep]
-               for h in horizons}
+    targets = {
+        f"fwd_ret_{horizon_label(h, interval_minutes)}": (close.shift(-h) / close - 1.0).to_numpy()[keep]
+        for h in horizons
+    }
     return frame[keep], targets
 
 
-def write_market_run(out_dir: str | Path, ohlcv: pd.DataFrame, families: list[str], *,
-                     horizons: tuple[int, ...] = (1, 5, 10), interval_minutes: float = 1440.0,
-                     feature_names: tuple[str, ...] | None = None, **kwargs: Any) -> Path:
+def write_market_run(
+    out_dir: str | Path,
+    ohlcv: pd.DataFrame,
+    families: list[str],
+    *,
+    horizons: tuple[int, ...] = (1, 5, 10),
+    interval_minutes: float = 1440.0,
+    feature_names: tuple[str, ...] | None = None,
+    **kwargs: Any,
+) -> Path:
     """Train ``families`` on features and forward returns of real bars; returns the run root."""
     X, targets = market_dataset(ohlcv, horizons, interval_minutes, feature_names)
     return write_training_run(out_dir, X, targets, families, interval_minutes=interval_minutes, **kwargs)

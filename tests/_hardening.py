@@ -5,6 +5,7 @@ test therefore counts one case per parameter); hypothesis properties call ``exam
 at the top of their body, so every example hypothesis runs (shrinking included) is counted.
 ``tests/conftest.py`` prints the table in ``pytest_terminal_summary``.
 """
+
 from __future__ import annotations
 
 from collections import Counter

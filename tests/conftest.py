@@ -1,4 +1,5 @@
 """Session fixtures: real small models of every family, trained once per test session."""
+
 from __future__ import annotations
 
 import os
@@ -71,8 +72,9 @@ def market_run(tmp_path_factory, goog):
     """3 horizons × LightGBM, XGBoost, Ridge, MLP, LSTM trained on real GOOG daily bars, compiled."""
     from fastinfer.compiler import compile_run
 
-    root = testing.write_market_run(tmp_path_factory.mktemp("market"), goog.iloc[:MARKET_TRAIN_BARS],
-                                    MARKET_FAMILIES, sequence_length=10)
+    root = testing.write_market_run(
+        tmp_path_factory.mktemp("market"), goog.iloc[:MARKET_TRAIN_BARS], MARKET_FAMILIES, sequence_length=10
+    )
     compile_run(root)
     return root
 

@@ -1,10 +1,11 @@
 """SeqBufferManager: the spec's API, many symbols, readiness, bad rows, bar-time TTL, state files."""
+
 from __future__ import annotations
 
 import json
 import os
 import tracemalloc
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,9 @@ from fastinfer.errors import InferenceError, StateError
 def reference(rows: list[np.ndarray], t: int, padding: str) -> np.ndarray:
     kept = np.array(rows[-t:], dtype=np.float32)
     npad = t - len(kept)
-    front = np.repeat(kept[:1], npad, axis=0) if padding == "repeat_first" else np.zeros((npad, kept.shape[1]), np.float32)
+    front = (
+        np.repeat(kept[:1], npad, axis=0) if padding == "repeat_first" else np.zeros((npad, kept.shape[1]), np.float32)
+    )
     return np.concatenate([front, kept])[None]
 
 
@@ -101,7 +104,7 @@ def test_batch_push_and_get_equal_per_symbol():
     names = [f"S{i}" for i in range(7)]
     batch = SeqBufferManager(5, 3, symbols=names)
     single = SeqBufferManager(5, 3, symbols=names)
-    for bar in range(23):
+    for _bar in range(23):
         block = rng.standard_normal((7, 3))
         batch.push_all(block)
         for name, row in zip(names, block):
@@ -133,7 +136,7 @@ def test_symbols_register_on_first_push_and_growth_keeps_data():
         rows[name] = rng.standard_normal((3, 2)).astype(np.float32)
         for row in rows[name]:
             buffer.push(name, row)
-    assert buffer.symbols == ["A"] + list(rows) and buffer.index("N5") == 6
+    assert buffer.symbols == ["A", *list(rows)] and buffer.index("N5") == 6
     for name, r in rows.items():
         np.testing.assert_array_equal(buffer.get_sequence(name)[0, 1:], r)
     assert buffer.count("A") == 0 and buffer.get_sequence(6).tobytes() == buffer.get_sequence("N5").tobytes()
@@ -223,7 +226,7 @@ def test_timestamps_timezone_aware_pandas_numpy_and_int_agree():
     ns = 1_583_143_200_000_000_000  # 2020-03-02 10:00 UTC
     new_york = timezone(timedelta(hours=-5))
     stamps = [
-        datetime(2020, 3, 2, 10, tzinfo=timezone.utc),
+        datetime(2020, 3, 2, 10, tzinfo=UTC),
         datetime(2020, 3, 2, 5, tzinfo=new_york),
         datetime(2020, 3, 2, 10),  # naive = UTC
         pd.Timestamp("2020-03-02 05:00", tz="America/New_York"),
@@ -238,13 +241,21 @@ def test_timestamps_timezone_aware_pandas_numpy_and_int_agree():
             timestamp_ns(bad)
     buffer = SeqBufferManager(3, 1, "X", ttl=pd.Timedelta(minutes=30))
     buffer.push([1.0], timestamp=stamps[3])
-    buffer.push([2.0], timestamp=datetime(2020, 3, 2, 10, 29, tzinfo=timezone.utc))
+    buffer.push([2.0], timestamp=datetime(2020, 3, 2, 10, 29, tzinfo=UTC))
     assert buffer.count() == 2 and buffer.ttl == timedelta(minutes=30)
 
 
-OUT_OF_RANGE = [10**30, 2**63, -(2**63) - 5, datetime(3000, 1, 1), datetime(1, 1, 1),
-                datetime(9999, 12, 31, tzinfo=timezone(timedelta(hours=-5))),
-                np.datetime64("3000-01-01"), np.datetime64("1500-01-01", "s"), np.datetime64(10**9, "Y")]
+OUT_OF_RANGE = [
+    10**30,
+    2**63,
+    -(2**63) - 5,
+    datetime(3000, 1, 1),
+    datetime(1, 1, 1),
+    datetime(9999, 12, 31, tzinfo=timezone(timedelta(hours=-5))),
+    np.datetime64("3000-01-01"),
+    np.datetime64("1500-01-01", "s"),
+    np.datetime64(10**9, "Y"),
+]
 
 
 @pytest.mark.parametrize("ts", OUT_OF_RANGE, ids=repr)
@@ -256,8 +267,13 @@ def test_timestamp_outside_int64_ns_is_an_inference_error_not_a_wrapped_value(ts
     buffer = SeqBufferManager(3, 1, "X", ttl=3600)
     buffer.push([1.0], timestamp=10**18)
     before = buffer.to_dict()
-    for call in (lambda: buffer.push([2.0], timestamp=ts), lambda: buffer.push_all(np.ones((1, 1)), timestamp=ts),
-                 lambda: buffer.check_timestamp(ts), lambda: buffer.ready_mask(ts), lambda: buffer.expire(ts)):
+    for call in (
+        lambda: buffer.push([2.0], timestamp=ts),
+        lambda: buffer.push_all(np.ones((1, 1)), timestamp=ts),
+        lambda: buffer.check_timestamp(ts),
+        lambda: buffer.ready_mask(ts),
+        lambda: buffer.expire(ts),
+    ):
         with pytest.raises(InferenceError):
             call()
     assert buffer.to_dict() == before
@@ -266,8 +282,9 @@ def test_timestamp_outside_int64_ns_is_an_inference_error_not_a_wrapped_value(ts
 def test_datetime64_of_any_unit_converts_exactly():
     ns = 1_583_143_200_000_000_000  # 2020-03-02 10:00 UTC
     for unit in ("D", "h", "m", "s", "ms", "us", "ns"):
-        assert timestamp_ns(np.datetime64("2020-03-02T10:00").astype(f"datetime64[{unit}]")) == \
-            (ns if unit != "D" else ns - 10 * 3_600 * 10**9)
+        assert timestamp_ns(np.datetime64("2020-03-02T10:00").astype(f"datetime64[{unit}]")) == (
+            ns if unit != "D" else ns - 10 * 3_600 * 10**9
+        )
     assert timestamp_ns(np.datetime64("2020-03")) == timestamp_ns(datetime(2020, 3, 1))
     assert timestamp_ns(np.datetime64("2262-04-11T23:47:16.854775807")) == 2**63 - 1  # the last one
     assert timestamp_ns(np.datetime64(1_500_999, "ps")) == 1_500  # finer than ns: truncated
@@ -313,7 +330,12 @@ def test_to_dict_from_dict_round_trip_exact():
     restored = SeqBufferManager.from_dict(json.loads(text))
     assert restored.to_dict() == state
     np.testing.assert_array_equal(restored.get_batch(["A", "B", "C"]), buffer.get_batch(["A", "B", "C"]))
-    assert (restored.symbols, restored.warmup_bars, restored.padding, restored.ttl_ns) == (["A", "B", "C"], 2, "zeros", 3600 * 10**9)
+    assert (restored.symbols, restored.warmup_bars, restored.padding, restored.ttl_ns) == (
+        ["A", "B", "C"],
+        2,
+        "zeros",
+        3600 * 10**9,
+    )
     assert restored.last_timestamp("A") == 7 * 10**9 and restored.last_timestamp("C") is None
     assert restored.count("B") == 3
     # Future pushes behave identically after the restore.

@@ -1,4 +1,5 @@
 """The CLI through its real entry point (click's runner): outputs and exit codes."""
+
 from __future__ import annotations
 
 import json
@@ -41,9 +42,11 @@ def test_predict_from_csv(runner, market_run, goog, tmp_path):
     csv = tmp_path / "goog.csv"
     goog.iloc[1000:1120].to_csv(csv)
     out = tmp_path / "pred.csv"
-    result = runner.invoke(main, ["predict", str(market_run), "--ohlcv", str(csv), "--interval", "1440", "--out", str(out)])
+    result = runner.invoke(
+        main, ["predict", str(market_run), "--ohlcv", str(csv), "--interval", "1440", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output[result.output.index("{"):])
+    report = json.loads(result.output[result.output.index("{") :])
     assert report["bars"] == 120 and set(report["predictions"]) == {"1d", "5d", "10d"}
     assert all(v is not None for h in report["predictions"].values() for v in h.values())  # warmed up: no NaN
     assert out.read_text().count("\n") == 121
@@ -85,16 +88,21 @@ def test_debug_shows_the_traceback(runner, tmp_path):
 
 
 def test_predict_missing_ohlcv_file(runner, market_run, tmp_path):
-    result = runner.invoke(main, ["predict", str(market_run), "--ohlcv", str(tmp_path / "none.csv"), "--interval", "1440"])
+    result = runner.invoke(
+        main, ["predict", str(market_run), "--ohlcv", str(tmp_path / "none.csv"), "--interval", "1440"]
+    )
     assert result.exit_code == 2 and _one_line_error(result) and "no such file" in result.output
 
 
-@pytest.mark.parametrize("content,match", [
-    ("open,high,low,close\n1,2,0.5,1.5\n", "missing column(s) ['volume']"),
-    ('open,high\n"1,2\n', "cannot read bars"),
-    ("open,high,low,close,volume\n1,2,0.5,x,10\n", "'close' is not numeric"),
-    ("", "cannot read bars"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ("open,high,low,close\n1,2,0.5,1.5\n", "missing column(s) ['volume']"),
+        ('open,high\n"1,2\n', "cannot read bars"),
+        ("open,high,low,close,volume\n1,2,0.5,x,10\n", "'close' is not numeric"),
+        ("", "cannot read bars"),
+    ],
+)
 def test_predict_bad_csv_is_one_line(runner, market_run, tmp_path, content, match):
     csv = tmp_path / "bad.csv"
     csv.write_text(content)
@@ -110,8 +118,9 @@ def test_predict_column_names_in_any_case(runner, market_run, goog, tmp_path, re
     bars.rename(columns=rename).to_csv(renamed)
     outputs = []
     for path in (original, renamed):
-        result = runner.invoke(main, ["predict", str(market_run), "--ohlcv", str(path), "--interval", "1440",
-                                      "--symbol", "GOOG"])
+        result = runner.invoke(
+            main, ["predict", str(market_run), "--ohlcv", str(path), "--interval", "1440", "--symbol", "GOOG"]
+        )
         assert result.exit_code == 0, result.output
         outputs.append(json.loads(result.output))
     assert outputs[0] == outputs[1]
@@ -139,8 +148,10 @@ def test_predict_from_parquet(runner, market_run, goog, tmp_path):
     goog.iloc[1000:1100].to_parquet(path)
     csv = tmp_path / "goog.csv"
     goog.iloc[1000:1100].to_csv(csv)
-    results = [runner.invoke(main, ["predict", str(market_run), "--ohlcv", str(p), "--interval", "1440", "--symbol", "G"])
-               for p in (path, csv)]
+    results = [
+        runner.invoke(main, ["predict", str(market_run), "--ohlcv", str(p), "--interval", "1440", "--symbol", "G"])
+        for p in (path, csv)
+    ]
     assert all(r.exit_code == 0 for r in results), [r.output for r in results]
     assert json.loads(results[0].output) == json.loads(results[1].output)
 
@@ -152,8 +163,20 @@ def test_predict_from_parquet(runner, market_run, goog, tmp_path):
 def bench_run(tmp_path_factory):
     """One tiny real benchmark group (features, one symbol: fastinfer vs pandas vs TA-Lib), run through the CLI."""
     out = tmp_path_factory.mktemp("bench")
-    result = CliRunner().invoke(main, ["bench", "--out", str(out), "-k", "features_one_symbol", "--",
-                                       "--benchmark-max-time=0.02", "--benchmark-min-rounds=3", "-q"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            "--out",
+            str(out),
+            "-k",
+            "features_one_symbol",
+            "--",
+            "--benchmark-max-time=0.02",
+            "--benchmark-min-rounds=3",
+            "-q",
+        ],
+    )
     return result, out
 
 
@@ -192,17 +215,20 @@ def test_bench_no_match_is_an_error(runner, tmp_path):
     assert result.exit_code == 2 and "no benchmark matched" in result.output
 
 
-@pytest.mark.parametrize("group,baseline,target", [
-    ("one-symbol-bar", "seed path (pandas + native predict)", ("P1a", 1000.0)),
-    ("one-symbol-bar-vs-peer", "TA-Lib + one ORT session per model", ("P1b", 3.0)),
-    ("P2 lightgbm 500 trees, 1 row", "onnxruntime", ("P2", 3.0)),
-    ("P2 xgboost 500 trees, 512 rows", "onnxruntime", ("P2", 2.0)),
-    ("P2 xgboost 500 trees, 512 rows", "native", None),
-    ("500-symbols-bar", "per-symbol loop of fastinfer", ("P3", 20.0)),
-    ("P4 features, 500 symbols per bar", "test_features_500_symbols[pandas]", ("P4", 1000.0)),
-    ("P4 features, 500 symbols per bar", "test_features_500_symbols[talib]", ("P4", 50.0)),
-    ("fused-vs-sessions", "per-model", None),
-])
+@pytest.mark.parametrize(
+    "group,baseline,target",
+    [
+        ("one-symbol-bar", "seed path (pandas + native predict)", ("P1a", 1000.0)),
+        ("one-symbol-bar-vs-peer", "TA-Lib + one ORT session per model", ("P1b", 3.0)),
+        ("P2 lightgbm 500 trees, 1 row", "onnxruntime", ("P2", 3.0)),
+        ("P2 xgboost 500 trees, 512 rows", "onnxruntime", ("P2", 2.0)),
+        ("P2 xgboost 500 trees, 512 rows", "native", None),
+        ("500-symbols-bar", "per-symbol loop of fastinfer", ("P3", 20.0)),
+        ("P4 features, 500 symbols per bar", "test_features_500_symbols[pandas]", ("P4", 1000.0)),
+        ("P4 features, 500 symbols per bar", "test_features_500_symbols[talib]", ("P4", 50.0)),
+        ("fused-vs-sessions", "per-model", None),
+    ],
+)
 def test_bench_targets_map_to_targets_md(group, baseline, target):
     from fastinfer.bench import target_for
 
@@ -236,15 +262,16 @@ def test_unset_password_variable_is_a_usage_error(runner, compiled_copy, tmp_pat
     monkeypatch.delenv("FASTINFER_TEST_KEY_PASSWORD", raising=False)
     ok = runner.invoke(main, ["keygen", str(tmp_path / "k")])  # control: no password asked for
     assert ok.exit_code == 0, ok.output
-    args = ([str(tmp_path / "k2")] if command == "keygen"
-            else [str(compiled_copy), "--key", str(tmp_path / "k.key")])
+    args = [str(tmp_path / "k2")] if command == "keygen" else [str(compiled_copy), "--key", str(tmp_path / "k.key")]
     result = runner.invoke(main, [command, *args, "--password-env", "FASTINFER_TEST_KEY_PASSWORD"])
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
     assert "FASTINFER_TEST_KEY_PASSWORD" in result.output and "is not set" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "k2.key").exists()
     monkeypatch.setenv("FASTINFER_TEST_KEY_PASSWORD", "s3cret")  # control: set, it is used
-    assert runner.invoke(main, ["keygen", str(tmp_path / "k3"), "--password-env",
-                                "FASTINFER_TEST_KEY_PASSWORD"]).exit_code == 0
+    assert (
+        runner.invoke(main, ["keygen", str(tmp_path / "k3"), "--password-env", "FASTINFER_TEST_KEY_PASSWORD"]).exit_code
+        == 0
+    )
     assert b"ENCRYPTED" in (tmp_path / "k3.key").read_bytes()
 
 
@@ -257,7 +284,7 @@ def signed_market(tmp_path, market_run):
 
     root = tmp_path / "run" / market_run.name
     shutil.copytree(market_run, root)
-    private, public = signing.generate_keypair(tmp_path / "keys" / "release")
+    private, _public = signing.generate_keypair(tmp_path / "keys" / "release")
     signing.sign_run(root, private)
     config = tmp_path / "keys" / "live.yaml"
     config.write_text("models:\n  verify_signature: true\n  trusted_public_key: release.pub\n")
@@ -271,7 +298,7 @@ def test_config_turns_on_signature_checking_for_predict_and_verify(runner, signe
     predict = ["predict", str(root), "--ohlcv", str(csv), "--interval", "1440"]
     ok = runner.invoke(main, [*predict, "--config", str(config)])
     assert ok.exit_code == 0, ok.output
-    assert json.loads(ok.output[ok.output.index("{"):])["bars"] == 60
+    assert json.loads(ok.output[ok.output.index("{") :])["bars"] == 60
     ok = runner.invoke(main, ["verify", str(root), "--config", str(config)])
     assert ok.exit_code == 0 and "0 problem(s)" in ok.output, ok.output
     meta = root / "targets" / "fwd_ret_1d" / "models" / "view=CROSS_SECTIONAL" / "family=ridge" / "model_meta.json"

@@ -1,4 +1,5 @@
 """Compiling a run: lock file, ONNX serving through ModelLoader, tampering, staleness, fallbacks."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,8 @@ from fastinfer.compiler import compile_run
 from fastinfer.converters import parity
 from fastinfer.errors import IntegrityError, ModelLoadError, StateError
 from fastinfer.integrity import sha256_file
-from fastinfer.lock import LOCK_FILE, read_lock
 from fastinfer.loader import ModelLoader
+from fastinfer.lock import LOCK_FILE, read_lock
 
 from ._hardening import hostile
 from .conftest import ALL_FAMILIES, TARGET
@@ -82,8 +83,9 @@ def test_tampered_onnx_strict_refuses_non_strict_falls_back(compiled_copy, caplo
 def test_stale_lock_serves_native(compiled_copy, synthetic, caplog):
     X, targets = synthetic
     # Retrain ridge in place: new file, new checksum in meta, lock still holds the old one.
-    fresh = testing.write_training_run(compiled_copy.parent.parent / "retrain", X.iloc[:200],
-                                       {TARGET: targets[TARGET][:200]}, ["ridge"])
+    fresh = testing.write_training_run(
+        compiled_copy.parent.parent / "retrain", X.iloc[:200], {TARGET: targets[TARGET][:200]}, ["ridge"]
+    )
     shutil.copy(_dir(fresh, "ridge") / "model.joblib", _dir(compiled_copy, "ridge") / "model.joblib")
     shutil.copy(_dir(fresh, "ridge") / "model_meta.json", _dir(compiled_copy, "ridge") / "model_meta.json")
     with caplog.at_level("WARNING"):
@@ -96,11 +98,14 @@ def test_missing_lock_serves_native(compiled_copy):
     assert ModelLoader(compiled_copy).load(TARGET, "lightgbm").backend == "native"
 
 
-@pytest.mark.parametrize("content,match", [
-    ("{", "not valid JSON"),
-    ('{"version": 99, "entries": []}', "not a version-1 fastinfer lock"),
-    ('{"version": 1, "entries": [{"target": 1}]}', "entries\\[0\\]"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ("{", "not valid JSON"),
+        ('{"version": 99, "entries": []}', "not a version-1 fastinfer lock"),
+        ('{"version": 1, "entries": [{"target": 1}]}', "entries\\[0\\]"),
+    ],
+)
 def test_corrupt_lock_is_a_state_error(compiled_copy, content, match):
     hostile("lock JSON", f"corrupt lock {content!r:.40}")
     (compiled_copy / LOCK_FILE).write_text(content)
@@ -133,10 +138,13 @@ def test_external_data_graph_is_refused(compiled_copy):
     tensor = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[8, 1])
     tensor.data_location = TensorProto.EXTERNAL
     tensor.external_data.add(key="location", value="../../../../etc/passwd")
-    graph = helper.make_graph([helper.make_node("MatMul", ["features", "w"], ["prediction"])], "g",
-                              [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 8])],
-                              [helper.make_tensor_value_info("prediction", TensorProto.FLOAT, ["N", 1])],
-                              initializer=[tensor])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["features", "w"], ["prediction"])],
+        "g",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("prediction", TensorProto.FLOAT, ["N", 1])],
+        initializer=[tensor],
+    )
     _relock(compiled_copy, "ridge", helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     with pytest.raises(ModelLoadError, match="graph refused.*external"):
         ModelLoader(compiled_copy).load(TARGET, "ridge")
@@ -144,9 +152,12 @@ def test_external_data_graph_is_refused(compiled_copy):
 
 def test_custom_domain_graph_is_refused(compiled_copy):
     hostile("ONNX graph", "custom operator domain com.evil")
-    graph = helper.make_graph([helper.make_node("Evil", ["features"], ["prediction"], domain="com.evil")], "g",
-                              [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 8])],
-                              [helper.make_tensor_value_info("prediction", TensorProto.FLOAT, ["N", 1])])
+    graph = helper.make_graph(
+        [helper.make_node("Evil", ["features"], ["prediction"], domain="com.evil")],
+        "g",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("prediction", TensorProto.FLOAT, ["N", 1])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.evil", 1)])
     _relock(compiled_copy, "ridge", model)
     with pytest.raises(ModelLoadError, match="graph refused.*com.evil"):

@@ -3,6 +3,7 @@
 Models are small, seeded and trained here (session-scoped); TensorFlow and tf2onnx are
 imported once, by the ``keras_models`` fixture.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -48,8 +49,7 @@ def tabular_models(data):
     import xgboost
     from catboost import CatBoostRegressor
     from ngboost import NGBRegressor
-    from sklearn.ensemble import (ExtraTreesRegressor, RandomForestRegressor, StackingRegressor,
-                                  VotingRegressor)
+    from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor, StackingRegressor, VotingRegressor
     from sklearn.linear_model import ElasticNet, Lasso, LinearRegression, Ridge
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -76,26 +76,40 @@ def tabular_models(data):
         "elastic_net": ElasticNet(alpha=0.01, l1_ratio=0.5).fit(X, y),
         "linear_regression": LinearRegression().fit(X, y),
         "ridge_pipeline": make_pipeline(StandardScaler(), Ridge(alpha=1.0)).fit(X, y),
-        "ngboost": NGBRegressor(n_estimators=40, col_sample=0.7, minibatch_frac=0.8, verbose=False,
-                                random_state=0).fit(X, y),
-        "quantile_lightgbm": {"quantiles": [0.1, 0.5, 0.9], "models": [
-            lightgbm.LGBMRegressor(objective="quantile", alpha=q, **{**lgb, "n_estimators": 25}).fit(Xn, yn)
-            for q in (0.1, 0.5, 0.9)]},
-        "ensemble": VotingRegressor([
-            ("lgb", lightgbm.LGBMRegressor(**{**lgb, "n_estimators": 20})),
-            ("xgb", xgboost.XGBRegressor(n_estimators=20, max_depth=3, random_state=0)),
-            ("ridge", Ridge()),
-            ("rf", RandomForestRegressor(10, max_depth=5, random_state=0, n_jobs=1))],
-            weights=[0.4, 0.3, 0.2, 0.1]).fit(X, y),
-        "meta_learning": StackingRegressor([
-            ("lgb", lightgbm.LGBMRegressor(**{**lgb, "n_estimators": 20})),
-            ("ridge", Ridge()),
-            ("et", ExtraTreesRegressor(10, max_depth=5, random_state=0, n_jobs=1))],
-            final_estimator=Ridge(alpha=0.5), cv=3).fit(X, y),
-        "meta_learning_passthrough": StackingRegressor([
-            ("xgb", xgboost.XGBRegressor(n_estimators=15, max_depth=3, random_state=0)),
-            ("lasso", Lasso(alpha=0.01))],
-            final_estimator=LinearRegression(), passthrough=True, cv=3).fit(X, y),
+        "ngboost": NGBRegressor(n_estimators=40, col_sample=0.7, minibatch_frac=0.8, verbose=False, random_state=0).fit(
+            X, y
+        ),
+        "quantile_lightgbm": {
+            "quantiles": [0.1, 0.5, 0.9],
+            "models": [
+                lightgbm.LGBMRegressor(objective="quantile", alpha=q, **{**lgb, "n_estimators": 25}).fit(Xn, yn)
+                for q in (0.1, 0.5, 0.9)
+            ],
+        },
+        "ensemble": VotingRegressor(
+            [
+                ("lgb", lightgbm.LGBMRegressor(**{**lgb, "n_estimators": 20})),
+                ("xgb", xgboost.XGBRegressor(n_estimators=20, max_depth=3, random_state=0)),
+                ("ridge", Ridge()),
+                ("rf", RandomForestRegressor(10, max_depth=5, random_state=0, n_jobs=1)),
+            ],
+            weights=[0.4, 0.3, 0.2, 0.1],
+        ).fit(X, y),
+        "meta_learning": StackingRegressor(
+            [
+                ("lgb", lightgbm.LGBMRegressor(**{**lgb, "n_estimators": 20})),
+                ("ridge", Ridge()),
+                ("et", ExtraTreesRegressor(10, max_depth=5, random_state=0, n_jobs=1)),
+            ],
+            final_estimator=Ridge(alpha=0.5),
+            cv=3,
+        ).fit(X, y),
+        "meta_learning_passthrough": StackingRegressor(
+            [("xgb", xgboost.XGBRegressor(n_estimators=15, max_depth=3, random_state=0)), ("lasso", Lasso(alpha=0.01))],
+            final_estimator=LinearRegression(),
+            passthrough=True,
+            cv=3,
+        ).fit(X, y),
     }
     return models
 
@@ -132,8 +146,12 @@ def keras_models(data):
     transformer = keras.Model(inp, keras.layers.Dense(1)(keras.layers.GlobalAveragePooling1D()(h)))
 
     out = {}
-    for name, model, (xs, ys_) in [("mlp", mlp, (X, y)), ("cnn1d", cnn, (Xs, ys)), ("lstm", lstm, (Xs, ys)),
-                                   ("transformer", transformer, (Xs, ys))]:
+    for name, model, (xs, ys_) in [
+        ("mlp", mlp, (X, y)),
+        ("cnn1d", cnn, (Xs, ys)),
+        ("lstm", lstm, (Xs, ys)),
+        ("transformer", transformer, (Xs, ys)),
+    ]:
         model.compile(optimizer="adam", loss="mse")
         model.fit(xs, ys_, epochs=1, batch_size=64, verbose=0)
         out[name] = model
@@ -141,9 +159,24 @@ def keras_models(data):
 
 
 # case id -> (family name, fixture group)
-TABULAR = ["lightgbm", "lightgbm_sklearn", "xgboost", "catboost", "random_forest", "extra_trees", "ridge", "lasso",
-           "elastic_net", "linear_regression", "ridge_pipeline", "ngboost", "quantile_lightgbm", "ensemble",
-           "meta_learning", "meta_learning_passthrough"]
+TABULAR = [
+    "lightgbm",
+    "lightgbm_sklearn",
+    "xgboost",
+    "catboost",
+    "random_forest",
+    "extra_trees",
+    "ridge",
+    "lasso",
+    "elastic_net",
+    "linear_regression",
+    "ridge_pipeline",
+    "ngboost",
+    "quantile_lightgbm",
+    "ensemble",
+    "meta_learning",
+    "meta_learning_passthrough",
+]
 KERAS = ["mlp", "cnn1d", "lstm", "transformer"]
 FAMILY_OF = {"lightgbm_sklearn": "lightgbm", "ridge_pipeline": "ridge", "meta_learning_passthrough": "meta_learning"}
 K_OF = {"ngboost": 2, "quantile_lightgbm": 3}
@@ -174,7 +207,7 @@ def _dims(vi):
 
 @pytest.mark.parametrize("case", TABULAR + KERAS)
 def test_contract(case, converted):
-    native, graph = converted(case)
+    _native, graph = converted(case)
     family = _family(case)
     g = graph.model.graph
     assert [i.name for i in g.input] == ["features"] and [o.name for o in g.output] == ["prediction"]
@@ -209,9 +242,11 @@ def test_parity_on_probes_and_fresh_rows(case, converted, data):
         fresh = fresh / SCALES.astype(np.float32)
     report = check_parity(native, graph, fresh, family)
     assert report.passed, report.reason
-    print(f"\nPARITY {case}: tol={report.tolerance:g} probes(n={on_probes.n_rows}) max_abs={on_probes.max_abs:.3g} "
-          f"max_rel={on_probes.max_rel:.3g}; fresh(n={report.n_rows}) max_abs={report.max_abs:.3g} "
-          f"max_rel={report.max_rel:.3g}")
+    print(
+        f"\nPARITY {case}: tol={report.tolerance:g} probes(n={on_probes.n_rows}) max_abs={on_probes.max_abs:.3g} "
+        f"max_rel={on_probes.max_rel:.3g}; fresh(n={report.n_rows}) max_abs={report.max_abs:.3g} "
+        f"max_rel={report.max_rel:.3g}"
+    )
 
 
 def test_probes_are_deterministic_and_hit_thresholds(converted):
@@ -298,8 +333,12 @@ def test_registering_a_key_twice_is_refused():
 
 def _tiny_graph(**node_kwargs) -> onnx.ModelProto:
     node = helper.make_node("Identity", ["features"], ["prediction"], **node_kwargs)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 1])],
-                              [helper.make_tensor_value_info("prediction", TensorProto.FLOAT, ["N", 1])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 1])],
+        [helper.make_tensor_value_info("prediction", TensorProto.FLOAT, ["N", 1])],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -333,9 +372,11 @@ def test_failed_gate_is_a_report_not_an_exception(converted, tabular_models, dat
 
 
 def test_importing_converters_stays_lean():
-    code = ("import sys, fastinfer.converters as c, fastinfer.converters.parity; "
-            "heavy = [m for m in ('tensorflow', 'tf2onnx', 'skl2onnx', 'onnxmltools', 'lightgbm', 'sklearn') "
-            "if m in sys.modules]; print(heavy)")
+    code = (
+        "import sys, fastinfer.converters as c, fastinfer.converters.parity; "
+        "heavy = [m for m in ('tensorflow', 'tf2onnx', 'skl2onnx', 'onnxmltools', 'lightgbm', 'sklearn') "
+        "if m in sys.modules]; print(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
 
@@ -355,8 +396,9 @@ def test_lightgbm_thresholds_are_made_exact(tabular_models):
     family = fam.resolve("lightgbm")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        raw = convert_lightgbm(booster, initial_types=[("features", FloatTensorType([None, N_FEATURES]))],
-                               target_opset=15, zipmap=False)
+        raw = convert_lightgbm(
+            booster, initial_types=[("features", FloatTensorType([None, N_FEATURES]))], target_opset=15, zipmap=False
+        )
     unfixed = conform(raw, N_FEATURES, 1)
     probes = probe_rows(family, N_FEATURES, thresholds=tree_thresholds(unfixed), feature_scale=SCALES)
     finite = probes[np.isfinite(probes).all(axis=1)]
@@ -377,18 +419,36 @@ def test_lightgbm_zero_snap_is_folded_into_thresholds():
     rng = np.random.default_rng(3)
     X = rng.choice([-1.0, 0.0, 1.0], size=(600, 3)) * rng.uniform(0.5, 2.0, size=(600, 3))
     y = (X[:, 0] > 0) * 1.0 - (X[:, 1] < 0) * 0.5 + 0.1 * rng.standard_normal(600)
-    booster = lgb.train({"objective": "regression", "num_leaves": 7, "verbose": -1, "min_data_in_leaf": 5},
-                        lgb.Dataset(X, y), num_boost_round=20)
-    raw_thresholds = [n["threshold"] for t in booster.dump_model()["tree_info"]
-                      for n in _split_nodes(t["tree_structure"])]
+    booster = lgb.train(
+        {"objective": "regression", "num_leaves": 7, "verbose": -1, "min_data_in_leaf": 5},
+        lgb.Dataset(X, y),
+        num_boost_round=20,
+    )
+    raw_thresholds = [
+        n["threshold"] for t in booster.dump_model()["tree_info"] for n in _split_nodes(t["tree_structure"])
+    ]
     assert any(abs(t) <= 1e-34 for t in raw_thresholds)  # the case under test really occurs
 
     graph = lightgbm_graph(booster, 3)
-    assert [n.op_type for n in graph.graph.node if n.op_type not in ("Identity", "Reshape")] == \
-        ["TreeEnsembleRegressor"]
+    assert [n.op_type for n in graph.graph.node if n.op_type not in ("Identity", "Reshape")] == [
+        "TreeEnsembleRegressor"
+    ]
     tiny = np.float32(1e-35)
-    edge = [0.0, -0.0, tiny, -tiny, np.nextafter(tiny, np.float32(1)), -np.nextafter(tiny, np.float32(1)),
-            tiny / 10, -tiny / 10, 1e-30, -1e-30, 1.0, -1.0, np.nan]
+    edge = [
+        0.0,
+        -0.0,
+        tiny,
+        -tiny,
+        np.nextafter(tiny, np.float32(1)),
+        -np.nextafter(tiny, np.float32(1)),
+        tiny / 10,
+        -tiny / 10,
+        1e-30,
+        -1e-30,
+        1.0,
+        -1.0,
+        np.nan,
+    ]
     probes = np.ascontiguousarray(np.array(np.meshgrid(edge, edge, edge)).reshape(3, -1).T, dtype=np.float32)
     family = fam.resolve("lightgbm")
     report = check_parity(booster, graph, probes, family)

@@ -5,6 +5,7 @@ bar) goes through the single-process predictor and the sharded one: predictions 
 identical, also after shard actors are killed mid-replay and recovered from their last
 checkpoint plus the bars since.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,10 @@ def bars(goog):
     start = MARKET_TRAIN_BARS
     out = []
     for t in range(N_BARS):
-        rows = [np.array([a[k][start + 37 * i + t] * (1 + 0.2 * i) for i in range(N_SYMBOLS)])
-                for k in ("open", "high", "low", "close", "volume")]
+        rows = [
+            np.array([a[k][start + 37 * i + t] * (1 + 0.2 * i) for i in range(N_SYMBOLS)])
+            for k in ("open", "high", "low", "close", "volume")
+        ]
         if t == 55:  # SYM3 misses a bar: its stale flag is state too
             for r in rows:
                 r[3] = np.nan
@@ -89,10 +92,15 @@ def test_bad_state_is_refused_and_leaves_the_predictor_as_it_was(market_run, bar
     corrupt = json.loads(json.dumps(good))
     buffers = next(iter(corrupt["buffers"].values()))
     mid = len(buffers["data"]) // 2
-    buffers["data"] = buffers["data"][:mid] + ("B" if buffers["data"][mid] != "B" else "C") + buffers["data"][mid + 1:]
+    buffers["data"] = buffers["data"][:mid] + ("B" if buffers["data"][mid] != "B" else "C") + buffers["data"][mid + 1 :]
     wrong_kind = dict(good, kind="something else")
-    for bad, match in ((other, "symbols"), (corrupt, "sha256"), (wrong_kind, "not a LivePredictor"),
-                       (dict(good, bars=-1), "bars"), ("nope", "not a LivePredictor")):
+    for bad, match in (
+        (other, "symbols"),
+        (corrupt, "sha256"),
+        (wrong_kind, "not a LivePredictor"),
+        (dict(good, bars=-1), "bars"),
+        ("nope", "not a LivePredictor"),
+    ):
         with pytest.raises(StateError, match=match):
             predictor.load_state_dict(bad)
     for t in range(60, N_BARS):  # untouched by the refused loads
@@ -127,8 +135,9 @@ def test_killed_actors_recover_with_nothing_lost(cluster, market_run, bars, refe
 
     every = 16
     kills = {40: 1, 41: 1, 70: 0}  # shard 1 twice in a row (the second time mid-recovery window), then shard 0
-    with ShardedPredictor(market_run, SYMBOLS, DAILY, shards=2, checkpoint_every=every,
-                          checkpoint_dir=tmp_path / "ckpt") as sharded:
+    with ShardedPredictor(
+        market_run, SYMBOLS, DAILY, shards=2, checkpoint_every=every, checkpoint_dir=tmp_path / "ckpt"
+    ) as sharded:
         killed = []
         for t, b in enumerate(bars):
             if t in kills:
@@ -142,7 +151,7 @@ def test_killed_actors_recover_with_nothing_lost(cluster, market_run, bars, refe
         for i in range(2):  # the on-disk checkpoints are the newest, written atomically
             state = json.loads((tmp_path / "ckpt" / f"shard-{i}.json").read_text())
             assert state["kind"] == "fastinfer.LivePredictor" and state["bars"] == (N_BARS // every) * every
-            assert state["symbols"] == SYMBOLS[4 * i: 4 * i + 4]
+            assert state["symbols"] == SYMBOLS[4 * i : 4 * i + 4]
 
 
 def test_bad_bar_time_is_refused_before_any_shard_and_replay_stays_identical(cluster, market_run, bars, reference):
@@ -152,7 +161,12 @@ def test_bad_bar_time_is_refused_before_any_shard_and_replay_stays_identical(clu
 
     single = LivePredictor(market_run, SYMBOLS, DAILY)
     every = 16  # checkpoints after bars 16, 32, 48, 64, 80: the refused bar at 66 is in the replay window of 70
-    refused = {30: bars[28][5], 47: "2016-01-01", 66: bars[65][5] - np.timedelta64(1, "s"), 67: np.datetime64("3000-01-01")}
+    refused = {
+        30: bars[28][5],
+        47: "2016-01-01",
+        66: bars[65][5] - np.timedelta64(1, "s"),
+        67: np.datetime64("3000-01-01"),
+    }
     with ShardedPredictor(market_run, SYMBOLS, DAILY, shards=2, checkpoint_every=every) as sharded:
         for t, b in enumerate(bars):
             if t in refused:
@@ -167,7 +181,9 @@ def test_bad_bar_time_is_refused_before_any_shard_and_replay_stays_identical(clu
                 ray.kill(sharded.actors[1], no_restart=True)  # recovery replays bars 64..69 (no refused one), then 70
             out = sharded.on_bar(*b[:5], timestamp=b[5])
             expected = single.on_bar(*b[:5], timestamp=b[5])
-            assert np.array_equal(out, expected, equal_nan=True) and np.array_equal(out, reference[t], equal_nan=True), t
+            assert np.array_equal(out, expected, equal_nan=True) and np.array_equal(
+                out, reference[t], equal_nan=True
+            ), t
         assert sharded.restarts == [0, 1]
 
 
@@ -198,8 +214,9 @@ def test_error_inside_one_shard_rewinds_every_shard_and_raises_the_typed_error(c
         assert sharded.restarts == [0, 0]  # rewound in place, no actor replaced
 
 
-def test_shard_that_does_not_answer_in_time_is_a_shard_failed_error_and_nothing_changes(cluster, market_run, bars,
-                                                                                         reference):
+def test_shard_that_does_not_answer_in_time_is_a_shard_failed_error_and_nothing_changes(
+    cluster, market_run, bars, reference
+):
     from fastinfer.distributed import ShardedPredictor, ShardFailedError
 
     def hang(shard):

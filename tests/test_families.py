@@ -8,18 +8,44 @@ def test_spellings_resolve_to_one_family(spelling):
     assert fam.resolve(spelling) is fam.resolve("lightgbm")
 
 
-@pytest.mark.parametrize("spelling,name", [("RandomForest", "random_forest"), ("random_forest", "random_forest"),
-                                           ("ExtraTrees", "extra_trees"), ("TabLSTM", "tab_lstm"),
-                                           ("CNN1D_Transformer", "cnn1d_transformer"), ("NGBoost", "ngboost"),
-                                           ("QuantileLightGBM", "quantile_lightgbm"), ("MetaLearning", "meta_learning")])
+@pytest.mark.parametrize(
+    "spelling,name",
+    [
+        ("RandomForest", "random_forest"),
+        ("random_forest", "random_forest"),
+        ("ExtraTrees", "extra_trees"),
+        ("TabLSTM", "tab_lstm"),
+        ("CNN1D_Transformer", "cnn1d_transformer"),
+        ("NGBoost", "ngboost"),
+        ("QuantileLightGBM", "quantile_lightgbm"),
+        ("MetaLearning", "meta_learning"),
+    ],
+)
 def test_display_spellings(spelling, name):
     assert fam.resolve(spelling).name == name
 
 
 def test_every_spec_family_is_registered():
-    spec = {"lightgbm", "xgboost", "catboost", "random_forest", "extra_trees", "ridge", "mlp", "cnn1d", "lstm",
-            "transformer", "tab_lstm", "tab_transformer", "tab_cnn", "cnn1d_transformer", "ngboost",
-            "quantile_lightgbm", "ensemble", "meta_learning"}
+    spec = {
+        "lightgbm",
+        "xgboost",
+        "catboost",
+        "random_forest",
+        "extra_trees",
+        "ridge",
+        "mlp",
+        "cnn1d",
+        "lstm",
+        "transformer",
+        "tab_lstm",
+        "tab_transformer",
+        "tab_cnn",
+        "cnn1d_transformer",
+        "ngboost",
+        "quantile_lightgbm",
+        "ensemble",
+        "meta_learning",
+    }
     assert spec <= {f.name for f in fam.FAMILIES}
 
 

@@ -1,5 +1,6 @@
 """Faults across real processes: SIGKILL in the middle of a state write leaves a complete old or
 new file; the SPSC ring survives a consumer restart and a producer restart."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,20 @@ CTX = mp.get_context("fork")  # the children only write files / touch shared mem
 
 
 def _lock_versions(root: Path) -> list[Lock]:
-    entries = [LockEntry(f"fwd_ret_{i}m", "CROSS_SECTIONAL", "ridge", None, None, f"targets/t{i}/model.joblib",
-                         f"{i:064x}", "native", reason="r" * 2000) for i in range(300)]  # ~700 KB: slow to write
+    entries = [
+        LockEntry(
+            f"fwd_ret_{i}m",
+            "CROSS_SECTIONAL",
+            "ridge",
+            None,
+            None,
+            f"targets/t{i}/model.joblib",
+            f"{i:064x}",
+            "native",
+            reason="r" * 2000,
+        )
+        for i in range(300)
+    ]  # ~700 KB: slow to write
     return [Lock(entries, created=f"v{k}") for k in range(2)]
 
 
@@ -141,7 +154,7 @@ def _consume(name: str, counts_name: str, n: int) -> None:
     while ring.tail < n:
         k = ring.peek_many(out, seqs, timeout=0.05)
         for j in range(k):
-            assert (out[j] == _payload(seqs[j:j + 1])[0]).all()  # never torn
+            assert (out[j] == _payload(seqs[j : j + 1])[0]).all()  # never torn
             counts[seqs[j]] += 1
         ring.commit(k)
 
@@ -180,7 +193,9 @@ def test_consumer_restart_resumes_at_the_last_committed_sequence_number():
         producer.start()
         deadline = time.monotonic() + 120
         while ring.tail < N:
-            assert time.monotonic() < deadline, f"stalled at tail {ring.tail}, head {ring.head}, producer {producer.exitcode}"
+            assert time.monotonic() < deadline, (
+                f"stalled at tail {ring.tail}, head {ring.head}, producer {producer.exitcode}"
+            )
             hostile("process restart", f"consumer SIGKILL #{kills}")
             before = ring.tail
             child = CTX.Process(target=_consume, args=(ring.name, shm.name, N), daemon=True)

@@ -1,4 +1,5 @@
 """FeatureBuilder (pandas) and StreamingFeatures (numba): same values, the spec's API, state."""
+
 from __future__ import annotations
 
 import json
@@ -10,11 +11,19 @@ import pytest
 
 from fastinfer.atomic import read_json, write_atomic_json
 from fastinfer.errors import FeatureBuildError, StateError
-from fastinfer.features import (DEFAULT_FEATURES, KNOWN_FEATURES, FeatureBuilder, StreamingFeatures,
-                                resolve_features)
+from fastinfer.features import DEFAULT_FEATURES, KNOWN_FEATURES, FeatureBuilder, StreamingFeatures, resolve_features
 
-PRICE_VALUED = {"macd", "macd_signal", "macd_hist", "bb_upper", "bb_lower", "atr_14",
-                "bb_upper_ddof1", "bb_lower_ddof1", "atr_14_sma"}
+PRICE_VALUED = {
+    "macd",
+    "macd_signal",
+    "macd_hist",
+    "bb_upper",
+    "bb_lower",
+    "atr_14",
+    "bb_upper_ddof1",
+    "bb_lower_ddof1",
+    "atr_14_sma",
+}
 
 
 def ohlcv_frame(T, seed, scale=100.0, gaps=False, names=("Open", "High", "Low", "Close", "Volume")):
@@ -29,7 +38,7 @@ def ohlcv_frame(T, seed, scale=100.0, gaps=False, names=("Open", "High", "Low", 
         for a in cols:
             a[rng.random(T) < 0.04] = np.nan
         for a in cols[:4]:
-            a[T // 2:T // 2 + 25] = 55.0  # a flat stretch
+            a[T // 2 : T // 2 + 25] = 55.0  # a flat stretch
     return pd.DataFrame(dict(zip(names, cols)), index=pd.date_range("2024-01-01", periods=T, freq="min"))
 
 
@@ -39,7 +48,7 @@ def stream(df, features=None, dtype=np.float64):
     a = df.to_numpy(dtype=np.float64)
     rows, stale = [], []
     for t in range(len(df)):
-        out = sf.update(*(a[t, k:k + 1] for k in range(5)))
+        out = sf.update(*(a[t, k : k + 1] for k in range(5)))
         rows.append(out[0].copy())
         stale.append(bool(sf.stale[0]))
     return np.array(rows), np.array(stale), sf
@@ -57,7 +66,9 @@ def assert_features_equal(got, want, names, scale):
         with np.errstate(invalid="ignore"):
             close = np.isnan(w) | (np.abs(g - w) <= 1e-9 * np.abs(w) + atol)
         bad = np.flatnonzero(~(same_nan & close))
-        assert not bad.size, f"{name}: {bad.size} bars differ, first at {bad[0]}: {g.flat[bad[0]]!r} vs {w.flat[bad[0]]!r}"
+        assert not bad.size, (
+            f"{name}: {bad.size} bars differ, first at {bad[0]}: {g.flat[bad[0]]!r} vs {w.flat[bad[0]]!r}"
+        )
 
 
 def price_level(close, window=60):
@@ -80,7 +91,7 @@ def test_build_equals_streaming_at_every_bar(gaps, scale):
     level = price_level(df["Close"].to_numpy()[valid])  # the gappy series jumps to 55 and back
     assert_features_equal(rows[valid], frame.to_numpy(), KNOWN_FEATURES, level)
     last = FeatureBuilder().build(df, lookback=None)
-    assert_features_equal(rows[-1][:len(DEFAULT_FEATURES)], last, DEFAULT_FEATURES, level[-1])
+    assert_features_equal(rows[-1][: len(DEFAULT_FEATURES)], last, DEFAULT_FEATURES, level[-1])
 
 
 def test_build_lookback_window_equals_streaming_fed_that_window():
@@ -110,12 +121,15 @@ def test_build_short_and_empty_history_is_nan_not_an_error():
     assert np.isnan(FeatureBuilder().build(df.iloc[:0])).all()
 
 
-@pytest.mark.parametrize("bad, match", [
-    (lambda df: df.drop(columns="Volume"), r"missing column\(s\) \['volume'\]"),
-    (lambda df: df.assign(close=df["Close"]), "'Close' and 'close' both mean 'close'"),
-    (lambda df: df.assign(High="x"), "column 'High' is not numeric"),
-    (lambda df: df.to_numpy(), "expected a pandas DataFrame"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda df: df.drop(columns="Volume"), r"missing column\(s\) \['volume'\]"),
+        (lambda df: df.assign(close=df["Close"]), "'Close' and 'close' both mean 'close'"),
+        (lambda df: df.assign(High="x"), "column 'High' is not numeric"),
+        (lambda df: df.to_numpy(), "expected a pandas DataFrame"),
+    ],
+)
 def test_build_rejects_bad_ohlcv(bad, match):
     with pytest.raises(FeatureBuildError, match=match):
         FeatureBuilder().build(bad(ohlcv_frame(30, seed=5)))
@@ -135,10 +149,29 @@ def test_unknown_feature_lists_the_known_ones():
 
 
 def test_feature_names():
-    assert DEFAULT_FEATURES == ("ret_1", "ret_5", "ret_10", "ret_20", "ret_60", "rsi_14", "macd", "macd_signal",
-                                "macd_hist", "bb_upper", "bb_lower", "bb_pct", "atr_14", "vol_ratio")
+    assert DEFAULT_FEATURES == (
+        "ret_1",
+        "ret_5",
+        "ret_10",
+        "ret_20",
+        "ret_60",
+        "rsi_14",
+        "macd",
+        "macd_signal",
+        "macd_hist",
+        "bb_upper",
+        "bb_lower",
+        "bb_pct",
+        "atr_14",
+        "vol_ratio",
+    )
     assert set(KNOWN_FEATURES) - set(DEFAULT_FEATURES) == {
-        "rsi_14_sma", "atr_14_sma", "bb_upper_ddof1", "bb_lower_ddof1", "bb_pct_ddof1"}
+        "rsi_14_sma",
+        "atr_14_sma",
+        "bb_upper_ddof1",
+        "bb_lower_ddof1",
+        "bb_pct_ddof1",
+    }
 
 
 # ---------------------------------------------------------------- StreamingFeatures
@@ -219,18 +252,21 @@ def test_state_round_trip_needs_no_replay(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("corrupt, match", [
-    (lambda s: s.update(version=99), "version 99"),
-    (lambda s: s.update(kind="other"), "not a StreamingFeatures state"),
-    (lambda s: s["layout"]["params"].__setitem__(1, 21), "other features or parameters"),
-    (lambda s: s["arrays"]["floats"].update(data="!!!"), "'floats' is malformed"),
-    (lambda s: s["arrays"]["ints"].update(shape=[3, 6]), "'ints': expected"),
-    (lambda s: s["arrays"]["closes"].update(data=s["arrays"]["closes"]["data"][:-8]), "'closes'"),
-    (lambda s: s["arrays"].pop("volumes"), "'volumes' is malformed"),
-    (lambda s: s.update(stale=[True]), "stale"),
-    (lambda s: s.update(features=["nope"]), "malformed"),
-    (lambda s: s.pop("symbols"), "malformed"),
-])
+@pytest.mark.parametrize(
+    "corrupt, match",
+    [
+        (lambda s: s.update(version=99), "version 99"),
+        (lambda s: s.update(kind="other"), "not a StreamingFeatures state"),
+        (lambda s: s["layout"]["params"].__setitem__(1, 21), "other features or parameters"),
+        (lambda s: s["arrays"]["floats"].update(data="!!!"), "'floats' is malformed"),
+        (lambda s: s["arrays"]["ints"].update(shape=[3, 6]), "'ints': expected"),
+        (lambda s: s["arrays"]["closes"].update(data=s["arrays"]["closes"]["data"][:-8]), "'closes'"),
+        (lambda s: s["arrays"].pop("volumes"), "'volumes' is malformed"),
+        (lambda s: s.update(stale=[True]), "stale"),
+        (lambda s: s.update(features=["nope"]), "malformed"),
+        (lambda s: s.pop("symbols"), "malformed"),
+    ],
+)
 def test_corrupt_state_is_a_state_error(corrupt, match):
     sf = StreamingFeatures(["A", "B"])
     sf.update(np.ones(2), np.ones(2), np.ones(2), np.ones(2), np.ones(2))
@@ -245,8 +281,10 @@ def test_update_allocates_nothing_per_bar():
     rng = np.random.default_rng(50)
     c = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, (T + 100, n)), axis=0))
     c[rng.random(c.shape) < 0.02] = np.nan
-    bars = [tuple(np.ascontiguousarray(x) for x in (c[t], c[t] * 1.01, c[t] * 0.99, c[t], c[t] * 10))
-            for t in range(T + 100)]
+    bars = [
+        tuple(np.ascontiguousarray(x) for x in (c[t], c[t] * 1.01, c[t] * 0.99, c[t], c[t] * 10))
+        for t in range(T + 100)
+    ]
     sf = StreamingFeatures([f"S{j}" for j in range(n)])
     for bar in bars[:100]:
         sf.update(*bar)

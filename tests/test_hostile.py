@@ -6,6 +6,7 @@ custom domains, corrupt and escaping locks (test_compile), bad buffer rows and s
 (test_buffers), bad feature states and missing OHLCV columns (test_features), bad YAML basics
 (test_config). Every rejection here has a control that shows the good input passing.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,12 +23,19 @@ from click.testing import CliRunner
 from fastinfer import config
 from fastinfer.cli import main
 from fastinfer.config import Settings
-from fastinfer.errors import (ConfigError, FeatureBuildError, InferenceError, IntegrityError, ModelLoadError,
-                              SignatureError, StateError)
+from fastinfer.errors import (
+    ConfigError,
+    FeatureBuildError,
+    InferenceError,
+    IntegrityError,
+    ModelLoadError,
+    SignatureError,
+    StateError,
+)
 from fastinfer.features import FeatureBuilder, StreamingFeatures, ohlcv_arrays
 from fastinfer.integrity import sha256_file
-from fastinfer.lock import LOCK_FILE, read_lock
 from fastinfer.loader import ModelLoader
+from fastinfer.lock import LOCK_FILE, read_lock
 
 from ._hardening import hostile
 from .conftest import TARGET
@@ -51,6 +59,7 @@ def _as_format(root: Path, fmt: str) -> tuple[str, Path]:
     """Give one family of the run its model in ``fmt`` (checksum recorded); (family, file)."""
     if fmt == "model.ubj":
         import xgboost
+
         m = xgboost.XGBRegressor()
         m.load_model(str(_dir(root, "xgboost") / "model.json"))
         m.save_model(str(_dir(root, "xgboost") / "model.ubj"))
@@ -58,19 +67,26 @@ def _as_format(root: Path, fmt: str) -> tuple[str, Path]:
         family = "xgboost"
     elif fmt == "model.pkl":
         import joblib
+
         model = joblib.load(_dir(root, "ridge") / "model.joblib")
         (_dir(root, "ridge") / "model.pkl").write_bytes(pickle.dumps(model))
         (_dir(root, "ridge") / "model.joblib").unlink()
         family = "ridge"
     elif fmt == "model.h5":
         import keras
+
         model = keras.models.load_model(str(_dir(root, "mlp") / "model.keras"), compile=False)
         model.save(str(_dir(root, "mlp") / "model.h5"))
         (_dir(root, "mlp") / "model.keras").unlink()
         family = "mlp"
     else:
-        family = {"model.txt": "lightgbm", "model.json": "xgboost", "model.cbm": "catboost",
-                  "model.joblib": "ridge", "model.keras": "mlp"}[fmt]
+        family = {
+            "model.txt": "lightgbm",
+            "model.json": "xgboost",
+            "model.cbm": "catboost",
+            "model.joblib": "ridge",
+            "model.keras": "mlp",
+        }[fmt]
     path = _dir(root, family) / fmt
     _set_meta(root, family, model_checksum=sha256_file(path))
     return family, path
@@ -131,7 +147,7 @@ def _in_child(fn):
     def run():
         try:
             child.send(("ok", fn()))
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent as the test's failure
+        except BaseException as exc:
             child.send(("raised", repr(exc)))
 
     proc = ctx.Process(target=run)
@@ -427,11 +443,15 @@ def test_graph_with_local_functions_is_refused(compiled_copy):
     from onnx import TensorProto, helper
 
     hostile("ONNX graph", "local function definitions")
-    fn = helper.make_function("com.evil", "Twice", ["x"], ["y"], [helper.make_node("Add", ["x", "x"], ["y"])],
-                              [helper.make_opsetid("", 17)])
-    graph = helper.make_graph([helper.make_node("Identity", ["features"], ["prediction"])], "g",
-                              [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 8])],
-                              [helper.make_tensor_value_info("prediction", TensorProto.FLOAT, ["N", 8])])
+    fn = helper.make_function(
+        "com.evil", "Twice", ["x"], ["y"], [helper.make_node("Add", ["x", "x"], ["y"])], [helper.make_opsetid("", 17)]
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["features"], ["prediction"])],
+        "g",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("prediction", TensorProto.FLOAT, ["N", 8])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], functions=[fn])
     path = _dir(compiled_copy, "ridge") / "model.onnx"
     path.write_bytes(model.SerializeToString())
@@ -507,7 +527,9 @@ def test_named_features_with_bad_values(models):
     assert model.predict(row).shape == (1,)  # control
     with pytest.raises(InferenceError, match=f"feature '{model.feature_order[2]}' is not a real number"):
         model.predict({**row, model.feature_order[2]: "high"})
-    frame = pd.DataFrame({name: [1.0, 2.0] for name in model.feature_order}).assign(**{model.feature_order[0]: ["a", "b"]})
+    frame = pd.DataFrame({name: [1.0, 2.0] for name in model.feature_order}).assign(
+        **{model.feature_order[0]: ["a", "b"]}
+    )
     with pytest.raises(InferenceError, match=f"feature '{model.feature_order[0]}'"):
         model.predict(frame)
 
@@ -519,7 +541,7 @@ def test_non_finite_features_follow_the_nan_policy(models, value):
     clean = {f: m.predict(X) for f, m in models.items()}  # control
     X[1, 4] = value
     before = X.copy()
-    for family, model in models.items():
+    for model in models.values():
         model.nan_policy = "reject"
         with pytest.raises(InferenceError, match=rf"row 1 feature '{model.feature_order[4]}'.*'reject'"):
             model.predict(X)
@@ -544,7 +566,7 @@ DAILY = 1440.0
 
 
 def _bars(goog, start, n):
-    a = ohlcv_arrays(goog.iloc[start:start + n])
+    a = ohlcv_arrays(goog.iloc[start : start + n])
     return [a[k] for k in ("open", "high", "low", "close", "volume")]
 
 
@@ -603,8 +625,9 @@ def test_non_finite_bar_leaves_the_symbols_state_unchanged(market_run, goog):
         assert np.isnan(out[1]).all() and np.isfinite(out[0]).all()
         after = predictor.features.state_dict()
         for name, arr in after["arrays"].items():  # A advanced, B is bit-identical
-            old = np.frombuffer(__import__("base64").b64decode(feats["arrays"][name]["data"]),
-                                dtype=arr["dtype"]).reshape(arr["shape"])
+            old = np.frombuffer(
+                __import__("base64").b64decode(feats["arrays"][name]["data"]), dtype=arr["dtype"]
+            ).reshape(arr["shape"])
             new = np.frombuffer(__import__("base64").b64decode(arr["data"]), dtype=arr["dtype"]).reshape(arr["shape"])
             np.testing.assert_array_equal(new[1], old[1], err_msg=name)
         seq_after = next(iter(predictor.buffers.values())).to_dict()
@@ -641,7 +664,10 @@ FRAME_CASES = {
     "duplicated index": (_dup, r"index at row 10 .* is duplicated"),
     "decreasing index": (_back, r"index at row 21 .* is earlier than the bar before it"),
     "NaT in index": (lambda df: df.set_axis(df.index.where(np.arange(len(df)) != 5)), "missing timestamp at row 5"),
-    "duplicated Date column": (lambda df: _col(df, list(df.index[:30]) + list(df.index[29:39])), r"column 'Date' at row 30"),
+    "duplicated Date column": (
+        lambda df: _col(df, list(df.index[:30]) + list(df.index[29:39])),
+        r"column 'Date' at row 30",
+    ),
     "decreasing epoch column": (lambda df: _col(df, np.arange(len(df))[::-1]), r"column 'Date' at row 1 .* earlier"),
     "unparseable Date column": (lambda df: _col(df, ["soon"] * len(df)), "column 'Date' is not a time"),
     "missing close": (lambda df: df.drop(columns="Close"), r"missing column\(s\) \['close'\]"),
@@ -687,9 +713,11 @@ CONFIG_CASES = {
     "NaN tolerance": ("predictor:\n  interval_rel_tol: .nan\n", "finite number"),
     "negative tolerance": ("predictor:\n  interval_rel_tol: -1.0\n", "finite number"),
     "top-level list": ("- models\n", "expected a mapping"),
-    "alias bomb": ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
-                   "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nmodels:\n  family_priority: [*c, *c, *c]\n",
-                   "a: unknown key"),
+    "alias bomb": (
+        "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+        "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nmodels:\n  family_priority: [*c, *c, *c]\n",
+        "a: unknown key",
+    ),
     "empty provider name": ("executor:\n  providers: ['']\n", "non-empty string"),
     "not UTF-8": (b"models:\n  lazy_load: \xff\xfe\n", "not UTF-8"),
     "huge": ("# " + "x" * (1 << 20) + "\n", "bytes"),

@@ -9,20 +9,31 @@ Tolerance: 1e-9 relative, plus an absolute floor of 1e-12 times the feature's na
 (the price level for price-valued features, 100 for RSI, 1 otherwise), which only matters
 where a feature crosses zero (MACD, returns).
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 import talib
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
 
 from fastinfer.kernels import indicators as K
 
 F = K.FEATURES
-PRICE_VALUED = {"macd", "macd_signal", "macd_hist", "bb_upper", "bb_lower", "atr_14",
-                "bb_upper_ddof1", "bb_lower_ddof1", "atr_14_sma"}
+PRICE_VALUED = {
+    "macd",
+    "macd_signal",
+    "macd_hist",
+    "bb_upper",
+    "bb_lower",
+    "atr_14",
+    "bb_upper_ddof1",
+    "bb_lower_ddof1",
+    "atr_14_sma",
+}
 RTOL = 1e-9
 
 
@@ -34,7 +45,7 @@ def _rolling(x: np.ndarray, w: int, fn) -> np.ndarray:
     out = np.full(len(x), np.nan)
     for start in range(w - 1, len(x), 100_000):
         stop = min(start + 100_000, len(x))
-        out[start:stop] = fn(sliding_window_view(x[start - w + 1:stop], w))
+        out[start:stop] = fn(sliding_window_view(x[start - w + 1 : stop], w))
     return out
 
 
@@ -73,10 +84,12 @@ def reference_valid(c, h, lo, v) -> dict[str, np.ndarray]:
     d = np.diff(c, prepend=np.nan)
     gain, loss = np.where(d > 0, d, 0.0), np.where(d < 0, -d, 0.0)
     gain[0] = loss[0] = np.nan
-    seed = (lambda x: x[1:15].mean() if T > 14 else np.nan)
+
+    def seed(x):
+        return x[1:15].mean() if T > 14 else np.nan
+
     ref["rsi_14"] = _rsi(_seeded_ewm(gain, 1 / 14, 14, seed(gain)), _seeded_ewm(loss, 1 / 14, 14, seed(loss)))
-    ref["rsi_14_sma"] = _rsi(_rolling(gain, 14, lambda w: w.mean(axis=1)),
-                             _rolling(loss, 14, lambda w: w.mean(axis=1)))
+    ref["rsi_14_sma"] = _rsi(_rolling(gain, 14, lambda w: w.mean(axis=1)), _rolling(loss, 14, lambda w: w.mean(axis=1)))
     pc = np.concatenate([[np.nan], c[:-1]])
     tr = np.maximum.reduce([h - lo, np.abs(h - pc), np.abs(lo - pc)])
     ref["atr_14"] = _seeded_ewm(tr, 1 / 14, 14, seed(tr))
@@ -109,8 +122,9 @@ def assert_matches(got, want, scale, where=""):
     """got, want: (..., F). Reports the first failing feature and bar."""
     for k, name in enumerate(F):
         atol = 1e-12 * (scale if name in PRICE_VALUED else 100.0 if name.startswith("rsi") else 1.0)
-        np.testing.assert_allclose(got[..., k], want[..., k], rtol=RTOL, atol=atol, equal_nan=True,
-                                   err_msg=f"{name} {where}")
+        np.testing.assert_allclose(
+            got[..., k], want[..., k], rtol=RTOL, atol=atol, equal_nan=True, err_msg=f"{name} {where}"
+        )
 
 
 # ---------------------------------------------------------------- data and feeding
@@ -134,7 +148,7 @@ def add_gaps_and_flats(bars, seed):
     rng = np.random.default_rng(seed)
     for a in (o, h, lo, c, v):
         a[rng.random((T, n)) < 0.03] = np.nan
-    c[T // 3:T // 3 + 40, 0] = np.nan
+    c[T // 3 : T // 3 + 40, 0] = np.nan
     s = slice(T // 2, T // 2 + 45)
     for a in (o, h, lo, c):
         a[s, 1] = 42.0
@@ -165,8 +179,13 @@ def check_against_reference(bars, scale):
     for j in range(c.shape[1]):
         want = reference(o[:, j], h[:, j], lo[:, j], c[:, j], v[:, j])
         assert_matches(outs[:, j], want, scale, where=f"symbol {j}")
-        valid = np.isfinite(o[:, j]) & np.isfinite(h[:, j]) & np.isfinite(lo[:, j]) & np.isfinite(c[:, j]) \
+        valid = (
+            np.isfinite(o[:, j])
+            & np.isfinite(h[:, j])
+            & np.isfinite(lo[:, j])
+            & np.isfinite(c[:, j])
             & np.isfinite(v[:, j])
+        )
         np.testing.assert_array_equal(stales[:, j], ~valid)
     return outs
 
@@ -248,7 +267,7 @@ def test_property_random_series(moves, scale_exp, seed):
         wick = 0.0 if m == "flat" else close * rng.uniform(0, 0.01)
         rows.append([close, close + wick, close - wick, close, vol])
     a = np.array(rows, dtype=float).reshape(len(moves), 5)
-    bars = tuple(a[:, k:k + 1] for k in range(5))
+    bars = tuple(a[:, k : k + 1] for k in range(5))
     check_against_reference(bars, scale=scale * 50)
 
 
@@ -261,8 +280,15 @@ def test_agrees_with_talib():
     got = dict(zip(F, outs[:, 0].T))
     upper, _, lower = talib.BBANDS(c, 20, 2, 2, 0)
     macd, signal, hist = talib.MACD(c, 12, 26, 9)
-    pairs = {"rsi_14": talib.RSI(c, 14), "atr_14": talib.ATR(h, lo, c, 14), "bb_upper": upper,
-             "bb_lower": lower, "macd": macd, "macd_signal": signal, "macd_hist": hist}
+    pairs = {
+        "rsi_14": talib.RSI(c, 14),
+        "atr_14": talib.ATR(h, lo, c, 14),
+        "bb_upper": upper,
+        "bb_lower": lower,
+        "macd": macd,
+        "macd_signal": signal,
+        "macd_hist": hist,
+    }
     for name, want in pairs.items():
         m = ~np.isnan(want)
         assert m.sum() > 1400
@@ -277,9 +303,24 @@ def test_warm_up_lengths():
     outs, _ = feed(random_bars(70, 1, seed=8))
     first = {name: int(np.argmax(~np.isnan(outs[:, 0, k]))) for k, name in enumerate(F)}
     assert first == {
-        "ret_1": 1, "ret_5": 5, "ret_10": 10, "ret_20": 20, "ret_60": 60, "rsi_14": 14, "macd": 25,
-        "macd_signal": 33, "macd_hist": 33, "bb_upper": 19, "bb_lower": 19, "bb_pct": 19, "atr_14": 14,
-        "vol_ratio": 19, "rsi_14_sma": 14, "atr_14_sma": 14, "bb_upper_ddof1": 19, "bb_lower_ddof1": 19,
+        "ret_1": 1,
+        "ret_5": 5,
+        "ret_10": 10,
+        "ret_20": 20,
+        "ret_60": 60,
+        "rsi_14": 14,
+        "macd": 25,
+        "macd_signal": 33,
+        "macd_hist": 33,
+        "bb_upper": 19,
+        "bb_lower": 19,
+        "bb_pct": 19,
+        "atr_14": 14,
+        "vol_ratio": 19,
+        "rsi_14_sma": 14,
+        "atr_14_sma": 14,
+        "bb_upper_ddof1": 19,
+        "bb_lower_ddof1": 19,
         "bb_pct_ddof1": 19,
     }
     assert all(not np.isnan(outs[t, 0, k]) for k in range(len(F)) for t in range(first[F[k]], 70))
@@ -290,10 +331,23 @@ def test_flat_series_values():
     bars = tuple(np.full((T, 1), x) for x in (7.5, 7.5, 7.5, 7.5, 0.0))
     outs, _ = feed(bars)
     row = dict(zip(F, outs[-1, 0]))
-    assert row == {**{f"ret_{n}": 0.0 for n in (1, 5, 10, 20, 60)}, "rsi_14": 50.0, "rsi_14_sma": 50.0,
-                   "macd": 0.0, "macd_signal": 0.0, "macd_hist": 0.0, "bb_upper": 7.5, "bb_lower": 7.5,
-                   "bb_pct": 0.5, "bb_upper_ddof1": 7.5, "bb_lower_ddof1": 7.5, "bb_pct_ddof1": 0.5,
-                   "atr_14": 0.0, "atr_14_sma": 0.0, "vol_ratio": 1.0}
+    assert row == {
+        **{f"ret_{n}": 0.0 for n in (1, 5, 10, 20, 60)},
+        "rsi_14": 50.0,
+        "rsi_14_sma": 50.0,
+        "macd": 0.0,
+        "macd_signal": 0.0,
+        "macd_hist": 0.0,
+        "bb_upper": 7.5,
+        "bb_lower": 7.5,
+        "bb_pct": 0.5,
+        "bb_upper_ddof1": 7.5,
+        "bb_lower_ddof1": 7.5,
+        "bb_pct_ddof1": 0.5,
+        "atr_14": 0.0,
+        "atr_14_sma": 0.0,
+        "vol_ratio": 1.0,
+    }
     # TA-Lib reports RSI 0 on a flat series; ours is the documented 50.
     assert talib.RSI(bars[3][:, 0], 14)[-1] == 0.0
 
@@ -360,8 +414,9 @@ def test_million_bars_stay_on_the_whole_series_formula():
     checkpoints = [1_000, 100_000, 250_000, 500_000, 750_000, 999_000, T]
     start = 0
     for stop in checkpoints:
-        K.update_series(0, o[start:stop], h[start:stop], lo[start:stop], c[start:stop], v[start:stop],
-                        *state, K.all_columns(), out)
+        K.update_series(
+            0, o[start:stop], h[start:stop], lo[start:stop], c[start:stop], v[start:stop], *state, K.all_columns(), out
+        )
         assert_matches(out[0], want[stop - 1], scale=c[stop - 1], where=f"after {stop} bars")
         start = stop
 

@@ -1,4 +1,5 @@
 """ModelLoader + InferenceEngine against each native library's own predictions."""
+
 from __future__ import annotations
 
 import json
@@ -28,19 +29,24 @@ def library_predict(family: fam.Family, path: Path, X: np.ndarray) -> np.ndarray
     """Each library's own API, used the way the spec's seed code uses it."""
     if path.name == "model.txt":
         import lightgbm
+
         return lightgbm.Booster(model_file=str(path)).predict(X)
     if path.name == "model.json":
         import xgboost
+
         m = xgboost.XGBRegressor()
         m.load_model(str(path))
         return m.predict(X)
     if path.name == "model.cbm":
         import catboost
+
         return catboost.CatBoostRegressor().load_model(str(path)).predict(X)
     if path.name == "model.keras":
         import keras
+
         return keras.models.load_model(str(path), compile=False).predict(X, verbose=0).flatten()
     import joblib
+
     model = joblib.load(path)
     if isinstance(model, dict):  # quantile set
         return np.column_stack([m.predict(X) for m in model["models"]])
@@ -48,6 +54,7 @@ def library_predict(family: fam.Family, path: Path, X: np.ndarray) -> np.ndarray
         params = model.pred_dist(X).params
         return np.column_stack([params["loc"], params["scale"]])
     import pandas as pd
+
     if hasattr(model, "feature_names_in_"):
         X = pd.DataFrame(X, columns=model.feature_names_in_)
     return model.predict(X)
@@ -83,6 +90,7 @@ def test_predictions_equal_native_library(full_run, synthetic, family):
 
 def test_raw_native_objects_work_with_the_engine(full_run, synthetic):
     import lightgbm
+
     X, _ = synthetic
     loader = ModelLoader(full_run)
     handle = loader.load(TARGET, "LightGBM")
@@ -174,17 +182,20 @@ def test_legacy_meta_keys(run_copy, synthetic):
     assert list(loader.load(TARGET, "mlp").feature_order) == list(X.columns)
 
 
-@pytest.mark.parametrize("content,match", [
-    (None, "model_meta.json is missing"),
-    ("{not json", "not valid JSON"),
-    ('{"family": "ridge", "metrics": {}}', "no feature_list"),
-    ('[1, 2, 3]', "must hold a JSON object"),
-    ('{"feature_list": "feat_a"}', "non-empty list"),
-    ('{"feature_list": ["a"], "interval_minutes": "daily"}', "interval_minutes must be a positive number"),
-    ('{"feature_list": ["a"], "model_checksum": "abc"}', "64-hex-digit"),
-    ('{"family": "xgboost", "feature_list": ["a"]}', "meta says family 'xgboost'"),
-    ('[' * 100 + ']' * 100, "nested deeper"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        (None, "model_meta.json is missing"),
+        ("{not json", "not valid JSON"),
+        ('{"family": "ridge", "metrics": {}}', "no feature_list"),
+        ("[1, 2, 3]", "must hold a JSON object"),
+        ('{"feature_list": "feat_a"}', "non-empty list"),
+        ('{"feature_list": ["a"], "interval_minutes": "daily"}', "interval_minutes must be a positive number"),
+        ('{"feature_list": ["a"], "model_checksum": "abc"}', "64-hex-digit"),
+        ('{"family": "xgboost", "feature_list": ["a"]}', "meta says family 'xgboost'"),
+        ("[" * 100 + "]" * 100, "nested deeper"),
+    ],
+)
 def test_missing_or_corrupt_meta(run_copy, content, match):
     hostile("meta JSON", f"corrupt meta {content!r:.40}")
     meta = _family_dir(run_copy, "ridge") / "model_meta.json"
@@ -316,6 +327,7 @@ def test_eager_loading_from_config(full_run):
     from dataclasses import replace
 
     from fastinfer.config import Settings
+
     settings = Settings()
     settings = replace(settings, models=replace(settings.models, lazy_load=False))
     loader = ModelLoader(full_run, settings=settings)

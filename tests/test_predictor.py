@@ -1,4 +1,5 @@
 """LivePredictor on replayed real bars against the slow reference path; fusion; fallback; intervals."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,7 @@ def _replay(predictor, frames):
 
 
 def test_replay_equals_slow_reference_path(market_run, goog):
-    frames = [goog.iloc[MARKET_TRAIN_BARS - 50: MARKET_TRAIN_BARS + 150],
-              goog.iloc[1500:1700]]
+    frames = [goog.iloc[MARKET_TRAIN_BARS - 50 : MARKET_TRAIN_BARS + 150], goog.iloc[1500:1700]]
     symbols = ["GOOG", "GOOG_LATER"]
     predictor = LivePredictor(market_run, symbols, DAILY)
     assert {m.backend for m in predictor.models} == {"onnx"}
@@ -85,9 +85,9 @@ def test_spec_dict_and_fallback(market_run, goog):
         predictor.on_bar(*(np.array([x[t]]) for x in a))
     view = predictor.as_dict()
     assert set(view) == {"1d", "5d", "10d"} and set(view["1d"]) == set(MARKET_FAMILIES)
-    assert predictor.predict_with_fallback(target) == view[target[len("fwd_ret_"):]]["lightgbm"]
+    assert predictor.predict_with_fallback(target) == view[target[len("fwd_ret_") :]]["lightgbm"]
     value = predictor.predict_with_fallback(target, ["catboost", "ridge"])
-    assert value == view[target[len("fwd_ret_"):]]["ridge"]
+    assert value == view[target[len("fwd_ret_") :]]["ridge"]
     assert predictor.fallback_log[target] == [("catboost", "not in the run")]
     assert predictor.latency.count == len(bars) and predictor.latency.summary()["p50_us"] > 0
 
@@ -129,7 +129,7 @@ def test_native_fallback_runs_beside_the_fused_graph(market_run, goog):
         mixed_loader._cache[key] = model
     mixed = LivePredictor(market_run, ["GOOG"], DAILY, families=["lightgbm", "ridge"], loader=mixed_loader)
     assert sorted(m.backend for m in mixed.models) == ["native"] * 3 + ["onnx"] * 3
-    for t, (a, b) in enumerate(zip(_replay(onnx_pred, [goog.iloc[1000:1080]]), _replay(mixed, [goog.iloc[1000:1080]]))):
+    for a, b in zip(_replay(onnx_pred, [goog.iloc[1000:1080]]), _replay(mixed, [goog.iloc[1000:1080]])):
         np.testing.assert_allclose(a[1], b[1], rtol=1e-4, atol=1e-7)
 
 
@@ -157,14 +157,19 @@ def test_hot_path_allocates_nothing(market_run, goog):
 def test_provider_selection():
     wanted = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
     assert executor.select_providers(wanted, ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
-    assert executor.select_providers(wanted, ["CUDAExecutionProvider", "CPUExecutionProvider"]) == \
-        ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert executor.select_providers(("CUDAExecutionProvider",), ["CUDAExecutionProvider"]) == \
-        ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert executor.select_providers(wanted, ["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+    assert executor.select_providers(("CUDAExecutionProvider",), ["CUDAExecutionProvider"]) == [
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
 
 
 def _cuda_available() -> bool:
     import onnxruntime
+
     return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
@@ -173,8 +178,14 @@ def _cuda_available() -> bool:
 def test_cuda_provider_serves_the_fused_graph(market_run, goog):
     cpu = LivePredictor(market_run, ["GOOG"], DAILY)
     settings = Settings()
-    gpu = LivePredictor(market_run, ["GOOG"], DAILY, settings=replace(
-        settings, executor=replace(settings.executor, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))))
+    gpu = LivePredictor(
+        market_run,
+        ["GOOG"],
+        DAILY,
+        settings=replace(
+            settings, executor=replace(settings.executor, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
+        ),
+    )
     assert all(b.session.get_providers()[0] == "CUDAExecutionProvider" for b, _ in gpu.plan._groups)
     for (_, a), (_, b) in zip(_replay(cpu, [goog.iloc[1000:1100]]), _replay(gpu, [goog.iloc[1000:1100]])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -221,13 +232,15 @@ def test_refused_timestamp_changes_nothing_and_the_next_bar_is_as_if_never_sent(
     twin = LivePredictor(market_run, ["A", "B"], DAILY)  # never sees the refused bars
     assert list(predictor.buffers) == [10]  # the LSTM's sequence buffer is in the way
     lstm = [j for j, (_, family, _) in enumerate(predictor.columns) if family == "lstm"]
-    bad_times = {72: bars[71][5] - pd.Timedelta(days=1),  # older than the previous bar
-                 73: bars[30][5],                         # much older
-                 74: "2020-01-01",                        # not a time
-                 75: 10**30,                              # past int64 ns
-                 76: np.datetime64("3000-01-01"),         # numpy would wrap it to 1830
-                 77: pd.NaT,
-                 90: bars[89][5] - pd.Timedelta(1, "ns")}
+    bad_times = {
+        72: bars[71][5] - pd.Timedelta(days=1),  # older than the previous bar
+        73: bars[30][5],  # much older
+        74: "2020-01-01",  # not a time
+        75: 10**30,  # past int64 ns
+        76: np.datetime64("3000-01-01"),  # numpy would wrap it to 1830
+        77: pd.NaT,
+        90: bars[89][5] - pd.Timedelta(1, "ns"),
+    }
     for t, (*ohlcv, ts) in enumerate(bars):
         if t in bad_times:
             assert predictor.buffers[10].last_timestamp("A") == timestamp_ns(bars[t - 1][5])  # rows stamped
@@ -260,8 +273,9 @@ def test_without_sequence_models_a_decreasing_timestamp_is_refused_too(market_ru
     assert restored.last_timestamp == predictor.last_timestamp == timestamp_ns(bars[29][5])
     with pytest.raises(InferenceError, match="older than the previous bar"):
         restored.on_bar(*bars[32][:5], timestamp=bars[28][5])
-    np.testing.assert_array_equal(restored.on_bar(*bars[32][:5], timestamp=bars[32][5]),
-                                  predictor.on_bar(*bars[32][:5], timestamp=bars[32][5]))
+    np.testing.assert_array_equal(
+        restored.on_bar(*bars[32][:5], timestamp=bars[32][5]), predictor.on_bar(*bars[32][:5], timestamp=bars[32][5])
+    )
 
 
 def test_state_last_timestamp_is_validated_and_version_1_states_still_load(market_run, goog):
@@ -277,9 +291,15 @@ def test_state_last_timestamp_is_validated_and_version_1_states_still_load(marke
     fresh.load_state_dict(version_1)  # before "last_timestamp": taken from the buffers' newest row
     assert fresh.last_timestamp == last
     missing = {k: v for k, v in state.items() if k != "last_timestamp"}
-    for bad in (missing, dict(state, last_timestamp="yesterday"), dict(state, last_timestamp=True),
-                dict(state, last_timestamp=1.5e18), dict(state, last_timestamp=10**30),
-                dict(state, last_timestamp=last - 1), dict(state, last_timestamp=None)):  # older than a buffer row
+    for bad in (
+        missing,
+        dict(state, last_timestamp="yesterday"),
+        dict(state, last_timestamp=True),
+        dict(state, last_timestamp=1.5e18),
+        dict(state, last_timestamp=10**30),
+        dict(state, last_timestamp=last - 1),
+        dict(state, last_timestamp=None),
+    ):  # older than a buffer row
         other = LivePredictor(market_run, ["A", "B"], DAILY)
         with pytest.raises(StateError, match="last_timestamp"):
             other.load_state_dict(bad)

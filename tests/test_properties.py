@@ -1,7 +1,9 @@
 """Properties (hypothesis): no input crashes the library with anything but its own typed errors,
 and no good state is changed by a bad input. Bounded and derandomized, so CI is reproducible."""
+
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 
@@ -15,19 +17,26 @@ from fastinfer import artifacts, config
 from fastinfer.buffers import SeqBufferManager
 from fastinfer.errors import FastInferError, InferenceError, ModelLoadError, StateError
 from fastinfer.features import FeatureBuilder, StreamingFeatures
-from fastinfer.lock import LOCK_FILE, read_lock
 from fastinfer.loader import ModelLoader
+from fastinfer.lock import LOCK_FILE, read_lock
 
 from ._hardening import example
 from .conftest import TARGET
 
-BOUNDED = settings(max_examples=120, deadline=None, derandomize=True, database=None,
-                   suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                          HealthCheck.data_too_large])
+BOUNDED = settings(
+    max_examples=120,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
-json_scalars = st.none() | st.booleans() | st.integers(-10**30, 10**30) | st.floats() | st.text(max_size=12)
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+json_scalars = st.none() | st.booleans() | st.integers(-(10**30), 10**30) | st.floats() | st.text(max_size=12)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 
 
 def _mutations(good: dict) -> st.SearchStrategy:
@@ -120,17 +129,34 @@ def test_any_bytes_as_lock_is_a_lock_or_a_state_error(lock_run, raw):
     example("lock parser: arbitrary bytes")
     root, _ = lock_run
     (root / LOCK_FILE).write_bytes(raw)
-    try:
+    with contextlib.suppress(StateError):
         read_lock(root)
-    except StateError:
-        pass
 
 
-config_docs = st.dictionaries(st.sampled_from(["models", "executor", "predictor", "live_trading", "x"]),
-                              st.dictionaries(st.sampled_from(
-                                  ["lazy_load", "seq_buffer_size", "seq_warmup_bars", "providers", "nan_policy",
-                                   "interval_rel_tol", "verify_signature", "trusted_public_key", "family_priority",
-                                   "forest_kernel", "bogus"]), json_values, max_size=4) | json_values, max_size=3)
+config_docs = st.dictionaries(
+    st.sampled_from(["models", "executor", "predictor", "live_trading", "x"]),
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "lazy_load",
+                "seq_buffer_size",
+                "seq_warmup_bars",
+                "providers",
+                "nan_policy",
+                "interval_rel_tol",
+                "verify_signature",
+                "trusted_public_key",
+                "family_priority",
+                "forest_kernel",
+                "bogus",
+            ]
+        ),
+        json_values,
+        max_size=4,
+    )
+    | json_values,
+    max_size=3,
+)
 
 
 @BOUNDED
@@ -149,7 +175,9 @@ def test_any_config_is_settings_or_a_config_error(doc):
 # ---------------------------------------------------------------- the feature / predict path
 
 
-finite_or_not = st.floats(allow_nan=True, allow_infinity=True, width=64) | st.sampled_from([0.0, -0.0, 1e308, -1e308, 5e-324])
+finite_or_not = st.floats(allow_nan=True, allow_infinity=True, width=64) | st.sampled_from(
+    [0.0, -0.0, 1e308, -1e308, 5e-324]
+)
 
 
 @BOUNDED
@@ -169,8 +197,14 @@ def test_streaming_features_never_raise_and_bad_bars_change_nothing(bars):
 
 
 @BOUNDED
-@given(row=hnp.arrays(st.sampled_from([np.float64, np.float32, np.int64, np.bool_, np.complex128]),
-                      hnp.array_shapes(min_dims=1, max_dims=3, max_side=5), elements=None) | st.lists(finite_or_not, max_size=6))
+@given(
+    row=hnp.arrays(
+        st.sampled_from([np.float64, np.float32, np.int64, np.bool_, np.complex128]),
+        hnp.array_shapes(min_dims=1, max_dims=3, max_side=5),
+        elements=None,
+    )
+    | st.lists(finite_or_not, max_size=6)
+)
 def test_buffer_push_is_stored_or_an_inference_error_and_a_rejected_row_changes_nothing(row):
     example("sequence buffer: arbitrary rows")
     buffer = SeqBufferManager(4, 3, "S")
@@ -191,9 +225,14 @@ def ridge_and_trees(full_run):
 
 
 @BOUNDED
-@given(X=hnp.arrays(st.sampled_from([np.float64, np.float32, np.int32, np.bool_, np.uint8]),
-                    hnp.array_shapes(min_dims=1, max_dims=3, max_side=9), elements=None),
-       policy=st.sampled_from(["reject", "pass"]))
+@given(
+    X=hnp.arrays(
+        st.sampled_from([np.float64, np.float32, np.int32, np.bool_, np.uint8]),
+        hnp.array_shapes(min_dims=1, max_dims=3, max_side=9),
+        elements=None,
+    ),
+    policy=st.sampled_from(["reject", "pass"]),
+)
 def test_predict_returns_or_raises_inference_error_and_never_sees_inf(ridge_and_trees, X, policy):
     example("LoadedModel.predict: arbitrary arrays")
     for model in ridge_and_trees:
@@ -218,8 +257,9 @@ def test_feature_builder_returns_or_raises_feature_build_error(frame):
     import pandas as pd
 
     n = frame.draw(st.integers(0, 30))
-    cols = frame.draw(st.lists(st.sampled_from(["open", "High", "low", "Close", "volume", "Date", "x"]),
-                               unique=True, max_size=7))
+    cols = frame.draw(
+        st.lists(st.sampled_from(["open", "High", "low", "Close", "volume", "Date", "x"]), unique=True, max_size=7)
+    )
     data = {c: frame.draw(st.lists(finite_or_not, min_size=n, max_size=n)) for c in cols}
     df = pd.DataFrame(data)
     if frame.draw(st.booleans()) and n:
@@ -241,26 +281,52 @@ def live(market_run, goog):
     predictor = LivePredictor(market_run, ["A", "B", "C"], 1440.0)
     a = ohlcv_arrays(goog.iloc[1000:1075])
     for t in range(75):
-        predictor.on_bar(*(np.array([x[t], x[t] * 1.1, x[t] * 0.9]) for x in
-                           (a["open"], a["high"], a["low"], a["close"], a["volume"])), timestamp=goog.index[1000 + t])
+        predictor.on_bar(
+            *(
+                np.array([x[t], x[t] * 1.1, x[t] * 0.9])
+                for x in (a["open"], a["high"], a["low"], a["close"], a["volume"])
+            ),
+            timestamp=goog.index[1000 + t],
+        )
     assert all(b.last_timestamp(0) is not None for b in predictor.buffers.values())
     return predictor, predictor.state_dict(), int(goog.index[1074].value)
 
 
 DAY_NS = 86_400 * 10**9
-GARBAGE_TIMES = (st.text(max_size=8) | st.floats() | st.booleans() | st.integers(2**63, 10**30)
-                 | st.integers(-(10**30), -(2**63)) | st.sampled_from([np.datetime64("NaT"), np.datetime64("3000-01-01"),
-                                                                        np.datetime64(10**9, "Y"), b"2020", [1], object()]))
+GARBAGE_TIMES = (
+    st.text(max_size=8)
+    | st.floats()
+    | st.booleans()
+    | st.integers(2**63, 10**30)
+    | st.integers(-(10**30), -(2**63))
+    | st.sampled_from(
+        [np.datetime64("NaT"), np.datetime64("3000-01-01"), np.datetime64(10**9, "Y"), b"2020", [1], object()]
+    )
+)
 # (kind, value): "later"/"same"/"earlier" are relative to the predictor's newest bar time.
-bar_times = (st.tuples(st.just("none"), st.none()) | st.tuples(st.just("later"), st.integers(1, 30 * DAY_NS))
-             | st.tuples(st.just("same"), st.none()) | st.tuples(st.just("earlier"), st.integers(1, 30 * DAY_NS))
-             | st.tuples(st.just("garbage"), GARBAGE_TIMES))
+bar_times = (
+    st.tuples(st.just("none"), st.none())
+    | st.tuples(st.just("later"), st.integers(1, 30 * DAY_NS))
+    | st.tuples(st.just("same"), st.none())
+    | st.tuples(st.just("earlier"), st.integers(1, 30 * DAY_NS))
+    | st.tuples(st.just("garbage"), GARBAGE_TIMES)
+)
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(bars=st.lists(st.tuples(*[st.lists(finite_or_not | st.floats(50, 150), min_size=3, max_size=3)] * 5, bar_times),
-                     min_size=1, max_size=8))
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    bars=st.lists(
+        st.tuples(*[st.lists(finite_or_not | st.floats(50, 150), min_size=3, max_size=3)] * 5, bar_times),
+        min_size=1,
+        max_size=8,
+    )
+)
 def test_on_bar_never_raises_never_outputs_inf_and_bad_bars_keep_state(live, bars):
     """Any bar values and bar times: on_bar returns or (for a bar time that is not a time, or is
     older than the newest bar) raises ``InferenceError`` leaving the whole state as it was; no

@@ -1,4 +1,5 @@
 """fastinfer.kernels.ring against references built with numpy concatenation."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,7 +27,7 @@ def test_wraparound_many_cycles_matches_concatenation(t, f, pad):
     data, state, stamps = ring.allocate(n_sym, t, f)
     history: list[list[np.ndarray]] = [[] for _ in range(n_sym)]
     out = np.empty((t, f), dtype=np.float32)
-    for step in range(25 * t + 7):  # many full cycles, ending mid-cycle
+    for _step in range(25 * t + 7):  # many full cycles, ending mid-cycle
         s = int(rng.integers(n_sym))
         row = rng.standard_normal(f)  # float64 in, float32 stored
         assert ring.push(data, state, stamps, s, row, ring.NO_STAMP, 0) == ring.OK
@@ -44,7 +45,7 @@ def test_batch_push_and_read_equal_per_symbol(pad):
     a = ring.allocate(n_sym, t, f)
     b = ring.allocate(n_sym, t, f)
     bad = np.empty(n_sym, dtype=np.int64)
-    for step in range(40):
+    for _step in range(40):
         # A random subset in random order, as push_block over an index array.
         idx = rng.permutation(n_sym)[: int(rng.integers(1, n_sym + 1))].astype(np.int64)
         block = rng.standard_normal((idx.size, f)).astype(np.float32)
@@ -93,7 +94,10 @@ def test_bad_index_and_shape_codes_write_nothing():
     assert ring.read(data, state, 5, out, 0) == ring.BAD_INDEX
     assert ring.read(data, state, 0, np.empty((2, 2), dtype=np.float32), 0) == ring.BAD_SHAPE
     bad = np.empty(2, dtype=np.int64)
-    assert ring.push_block(data, state, stamps, np.array([0, 7]), np.ones((2, 2)), bad, True, ring.NO_STAMP, 0) == ring.BAD_INDEX
+    assert (
+        ring.push_block(data, state, stamps, np.array([0, 7]), np.ones((2, 2)), bad, True, ring.NO_STAMP, 0)
+        == ring.BAD_INDEX
+    )
     assert ring.read_batch(data, state, np.array([0, 1]), np.empty((1, 3, 2), dtype=np.float32), 0) == ring.BAD_SHAPE
     assert not state.any() and not data.any()
 

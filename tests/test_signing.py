@@ -1,4 +1,5 @@
 """Signed runs: keygen, sign, verify; a loader that refuses an unsigned, tampered or foreign run."""
+
 from __future__ import annotations
 
 import base64
@@ -17,8 +18,8 @@ from fastinfer import config, signing
 from fastinfer.cli import main
 from fastinfer.errors import ConfigError, SignatureError
 from fastinfer.integrity import sha256_file
-from fastinfer.lock import LOCK_FILE
 from fastinfer.loader import ModelLoader
+from fastinfer.lock import LOCK_FILE
 
 from ._hardening import hostile
 from .conftest import TARGET
@@ -85,7 +86,12 @@ def test_signature_is_the_model_signing_layout_and_verifies_independently(signed
     names = [r["name"] for r in statement["predicate"]["resources"]]
     assert names == sorted(names) and statement["predicate"]["serialization"]["method"] == "files"
     pub = signing.load_public_key(keys[1])
-    pae = b"DSSEv1 %d %s %d %s" % (len(envelope["payloadType"]), envelope["payloadType"].encode(), len(payload), payload)
+    pae = b"DSSEv1 %d %s %d %s" % (
+        len(envelope["payloadType"]),
+        envelope["payloadType"].encode(),
+        len(payload),
+        payload,
+    )
     pub.verify(base64.b64decode(envelope["signatures"][0]["sig"]), pae)  # raises if not
     assert bundle["verificationMaterial"]["publicKey"]["hint"] == signing.key_id(pub)
 
@@ -170,21 +176,44 @@ def _statement(bundle):
 
 BAD_SIGNATURES = {
     "garbage": (lambda root, keys: (root / signing.SIG_FILE).write_bytes(b"\x00\xff not json"), "malformed"),
-    "truncated": (lambda root, keys: (root / signing.SIG_FILE).write_bytes((root / signing.SIG_FILE).read_bytes()[:200]),
-                  "malformed"),
+    "truncated": (
+        lambda root, keys: (root / signing.SIG_FILE).write_bytes((root / signing.SIG_FILE).read_bytes()[:200]),
+        "malformed",
+    ),
     "no signatures": (lambda root, keys: _resign(root, lambda b: b["dsseEnvelope"].update(signatures=[])), "malformed"),
-    "bad base64": (lambda root, keys: _resign(root, lambda b: b["dsseEnvelope"]["signatures"][0].update(sig="!!")),
-                   "malformed"),
-    "altered statement": (lambda root, keys: _resign(root, lambda b: _swap_payload(
-        b, {**_statement(b), "predicate": {**_statement(b)["predicate"], "resources": []}})), "does not verify"),
-    "zeroed signature": (lambda root, keys: _resign(root, lambda b: b["dsseEnvelope"]["signatures"][0].update(
-        sig=base64.b64encode(bytes(64)).decode())), "does not verify"),
-    "wrong payload type": (lambda root, keys: _resign(root, lambda b: b["dsseEnvelope"].update(payloadType="text/plain")),
-                           "payload type"),
-    "another key's hint": (lambda root, keys: _resign(root, lambda b: b["verificationMaterial"]["publicKey"].update(
-        hint="0" * 64)), "signed by another key"),
-    "huge": (lambda root, keys: (root / signing.SIG_FILE).write_bytes(b" " * (signing.MAX_SIG_BYTES + 1)), "larger than"),
-    "directory": (lambda root, keys: ((root / signing.SIG_FILE).unlink(), (root / signing.SIG_FILE).mkdir()), "not signed"),
+    "bad base64": (
+        lambda root, keys: _resign(root, lambda b: b["dsseEnvelope"]["signatures"][0].update(sig="!!")),
+        "malformed",
+    ),
+    "altered statement": (
+        lambda root, keys: _resign(
+            root,
+            lambda b: _swap_payload(b, {**_statement(b), "predicate": {**_statement(b)["predicate"], "resources": []}}),
+        ),
+        "does not verify",
+    ),
+    "zeroed signature": (
+        lambda root, keys: _resign(
+            root, lambda b: b["dsseEnvelope"]["signatures"][0].update(sig=base64.b64encode(bytes(64)).decode())
+        ),
+        "does not verify",
+    ),
+    "wrong payload type": (
+        lambda root, keys: _resign(root, lambda b: b["dsseEnvelope"].update(payloadType="text/plain")),
+        "payload type",
+    ),
+    "another key's hint": (
+        lambda root, keys: _resign(root, lambda b: b["verificationMaterial"]["publicKey"].update(hint="0" * 64)),
+        "signed by another key",
+    ),
+    "huge": (
+        lambda root, keys: (root / signing.SIG_FILE).write_bytes(b" " * (signing.MAX_SIG_BYTES + 1)),
+        "larger than",
+    ),
+    "directory": (
+        lambda root, keys: ((root / signing.SIG_FILE).unlink(), (root / signing.SIG_FILE).mkdir()),
+        "not signed",
+    ),
 }
 
 
@@ -226,8 +255,11 @@ def test_rsa_or_missing_key_refused(signed, tmp_path):
     from cryptography.hazmat.primitives.asymmetric import ec
 
     hostile("signature", "non-Ed25519 key")
-    pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     with pytest.raises(SignatureError, match="expected Ed25519"):
         _loader(signed, pem)
     with pytest.raises(SignatureError, match="cannot read public key"):

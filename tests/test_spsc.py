@@ -1,4 +1,5 @@
 """The shared-memory SPSC ring: in-process semantics and a two-process stress test."""
+
 from __future__ import annotations
 
 import multiprocessing as mp

@@ -8,6 +8,7 @@ through ``LoopbackServer``: tritonclient's own HTTP request body, decoded as a K
 server would, run in ONNX Runtime on the exported repository's files under their
 config.pbtxt, answered with a v2 response body that tritonclient's own ``InferResult`` parses.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,27 +26,29 @@ import pytest
 
 pytest.importorskip("tritonclient.http", reason="tritonclient is the [serving] extra")
 
-from click.testing import CliRunner  # noqa: E402
-from google.protobuf import text_format  # noqa: E402
-from tritonclient.grpc import model_config_pb2 as mc  # noqa: E402
+from click.testing import CliRunner
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
 
-from fastinfer.cli import main  # noqa: E402
-from fastinfer.errors import ConfigError, InferenceError, IntegrityError, ModelLoadError, StateError  # noqa: E402
-from fastinfer.features import ohlcv_arrays  # noqa: E402
-from fastinfer.lock import LOCK_FILE, read_lock  # noqa: E402
-from fastinfer.predictor import LivePredictor  # noqa: E402
-from fastinfer.serving import INDEX_FILE, SUMS_FILE, TritonPredictor, export_triton  # noqa: E402
+from fastinfer.cli import main
+from fastinfer.errors import ConfigError, InferenceError, IntegrityError, ModelLoadError, StateError
+from fastinfer.features import ohlcv_arrays
+from fastinfer.lock import LOCK_FILE, read_lock
+from fastinfer.predictor import LivePredictor
+from fastinfer.serving import INDEX_FILE, SUMS_FILE, TritonPredictor, export_triton
 
-from .conftest import MARKET_TRAIN_BARS  # noqa: E402
+from .conftest import MARKET_TRAIN_BARS
 
 DAILY = 1440.0
 N_SYMBOLS = 8
 MAX_BATCH = 3  # below N_SYMBOLS: requests are split by max_batch_size
-NO_SERVER = ("no Triton server here (NOTES.md: pytriton's bundled tritonserver has no ONNX Runtime backend). "
-             "Run one with the official container: docker run --rm -p8000:8000 -p8001:8001 "
-             "nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models "
-             "--model-control-mode=explicit, then set FASTINFER_TRITON_URL=localhost:8000 "
-             "(or put tritonserver on PATH)")
+NO_SERVER = (
+    "no Triton server here (NOTES.md: pytriton's bundled tritonserver has no ONNX Runtime backend). "
+    "Run one with the official container: docker run --rm -p8000:8000 -p8001:8001 "
+    "nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models "
+    "--model-control-mode=explicit, then set FASTINFER_TRITON_URL=localhost:8000 "
+    "(or put tritonserver on PATH)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,22 +62,27 @@ def repo(tmp_path_factory, market_run):
 def replay(market_run, goog):
     """(LivePredictor over 8 symbols after each bar: features, sequences, outputs) for 90 real bars."""
     predictor = LivePredictor(market_run, [f"S{i}" for i in range(N_SYMBOLS)], DAILY)
-    frame = goog.iloc[MARKET_TRAIN_BARS: MARKET_TRAIN_BARS + 90]
+    frame = goog.iloc[MARKET_TRAIN_BARS : MARKET_TRAIN_BARS + 90]
     a = ohlcv_arrays(frame)
     scale = 1.0 + 0.1 * np.arange(N_SYMBOLS)
     steps = []
     for t in range(len(frame)):
-        out = predictor.on_bar(*(a[k][t] * scale for k in ("open", "high", "low", "close", "volume")),
-                               timestamp=frame.index[t])
+        out = predictor.on_bar(
+            *(a[k][t] * scale for k in ("open", "high", "low", "close", "volume")), timestamp=frame.index[t]
+        )
         seqs = {T: predictor.plan.sequence_inputs[T].copy() for T in predictor.plan.sequence_inputs}
-        steps.append((predictor.features.out.copy(), seqs, out.copy(),
-                      [predictor.as_dict(s) for s in predictor.symbols]))
+        steps.append(
+            (predictor.features.out.copy(), seqs, out.copy(), [predictor.as_dict(s) for s in predictor.symbols])
+        )
     return predictor, steps
 
 
 def _configs(out: Path) -> dict[str, mc.ModelConfig]:
-    return {d.name: text_format.Parse((d / "config.pbtxt").read_text(), mc.ModelConfig())
-            for d in sorted(out.iterdir()) if d.is_dir()}
+    return {
+        d.name: text_format.Parse((d / "config.pbtxt").read_text(), mc.ModelConfig())
+        for d in sorted(out.iterdir())
+        if d.is_dir()
+    }
 
 
 class LoopbackServer:
@@ -90,8 +98,10 @@ class LoopbackServer:
         import onnxruntime as ort
 
         self.configs = _configs(repository)
-        self.sessions = {name: ort.InferenceSession(str(repository / name / "1" / "model.onnx"),
-                                                    providers=["CPUExecutionProvider"]) for name in self.configs}
+        self.sessions = {
+            name: ort.InferenceSession(str(repository / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+            for name in self.configs
+        }
         self.requests: list[tuple[str, tuple[int, ...]]] = []
 
     def is_server_live(self) -> bool:
@@ -118,11 +128,13 @@ class LoopbackServer:
             if spec is None or tensor["datatype"] != "FP32" or mc.DataType.Name(spec.data_type) != "TYPE_FP32":
                 raise InferenceServerException(f"unexpected input {tensor['name']!r} {tensor['datatype']}")
             if shape[1:] != tuple(spec.dims) or not 1 <= shape[0] <= cfg.max_batch_size:
-                raise InferenceServerException(f"[request id: <id_unknown>] unexpected shape for input "
-                                               f"'{spec.name}' for model '{model_name}'. Expected "
-                                               f"[-1,{','.join(map(str, spec.dims))}], got {list(shape)}")
+                raise InferenceServerException(
+                    f"[request id: <id_unknown>] unexpected shape for input "
+                    f"'{spec.name}' for model '{model_name}'. Expected "
+                    f"[-1,{','.join(map(str, spec.dims))}], got {list(shape)}"
+                )
             size = tensor["parameters"]["binary_data_size"]
-            feeds[spec.name] = np.frombuffer(binary[offset: offset + size], dtype=np.float32).reshape(shape)
+            feeds[spec.name] = np.frombuffer(binary[offset : offset + size], dtype=np.float32).reshape(shape)
             offset += size
         self.requests.append((model_name, shape))
         wanted = [o["name"] for o in header["outputs"]] if "outputs" in header else [o.name for o in cfg.output]
@@ -132,8 +144,14 @@ class LoopbackServer:
         for name, value in zip(wanted, results):
             value = np.ascontiguousarray(value, dtype=np.float32)
             assert list(value.shape[1:]) == list(next(o.dims for o in cfg.output if o.name == name))
-            response["outputs"].append({"name": name, "datatype": "FP32", "shape": list(value.shape),
-                                        "parameters": {"binary_data_size": value.nbytes}})
+            response["outputs"].append(
+                {
+                    "name": name,
+                    "datatype": "FP32",
+                    "shape": list(value.shape),
+                    "parameters": {"binary_data_size": value.nbytes},
+                }
+            )
             blobs.append(value.tobytes())
         head = json.dumps(response).encode()
         return httpclient.InferResult.from_response_body(head + b"".join(blobs), header_length=len(head))
@@ -167,8 +185,11 @@ def test_every_config_parses_with_tritons_protobuf(repo, market_run):
         for o, g in zip(cfg.output, graph.graph.output):
             assert o.name == g.name and list(o.dims) == [d.dim_value for d in g.type.tensor_type.shape.dim][1:]
     for e in onnx_entries:  # per-model folders carry the lock's I/O
-        model = next(m for m in index["models"].values() if m["kind"] == "model"
-                     and (m["outputs"][0]["target"], m["outputs"][0]["family"]) == (e.target, e.family))
+        model = next(
+            m
+            for m in index["models"].values()
+            if m["kind"] == "model" and (m["outputs"][0]["target"], m["outputs"][0]["family"]) == (e.target, e.family)
+        )
         assert model["input"]["dims"] == e.input["shape"][1:]
         assert model["outputs"][0]["columns"] == e.output["columns"]
     assert list(configs["fused-seq10"].input[0].dims) == [10, len(index["union"])]
@@ -195,7 +216,7 @@ def test_graph_sha256_match_the_lock_and_the_sums_file(repo, market_run):
 
 
 def test_fused_outputs_are_the_live_predictors_columns(repo, replay):
-    out, index = repo
+    _out, index = repo
     predictor, _ = replay
     assert [tuple(c) for c in index["columns"]] == predictor.columns
     assert index["union"] == predictor.union
@@ -269,8 +290,15 @@ def test_grpc_protocol_builds_a_grpc_client(repo):
 
 def test_gpu_instances_and_re_export(repo, market_run, tmp_path):
     out = tmp_path / "gpu"
-    index = export_triton(market_run, out, instance_kind="gpu", max_batch_size=64, max_queue_delay_us=0,
-                          instance_count=2, name_prefix="runA-")
+    index = export_triton(
+        market_run,
+        out,
+        instance_kind="gpu",
+        max_batch_size=64,
+        max_queue_delay_us=0,
+        instance_count=2,
+        name_prefix="runA-",
+    )
     configs = _configs(out)
     assert all(n.startswith("runA-") for n in configs)
     for cfg in configs.values():
@@ -286,8 +314,7 @@ def test_gpu_instances_and_re_export(repo, market_run, tmp_path):
     (foreign / "x").write_text("")
     with pytest.raises(StateError, match="not a fastinfer Triton export"):
         export_triton(market_run, foreign)
-    for bad in ({"instance_kind": "tpu"}, {"max_batch_size": 0}, {"max_queue_delay_us": -1},
-                {"name_prefix": "a/b"}):
+    for bad in ({"instance_kind": "tpu"}, {"max_batch_size": 0}, {"max_queue_delay_us": -1}, {"name_prefix": "a/b"}):
         with pytest.raises(ConfigError):
             export_triton(market_run, tmp_path / "never", **bad)
     assert not (tmp_path / "never").exists()
@@ -322,13 +349,29 @@ def test_tampered_graph_is_refused_naming_the_file(market_copy, tmp_path):
 def test_cli_export_triton(market_run, tmp_path):
     runner = CliRunner()
     out = tmp_path / "cli"
-    result = runner.invoke(main, ["export-triton", str(market_run), str(out), "--gpu", "--max-batch-size", "16",
-                                  "--max-queue-delay-us", "500", "--no-fused"])
+    result = runner.invoke(
+        main,
+        [
+            "export-triton",
+            str(market_run),
+            str(out),
+            "--gpu",
+            "--max-batch-size",
+            "16",
+            "--max-queue-delay-us",
+            "500",
+            "--no-fused",
+        ],
+    )
     assert result.exit_code == 0, result.output
     configs = _configs(out)
     assert configs and not any(n.startswith("fused") for n in configs)
-    assert all(c.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU and c.max_batch_size == 16
-               and c.dynamic_batching.max_queue_delay_microseconds == 500 for c in configs.values())
+    assert all(
+        c.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+        and c.max_batch_size == 16
+        and c.dynamic_batching.max_queue_delay_microseconds == 500
+        for c in configs.values()
+    )
     assert (out / INDEX_FILE).is_file() and f"{len(configs)} model(s)" in result.output
     bad = runner.invoke(main, ["export-triton", str(tmp_path / "nowhere"), str(tmp_path / "o2")])
     assert bad.exit_code == 2 and bad.output.startswith("error: ") and len(bad.output.strip().splitlines()) == 1
@@ -364,9 +407,18 @@ def triton_server(repo):
     if binary is None:
         pytest.skip(NO_SERVER)
     http_port = _free_port()
-    proc = subprocess.Popen([binary, f"--model-repository={out}", f"--http-port={http_port}",
-                             f"--grpc-port={_free_port()}", f"--metrics-port={_free_port()}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--model-repository={out}",
+            f"--http-port={http_port}",
+            f"--grpc-port={_free_port()}",
+            f"--metrics-port={_free_port()}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"127.0.0.1:{http_port}"
     try:
         client = httpclient.InferenceServerClient(url=url)
@@ -391,8 +443,8 @@ def triton_server(repo):
 
 def test_triton_predictor_against_a_real_server(triton_server, repo, replay):
     out, _ = repo
-    predictor, steps = replay
-    feats, seqs, live_out, live_dicts = steps[-1]
+    _predictor, steps = replay
+    feats, seqs, live_out, _live_dicts = steps[-1]
     client = TritonPredictor(triton_server, out)
     assert client.is_ready()
     got = client.infer(feats, seqs)
@@ -416,8 +468,9 @@ def test_signed_export_checks_graphs_against_the_signed_lock(market_copy, tmp_pa
     private, public = signing.generate_keypair(tmp_path / "k")
     signing.sign_run(market_copy, private)
     settings = Settings()
-    settings = dataclasses.replace(settings, models=dataclasses.replace(
-        settings.models, verify_signature=True, trusted_public_key=str(public)))
+    settings = dataclasses.replace(
+        settings, models=dataclasses.replace(settings.models, verify_signature=True, trusted_public_key=str(public))
+    )
     index = export_triton(market_copy, tmp_path / "good", settings=settings, fused=False)  # control
     signed = {e.key: e for e in read_lock(market_copy).entries if e.status == "onnx"}
     entry = next(iter(signed.values()))

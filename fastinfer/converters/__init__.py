@@ -18,11 +18,13 @@ The built-in converter modules are imported on first use, and they import their
 converter libraries (skl2onnx ~3 s, tf2onnx + TensorFlow ~7 s) only inside the
 converter functions: importing this package costs the ``onnx`` import only.
 """
+
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import onnx
 
@@ -74,8 +76,9 @@ def type_names(obj: Any) -> set[str]:
     return {f"{cls.__module__.split('.')[0]}.{cls.__name__}" for cls in type(obj).__mro__}
 
 
-def register(key: str, *, accepts: tuple[str, ...], match: Callable[[Any], bool] | None = None,
-             replace: bool = False) -> Callable[[Converter], Converter]:
+def register(
+    key: str, *, accepts: tuple[str, ...], match: Callable[[Any], bool] | None = None, replace: bool = False
+) -> Callable[[Converter], Converter]:
     """Register ``fn`` as the converter for ``key``; registering a key twice is refused.
 
     ``accepts`` lists the native types as ``"package.ClassName"``; an object is accepted
@@ -85,10 +88,13 @@ def register(key: str, *, accepts: tuple[str, ...], match: Callable[[Any], bool]
 
     def decorator(fn: Converter) -> Converter:
         if key in _REGISTRY and not replace:
-            raise ValueError(f"converter {key!r} is already registered ({_REGISTRY[key].fn.__module__}); "
-                             "pass replace=True to override it")
-        _REGISTRY[key] = _Entry(key, fn, tuple(accepts),
-                                match if match is not None else (lambda obj: bool(type_names(obj) & accepted)))
+            raise ValueError(
+                f"converter {key!r} is already registered ({_REGISTRY[key].fn.__module__}); "
+                "pass replace=True to override it"
+            )
+        _REGISTRY[key] = _Entry(
+            key, fn, tuple(accepts), match if match is not None else (lambda obj: bool(type_names(obj) & accepted))
+        )
         return fn
 
     return decorator
@@ -132,18 +138,20 @@ def convert(native: Any, family: Family | str, n_features: int, seq_len: int | N
     _load_builtins()
     entry = _REGISTRY.get(family.converter)
     if entry is None:
-        raise ConversionError(f"family {family.name!r}: no converter {family.converter!r} is registered; "
-                              f"supported converters: {_supported_text()}")
+        raise ConversionError(
+            f"family {family.name!r}: no converter {family.converter!r} is registered; "
+            f"supported converters: {_supported_text()}"
+        )
     if not entry.match(native):
         raise ConversionError(
             f"family {family.name!r}: converter {family.converter!r} cannot convert a "
             f"{type(native).__module__}.{type(native).__qualname__}; it takes {', '.join(entry.accepts)} "
-            f"(supported converters: {_supported_text()})")
+            f"(supported converters: {_supported_text()})"
+        )
     if not isinstance(n_features, int) or isinstance(n_features, bool) or n_features < 1:
         raise ConversionError(f"family {family.name!r}: n_features must be a positive int, got {n_features!r}")
     if family.input_rank == 3 and (not isinstance(seq_len, int) or seq_len < 1):
-        raise ConversionError(f"family {family.name!r} is sequential: seq_len must be a positive int, "
-                              f"got {seq_len!r}")
+        raise ConversionError(f"family {family.name!r} is sequential: seq_len must be a positive int, got {seq_len!r}")
     try:
         graph = entry.fn(native, family, n_features, seq_len if family.input_rank == 3 else None)
     except ConversionError as exc:
@@ -151,8 +159,10 @@ def convert(native: Any, family: Family | str, n_features: int, seq_len: int | N
             raise
         raise ConversionError(f"family {family.name!r}: {exc}") from exc
     except Exception as exc:  # a converter library failing deep inside: name the family
-        raise ConversionError(f"family {family.name!r}: converter {family.converter!r} failed on "
-                              f"{type(native).__qualname__}: {type(exc).__name__}: {exc}") from exc
+        raise ConversionError(
+            f"family {family.name!r}: converter {family.converter!r} failed on "
+            f"{type(native).__qualname__}: {type(exc).__name__}: {exc}"
+        ) from exc
     check_contract(graph, family, n_features, seq_len)
     return graph
 
@@ -196,17 +206,21 @@ def check_graph(model: onnx.ModelProto) -> None:
         raise ConversionError(f"graph defines local functions ({names}): only standard operators are allowed")
     for opset in model.opset_import:
         if opset.domain not in ALLOWED_DOMAINS:
-            raise ConversionError(f"graph imports non-standard operator domain {opset.domain!r} "
-                                  f"(allowed: {sorted(ALLOWED_DOMAINS)})")
+            raise ConversionError(
+                f"graph imports non-standard operator domain {opset.domain!r} (allowed: {sorted(ALLOWED_DOMAINS)})"
+            )
     for graph in iter_graphs(model.graph):
         for node in graph.node:
             if node.domain not in ALLOWED_DOMAINS:
-                raise ConversionError(f"node {node.name!r} ({node.op_type}) is in non-standard domain "
-                                      f"{node.domain!r} (allowed: {sorted(ALLOWED_DOMAINS)})")
+                raise ConversionError(
+                    f"node {node.name!r} ({node.op_type}) is in non-standard domain "
+                    f"{node.domain!r} (allowed: {sorted(ALLOWED_DOMAINS)})"
+                )
         for tensor in _tensors(graph):
             if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
-                raise ConversionError(f"tensor {tensor.name!r} stores its data externally: "
-                                      "a graph must carry all its weights")
+                raise ConversionError(
+                    f"tensor {tensor.name!r} stores its data externally: a graph must carry all its weights"
+                )
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
@@ -214,10 +228,9 @@ def check_graph(model: onnx.ModelProto) -> None:
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | str | None]:
-    out: list[int | str | None] = []
-    for dim in value_info.type.tensor_type.shape.dim:
-        out.append(dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or None))
-    return out
+    return [
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in value_info.type.tensor_type.shape.dim
+    ]
 
 
 def check_contract(graph: ConvertedGraph, family: Family, n_features: int, seq_len: int | None) -> None:
@@ -226,22 +239,43 @@ def check_contract(graph: ConvertedGraph, family: Family, n_features: int, seq_l
     g = graph.model.graph
     where = f"family {family.name!r} (converter {graph.converter!r})"
     if [i.name for i in g.input] != [INPUT_NAME] or [o.name for o in g.output] != [OUTPUT_NAME]:
-        raise ConversionError(f"{where}: graph must have exactly input {INPUT_NAME!r} and output "
-                              f"{OUTPUT_NAME!r}, has inputs {[i.name for i in g.input]} and outputs "
-                              f"{[o.name for o in g.output]}")
+        raise ConversionError(
+            f"{where}: graph must have exactly input {INPUT_NAME!r} and output "
+            f"{OUTPUT_NAME!r}, has inputs {[i.name for i in g.input]} and outputs "
+            f"{[o.name for o in g.output]}"
+        )
     expected_in = [n_features] if family.input_rank == 2 else [seq_len, n_features]
     inp, out = g.input[0], g.output[0]
-    if inp.type.tensor_type.elem_type != onnx.TensorProto.FLOAT or _dims(inp)[1:] != expected_in \
-            or len(_dims(inp)) != family.input_rank:
-        raise ConversionError(f"{where}: input must be float32 [N, {', '.join(map(str, expected_in))}], "
-                              f"is {onnx.TensorProto.DataType.Name(inp.type.tensor_type.elem_type)} {_dims(inp)}")
-    if out.type.tensor_type.elem_type != onnx.TensorProto.FLOAT or _dims(out)[1:] != [len(graph.columns)] \
-            or len(_dims(out)) != 2:
-        raise ConversionError(f"{where}: output must be float32 [N, {len(graph.columns)}], is "
-                              f"{onnx.TensorProto.DataType.Name(out.type.tensor_type.elem_type)} {_dims(out)}")
+    if (
+        inp.type.tensor_type.elem_type != onnx.TensorProto.FLOAT
+        or _dims(inp)[1:] != expected_in
+        or len(_dims(inp)) != family.input_rank
+    ):
+        raise ConversionError(
+            f"{where}: input must be float32 [N, {', '.join(map(str, expected_in))}], "
+            f"is {onnx.TensorProto.DataType.Name(inp.type.tensor_type.elem_type)} {_dims(inp)}"
+        )
+    if (
+        out.type.tensor_type.elem_type != onnx.TensorProto.FLOAT
+        or _dims(out)[1:] != [len(graph.columns)]
+        or len(_dims(out)) != 2
+    ):
+        raise ConversionError(
+            f"{where}: output must be float32 [N, {len(graph.columns)}], is "
+            f"{onnx.TensorProto.DataType.Name(out.type.tensor_type.elem_type)} {_dims(out)}"
+        )
 
 
 __all__ = [
-    "INPUT_NAME", "OUTPUT_NAME", "ALLOWED_DOMAINS", "ConvertedGraph", "register", "registered",
-    "convert", "converter_for", "check_graph", "check_contract", "type_names",
+    "ALLOWED_DOMAINS",
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "ConvertedGraph",
+    "check_contract",
+    "check_graph",
+    "convert",
+    "converter_for",
+    "register",
+    "registered",
+    "type_names",
 ]

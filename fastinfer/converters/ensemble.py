@@ -6,6 +6,7 @@ shared input; their [N, 1] outputs are concatenated. Voting then applies
 ``np.average(..., weights)`` as a MatMul; stacking feeds the concatenation (plus the
 features when ``passthrough``) to the final estimator, converted through the registry too.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -16,7 +17,7 @@ from onnx import helper
 
 from ..errors import ConversionError
 from ..families import FAMILIES, Family
-from . import INPUT_NAME, OUTPUT_NAME, ConvertedGraph, converter_for, convert, register
+from . import INPUT_NAME, OUTPUT_NAME, ConvertedGraph, convert, converter_for, register
 from .graph import OPSETS, chain, concat_columns, finish, input_dims, weighted_sum
 
 _KEY = "ensemble"
@@ -40,9 +41,11 @@ def member_graph(estimator: Any, n_features: int, role: str) -> tuple[onnx.Model
 def _identity(n_features: int) -> onnx.ModelProto:
     """``prediction = features`` ([N, F]): the passthrough columns of a stacker."""
     graph = helper.make_graph(
-        [helper.make_node("Identity", [INPUT_NAME], [OUTPUT_NAME], name="passthrough")], "passthrough",
+        [helper.make_node("Identity", [INPUT_NAME], [OUTPUT_NAME], name="passthrough")],
+        "passthrough",
         [helper.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, input_dims(n_features, None))],
-        [helper.make_tensor_value_info(OUTPUT_NAME, onnx.TensorProto.FLOAT, ["N", n_features])])
+        [helper.make_tensor_value_info(OUTPUT_NAME, onnx.TensorProto.FLOAT, ["N", n_features])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in OPSETS.items()])
     model.ir_version = 8
     return model
@@ -77,8 +80,9 @@ def _stacking(native: Any, n_features: int) -> tuple[onnx.ModelProto, dict[str, 
     merged, libs, m = _members(native, n_features)
     width = m
     if native.passthrough:
-        merged = concat_columns([merged, _identity(n_features)], [m, n_features], ["base_", "pass_"],
-                                name="stack_input")
+        merged = concat_columns(
+            [merged, _identity(n_features)], [m, n_features], ["base_", "pass_"], name="stack_input"
+        )
         width += n_features
     final, final_libs = member_graph(native.final_estimator_, width, "final estimator")
     libs.update(final_libs)

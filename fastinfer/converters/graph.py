@@ -3,10 +3,11 @@
 Everything here works on ``onnx.ModelProto`` with ``onnx.helper`` / ``onnx.compose``; no
 converter library is imported.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from importlib import metadata
-from typing import Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -119,8 +120,9 @@ def input_dims(n_features: int, seq_len: int | None) -> list[int | str]:
     return ["N", n_features] if seq_len is None else ["N", seq_len, n_features]
 
 
-def conform(model: onnx.ModelProto, n_features: int, n_outputs: int, seq_len: int | None = None,
-            output: str | None = None) -> onnx.ModelProto:
+def conform(
+    model: onnx.ModelProto, n_features: int, n_outputs: int, seq_len: int | None = None, output: str | None = None
+) -> onnx.ModelProto:
     """Bring a one-input graph to the contract: input ``features`` float32 [N, F] (or
     [N, T, F]), output ``prediction`` float32 [N, K] (cast and reshaped as needed).
 
@@ -143,7 +145,7 @@ def conform(model: onnx.ModelProto, n_features: int, n_outputs: int, seq_len: in
     source = next((o for o in graph.output if o.name == output), None)
     if source is None:
         raise ConversionError(f"graph has no output {output!r} (outputs: {[o.name for o in graph.output]})")
-    if INPUT_NAME != inputs[0].name and any(INPUT_NAME in (*n.input, *n.output) for n in graph.node):
+    if inputs[0].name != INPUT_NAME and any(INPUT_NAME in (*n.input, *n.output) for n in graph.node):
         rename_value(model, INPUT_NAME, f"{INPUT_NAME}__orig")
     rename_value(model, inputs[0].name, INPUT_NAME)
     _set_shape(graph.input[[i.name for i in graph.input].index(INPUT_NAME)], input_dims(n_features, seq_len))
@@ -152,8 +154,9 @@ def conform(model: onnx.ModelProto, n_features: int, n_outputs: int, seq_len: in
         output = f"{OUTPUT_NAME}__orig" if output == OUTPUT_NAME else output
     value = output
     if source.type.tensor_type.elem_type != TensorProto.FLOAT:
-        graph.node.append(helper.make_node("Cast", [value], [f"{value}__f32"], to=TensorProto.FLOAT,
-                                           name="contract_cast"))
+        graph.node.append(
+            helper.make_node("Cast", [value], [f"{value}__f32"], to=TensorProto.FLOAT, name="contract_cast")
+        )
         value = f"{value}__f32"
     shape_name = "contract_shape"
     graph.initializer.append(numpy_helper.from_array(np.array([-1, n_outputs], dtype=np.int64), shape_name))
@@ -165,8 +168,13 @@ def conform(model: onnx.ModelProto, n_features: int, n_outputs: int, seq_len: in
     return model
 
 
-def finish(model: onnx.ModelProto, columns: Iterable[str], converter: str, libraries: Iterable[str],
-           opsets: dict[str, int] = OPSETS) -> ConvertedGraph:
+def finish(
+    model: onnx.ModelProto,
+    columns: Iterable[str],
+    converter: str,
+    libraries: Iterable[str],
+    opsets: dict[str, int] = OPSETS,
+) -> ConvertedGraph:
     """Align opsets, name the graph, run ``check_graph`` and wrap it: every converter ends here."""
     model = set_opsets(model, opsets)
     model.ir_version = max(model.ir_version, _MIN_IR_VERSION)
@@ -187,9 +195,15 @@ def _absorb(model: onnx.ModelProto, prefix: str, feed: str) -> tuple[onnx.GraphP
     return prefixed.graph, prefix + OUTPUT_NAME
 
 
-def _build(parts: list[onnx.ModelProto], graphs: list[onnx.GraphProto], tail: list[onnx.NodeProto],
-           initializers: list[onnx.TensorProto], input_vi: onnx.ValueInfoProto, n_outputs: int,
-           name: str) -> onnx.ModelProto:
+def _build(
+    parts: list[onnx.ModelProto],
+    graphs: list[onnx.GraphProto],
+    tail: list[onnx.NodeProto],
+    initializers: list[onnx.TensorProto],
+    input_vi: onnx.ValueInfoProto,
+    n_outputs: int,
+    name: str,
+) -> onnx.ModelProto:
     nodes, inits, infos = [], list(initializers), []
     for g in graphs:
         nodes.extend(g.node)
@@ -216,8 +230,9 @@ def _aligned(models: Sequence[onnx.ModelProto]) -> list[onnx.ModelProto]:
     return [set_opsets(onnx.ModelProto.FromString(m.SerializeToString()), target) for m in models]
 
 
-def concat_columns(models: Sequence[onnx.ModelProto], widths: Sequence[int], prefixes: Sequence[str],
-                   name: str = "concat") -> onnx.ModelProto:
+def concat_columns(
+    models: Sequence[onnx.ModelProto], widths: Sequence[int], prefixes: Sequence[str], name: str = "concat"
+) -> onnx.ModelProto:
     """One graph running contract graphs side by side on the one input ``features``; the
     output is their outputs concatenated along columns, [N, sum(widths)]."""
     if len(models) != len(widths) or len(models) != len(prefixes) or len(set(prefixes)) != len(prefixes):
@@ -232,8 +247,9 @@ def concat_columns(models: Sequence[onnx.ModelProto], widths: Sequence[int], pre
     return _build(parts, graphs, tail, [], parts[0].graph.input[0], int(sum(widths)), name)
 
 
-def chain(first: onnx.ModelProto, second: onnx.ModelProto, n_outputs: int, prefixes: tuple[str, str],
-          name: str = "chain") -> onnx.ModelProto:
+def chain(
+    first: onnx.ModelProto, second: onnx.ModelProto, n_outputs: int, prefixes: tuple[str, str], name: str = "chain"
+) -> onnx.ModelProto:
     """``second(first(features))``: the second contract graph reads the first's output as its input."""
     parts = _aligned([first, second])
     g1, out1 = _absorb(parts[0], prefixes[0], INPUT_NAME)
@@ -242,8 +258,9 @@ def chain(first: onnx.ModelProto, second: onnx.ModelProto, n_outputs: int, prefi
     return _build(parts, [g1, g2], tail, [], parts[0].graph.input[0], n_outputs, name)
 
 
-def weighted_sum(model: onnx.ModelProto, weights: np.ndarray, bias: float | np.ndarray = 0.0,
-                 name: str = "combine") -> onnx.ModelProto:
+def weighted_sum(
+    model: onnx.ModelProto, weights: np.ndarray, bias: float | np.ndarray = 0.0, name: str = "combine"
+) -> onnx.ModelProto:
     """Append ``prediction @ weights + bias`` to a contract graph ([N, M] -> [N, K])."""
     weights = np.asarray(weights, dtype=np.float32)
     weights = weights.reshape(-1, 1) if weights.ndim == 1 else weights
@@ -252,10 +269,12 @@ def weighted_sum(model: onnx.ModelProto, weights: np.ndarray, bias: float | np.n
     g = model.graph
     rename_value(model, OUTPUT_NAME, f"{name}_in")
     g.initializer.extend([numpy_helper.from_array(weights, f"{name}_w"), numpy_helper.from_array(bias, f"{name}_b")])
-    g.node.extend([
-        helper.make_node("MatMul", [f"{name}_in", f"{name}_w"], [f"{name}_mm"], name=f"{name}_matmul"),
-        helper.make_node("Add", [f"{name}_mm", f"{name}_b"], [OUTPUT_NAME], name=f"{name}_add"),
-    ])
+    g.node.extend(
+        [
+            helper.make_node("MatMul", [f"{name}_in", f"{name}_w"], [f"{name}_mm"], name=f"{name}_matmul"),
+            helper.make_node("Add", [f"{name}_mm", f"{name}_b"], [OUTPUT_NAME], name=f"{name}_add"),
+        ]
+    )
     del g.output[:]
     out = g.output.add()
     out.name = OUTPUT_NAME

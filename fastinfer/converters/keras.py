@@ -5,6 +5,7 @@ tf2onnx only *logs* ops it cannot convert and leaves them in the graph, so every
 loaded in ONNX Runtime before it is returned; exact GELU's ``Erfc`` is rewritten as
 ``1 - Erf`` first.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -19,16 +20,18 @@ from .graph import OPSETS, conform, drop_zero_initial_states, finish, replace_er
 
 def _io_shapes(model: Any) -> tuple[tuple, tuple]:
     if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ConversionError(f"Keras model must have one input and one output, has {len(model.inputs)} "
-                              f"and {len(model.outputs)}")
+        raise ConversionError(
+            f"Keras model must have one input and one output, has {len(model.inputs)} and {len(model.outputs)}"
+        )
     return tuple(model.inputs[0].shape), tuple(model.outputs[0].shape)
 
 
 def _check_input(shape: tuple, family: Family, n_features: int, seq_len: int | None) -> tuple:
     expected = (n_features,) if family.input_rank == 2 else (seq_len, n_features)
     if len(shape) != family.input_rank or any(d is not None and d != e for d, e in zip(shape[1:], expected)):
-        raise ConversionError(f"family {family.name!r}: Keras input shape {shape} does not match "
-                              f"(None, {', '.join(map(str, expected))})")
+        raise ConversionError(
+            f"family {family.name!r}: Keras input shape {shape} does not match (None, {', '.join(map(str, expected))})"
+        )
     return (None, *expected)
 
 
@@ -59,8 +62,9 @@ def convert_keras_model(native: Any, family: Family, n_features: int, seq_len: i
     refusal = _ort_refusal(model)
     if refusal is not None:
         ops = sorted({n.op_type for n in model.graph.node})
-        raise ConversionError(f"family {family.name!r}: ONNX Runtime refuses the tf2onnx graph ({refusal}); "
-                              f"ops used: {', '.join(ops)}")
+        raise ConversionError(
+            f"family {family.name!r}: ONNX Runtime refuses the tf2onnx graph ({refusal}); ops used: {', '.join(ops)}"
+        )
     model = conform(model, n_features, k, seq_len=seq_len if family.input_rank == 3 else None)
     columns = ("prediction",) if k == 1 else tuple(f"prediction{i}" for i in range(k))
     return finish(model, columns, "keras", ("tf2onnx", "tensorflow", "keras"))

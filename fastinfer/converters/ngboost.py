@@ -14,6 +14,7 @@ Splits reproduce scikit-learn exactly: it compares ``float32(x) <= t`` with a fl
 ``t``, which for every float32 ``x`` is ``x <= w`` with ``w`` the largest float32 not above
 ``t``; NaN goes where ``missing_go_to_left`` says.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -38,8 +39,7 @@ def float32_floor(t: np.ndarray) -> np.ndarray:
     return w
 
 
-def _add_tree(attrs: dict[str, list], tree_id: int, tree: Any, columns: np.ndarray, target: int,
-              coef: float) -> None:
+def _add_tree(attrs: dict[str, list], tree_id: int, tree: Any, columns: np.ndarray, target: int, coef: float) -> None:
     t = tree.tree_
     n = t.node_count
     is_leaf = t.children_left == _LEAF
@@ -79,8 +79,9 @@ def _check(native: Any, n_features: int) -> None:
     for models in native.base_models:
         for m in models:
             if not type_names(m) & {"sklearn.DecisionTreeRegressor", "sklearn.ExtraTreeRegressor"}:
-                raise ConversionError(f"NGBoost base learner {type(m).__name__} is not supported "
-                                      "(DecisionTreeRegressor only)")
+                raise ConversionError(
+                    f"NGBoost base learner {type(m).__name__} is not supported (DecisionTreeRegressor only)"
+                )
     if native.init_params is None or len(native.init_params) != 2:
         raise ConversionError("NGBRegressor (Normal) must have two fitted init_params")
     used = max((int(np.max(c)) for c in native.col_idxs if len(c)), default=-1)
@@ -90,9 +91,20 @@ def _check(native: Any, n_features: int) -> None:
 
 def ngboost_graph(native: Any, n_features: int) -> onnx.ModelProto:
     _check(native, n_features)
-    keys = ("nodes_treeids", "nodes_nodeids", "nodes_modes", "nodes_featureids", "nodes_values",
-            "nodes_truenodeids", "nodes_falsenodeids", "nodes_missing_value_tracks_true",
-            "target_treeids", "target_nodeids", "target_ids", "target_weights")
+    keys = (
+        "nodes_treeids",
+        "nodes_nodeids",
+        "nodes_modes",
+        "nodes_featureids",
+        "nodes_values",
+        "nodes_truenodeids",
+        "nodes_falsenodeids",
+        "nodes_missing_value_tracks_true",
+        "target_treeids",
+        "target_nodeids",
+        "target_ids",
+        "target_weights",
+    )
     attrs: dict[str, list] = {k: [] for k in keys}
     tree_id = 0
     for models, scaling, cols in zip(native.base_models, native.scalings, native.col_idxs):
@@ -102,20 +114,34 @@ def ngboost_graph(native: Any, n_features: int) -> onnx.ModelProto:
             tree_id += 1
     base = [float(v) for v in np.asarray(native.init_params, dtype=np.float64)]
     nodes = [
-        helper.make_node("TreeEnsembleRegressor", [INPUT_NAME], ["params"], domain="ai.onnx.ml",
-                         name="ngboost_trees", n_targets=2, aggregate_function="SUM", post_transform="NONE",
-                         base_values=base, **attrs),
+        helper.make_node(
+            "TreeEnsembleRegressor",
+            [INPUT_NAME],
+            ["params"],
+            domain="ai.onnx.ml",
+            name="ngboost_trees",
+            n_targets=2,
+            aggregate_function="SUM",
+            post_transform="NONE",
+            base_values=base,
+            **attrs,
+        ),
         helper.make_node("Slice", ["params", "c0", "c1", "axis1"], ["loc"], name="ngboost_loc"),
         helper.make_node("Slice", ["params", "c1", "c2", "axis1"], ["log_scale"], name="ngboost_log_scale"),
         helper.make_node("Exp", ["log_scale"], ["scale"], name="ngboost_exp"),
         helper.make_node("Concat", ["loc", "scale"], [OUTPUT_NAME], axis=1, name="ngboost_concat"),
     ]
-    inits = [numpy_helper.from_array(np.array([v], dtype=np.int64), name)
-             for name, v in (("c0", 0), ("c1", 1), ("c2", 2), ("axis1", 1))]
+    inits = [
+        numpy_helper.from_array(np.array([v], dtype=np.int64), name)
+        for name, v in (("c0", 0), ("c1", 1), ("c2", 2), ("axis1", 1))
+    ]
     graph = helper.make_graph(
-        nodes, "ngboost",
+        nodes,
+        "ngboost",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, input_dims(n_features, None))],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", 2])], inits)
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", 2])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in OPSETS.items()])
     model.ir_version = 8
     return model

@@ -12,10 +12,12 @@ model whose outputs are all near zero is judged against its own magnitude and a
 two-column NGBoost output is not judged by the larger column. A failed gate is a
 report with ``passed=False`` and a reason, never an exception.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import onnx
@@ -106,9 +108,15 @@ def _scale(feature_scale: Any, n_features: int) -> np.ndarray:
     return scale
 
 
-def probe_rows(family: Family | str, n_features: int, rng_seed: int = 0, seq_len: int | None = None,
-               thresholds: Mapping[int, np.ndarray] | None = None, feature_scale: Any = None,
-               max_threshold_rows: int = 512) -> np.ndarray:
+def probe_rows(
+    family: Family | str,
+    n_features: int,
+    rng_seed: int = 0,
+    seq_len: int | None = None,
+    thresholds: Mapping[int, np.ndarray] | None = None,
+    feature_scale: Any = None,
+    max_threshold_rows: int = 512,
+) -> np.ndarray:
     """Deterministic float32 probes, [N, F] (or [N, T, F] for sequential families).
 
     Blocks: 64 Gaussian rows and 16 heavy-tailed (Student t, 3 dof) rows at
@@ -135,10 +143,21 @@ def probe_rows(family: Family | str, n_features: int, rng_seed: int = 0, seq_len
     if thresholds and family.input_rank == 2:
         # Finite rows only: a threshold at float32 max (LightGBM's "all finite values go
         # left" split) has +inf just above it, and non-finite inputs are refused upstream.
-        pairs = [(f, v) for f, vals in sorted(thresholds.items()) if 0 <= f < n_features for v in vals
-                 if np.isfinite(np.nextafter(np.float32(v), np.float32(np.inf)))]
-        pairs = [pairs[i] for i in np.unique(np.linspace(0, len(pairs) - 1, min(len(pairs), max_threshold_rows // 2))
-                                             .astype(int))] if pairs else []
+        pairs = [
+            (f, v)
+            for f, vals in sorted(thresholds.items())
+            if 0 <= f < n_features
+            for v in vals
+            if np.isfinite(np.nextafter(np.float32(v), np.float32(np.inf)))
+        ]
+        pairs = (
+            [
+                pairs[i]
+                for i in np.unique(np.linspace(0, len(pairs) - 1, min(len(pairs), max_threshold_rows // 2)).astype(int))
+            ]
+            if pairs
+            else []
+        )
         if pairs:
             base = rng.normal(size=(2 * len(pairs), n_features)) * scale
             for r, (f, v) in enumerate(pairs):
@@ -167,13 +186,15 @@ def _session(model: onnx.ModelProto):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def _fail(reason: str, tolerance: float, n_rows: int, max_abs: float = float("inf"),
-          max_rel: float = float("inf")) -> ParityReport:
+def _fail(
+    reason: str, tolerance: float, n_rows: int, max_abs: float = float("inf"), max_rel: float = float("inf")
+) -> ParityReport:
     return ParityReport(max_abs, max_rel, tolerance, False, n_rows, reason)
 
 
-def check_parity(native: Any, graph: ConvertedGraph | onnx.ModelProto, probes: np.ndarray,
-                 family: Family | str) -> ParityReport:
+def check_parity(
+    native: Any, graph: ConvertedGraph | onnx.ModelProto, probes: np.ndarray, family: Family | str
+) -> ParityReport:
     """Compare the graph (ONNX Runtime, CPU, 1 thread) with ``native_predict`` on ``probes``."""
     family = resolve(family)
     tolerance = tolerance_for(family)
@@ -205,5 +226,11 @@ def check_parity(native: Any, graph: ConvertedGraph | onnx.ModelProto, probes: n
     if max_rel <= tolerance:
         return ParityReport(max_abs, max_rel, tolerance, True, n, f"max relative error {max_rel:.3g} <= {tolerance:g}")
     row, col = np.unravel_index(int(np.argmax(rel)), rel.shape)
-    return _fail(f"max relative error {max_rel:.3g} > {tolerance:g} (scale {scale[col]:.3g}) at probe row {row}, "
-                 f"column {col}: graph {got[row, col]!r}, native {want[row, col]!r}", tolerance, n, max_abs, max_rel)
+    return _fail(
+        f"max relative error {max_rel:.3g} > {tolerance:g} (scale {scale[col]:.3g}) at probe row {row}, "
+        f"column {col}: graph {got[row, col]!r}, native {want[row, col]!r}",
+        tolerance,
+        n,
+        max_abs,
+        max_rel,
+    )

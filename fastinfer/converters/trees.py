@@ -4,6 +4,7 @@ LightGBM and XGBoost go through onnxmltools (ai.onnx.ml ``TreeEnsembleRegressor`
 CatBoost through its own ONNX export. Each result is brought to the contract
 (``features`` -> ``prediction`` [N, K]) by ``graph.conform``.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -15,7 +16,7 @@ import onnx
 from ..errors import ConversionError
 from ..families import Family
 from ..native import is_quantile_set
-from . import INPUT_NAME, ConvertedGraph, register, type_names
+from . import ConvertedGraph, register, type_names
 from .graph import concat_columns, conform, finish, iter_graphs
 
 # onnxmltools' LightGBM / XGBoost converters emit ai.onnx.ml opset 1 and accept at most 15.
@@ -118,7 +119,7 @@ def fix_lightgbm_splits(model: onnx.ModelProto, booster: Any) -> int:
             if missing == "NaN":
                 track = int(bool(nat.get("default_left", True)))
             elif missing == "None":
-                track = int(0.0 <= t)
+                track = int(t >= 0.0)
             else:  # "Zero": NaN is missing and goes the default way
                 track = int(bool(nat.get("default_left", True)))
             plan.append((i, float(w), track))
@@ -177,8 +178,9 @@ def lightgbm_graph(native: Any, n_features: int) -> onnx.ModelProto:
         raise ConversionError(f"LightGBM model has {booster.num_feature()} features, expected {n_features}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = convert_lightgbm(booster, initial_types=_float_input(n_features), target_opset=_CONVERTER_OPSET,
-                                 zipmap=False)
+        model = convert_lightgbm(
+            booster, initial_types=_float_input(n_features), target_opset=_CONVERTER_OPSET, zipmap=False
+        )
     fix_lightgbm_splits(model, booster)
     fold_zero_snap(model, _LIGHTGBM_ZERO)
     return conform(model, n_features, 1)
@@ -219,10 +221,13 @@ def xgboost_graph(native: Any, n_features: int) -> onnx.ModelProto:
 @register("xgboost", accepts=("xgboost.XGBRegressor", "xgboost.Booster"))
 def convert_xgboost_model(native: Any, family: Family, n_features: int, seq_len: int | None) -> ConvertedGraph:
     objective = _xgboost_objective(native)
-    if objective is not None and not objective.startswith(("reg:squarederror", "reg:absoluteerror",
-                                                           "reg:pseudohuber", "reg:quantileerror")):
-        raise ConversionError(f"family {family.name!r}: XGBoost objective {objective!r} is not supported "
-                              "(identity-link regression objectives only)")
+    if objective is not None and not objective.startswith(
+        ("reg:squarederror", "reg:absoluteerror", "reg:pseudohuber", "reg:quantileerror")
+    ):
+        raise ConversionError(
+            f"family {family.name!r}: XGBoost objective {objective!r} is not supported "
+            "(identity-link regression objectives only)"
+        )
     return finish(xgboost_graph(native, n_features), ("prediction",), "xgboost", ("onnxmltools", "xgboost"))
 
 
@@ -253,8 +258,10 @@ def catboost_graph(native: Any, n_features: int) -> onnx.ModelProto:
 def convert_catboost_model(native: Any, family: Family, n_features: int, seq_len: int | None) -> ConvertedGraph:
     loss = str(native.get_all_params().get("loss_function", "RMSE"))
     if loss.startswith(("MultiQuantile", "MultiRMSE", "Logloss", "CrossEntropy", "MultiClass")):
-        raise ConversionError(f"family {family.name!r}: CatBoost loss {loss!r} is not supported "
-                              "(single-output regression only; train one model per quantile)")
+        raise ConversionError(
+            f"family {family.name!r}: CatBoost loss {loss!r} is not supported "
+            "(single-output regression only; train one model per quantile)"
+        )
     return finish(catboost_graph(native, n_features), ("prediction",), "catboost", ("catboost",))
 
 
@@ -262,17 +269,23 @@ def convert_catboost_model(native: Any, family: Family, n_features: int, seq_len
 
 
 def _is_lightgbm_quantile_set(obj: Any) -> bool:
-    return (is_quantile_set(obj) and len(obj["models"]) > 0 and len(obj["models"]) == len(obj["quantiles"])
-            and all(type_names(m) & set(_LIGHTGBM_TYPES) for m in obj["models"]))
+    return (
+        is_quantile_set(obj)
+        and len(obj["models"]) > 0
+        and len(obj["models"]) == len(obj["quantiles"])
+        and all(type_names(m) & set(_LIGHTGBM_TYPES) for m in obj["models"])
+    )
 
 
 def quantile_columns(quantiles: list[float]) -> tuple[str, ...]:
     return tuple(f"q{float(q):g}" for q in quantiles)
 
 
-@register("quantile_lightgbm",
-          accepts=("dict{'quantiles': [q, ...], 'models': [lightgbm.LGBMRegressor | lightgbm.Booster, ...]}",),
-          match=_is_lightgbm_quantile_set)
+@register(
+    "quantile_lightgbm",
+    accepts=("dict{'quantiles': [q, ...], 'models': [lightgbm.LGBMRegressor | lightgbm.Booster, ...]}",),
+    match=_is_lightgbm_quantile_set,
+)
 def convert_quantile_lightgbm(native: Any, family: Family, n_features: int, seq_len: int | None) -> ConvertedGraph:
     columns = quantile_columns(native["quantiles"])
     if len(set(columns)) != len(columns):

@@ -44,36 +44,36 @@ from onnx import helper, numpy_helper
 __all__ = ["ForestKernel", "TreeEnsembleInfo", "find_tree_ensembles", "warmup"]
 
 ML_DOMAIN = "ai.onnx.ml"
-_MODES = {"BRANCH_LEQ": 0, "BRANCH_LT": 1, "BRANCH_GTE": 2, "BRANCH_GT": 3,
-          "BRANCH_EQ": 4, "BRANCH_NEQ": 5, "LEAF": 6}
+_MODES = {"BRANCH_LEQ": 0, "BRANCH_LT": 1, "BRANCH_GTE": 2, "BRANCH_GT": 3, "BRANCH_EQ": 4, "BRANCH_NEQ": 5, "LEAF": 6}
 _LEAF = 6
 _AGGREGATES = {"SUM": 0, "AVERAGE": 1, "MIN": 2, "MAX": 3}
-_LANES = 8          # trees (one row) or rows (batch) walked together
-_BLOCK = 128        # rows per batch block: one tree's nodes stay in L1 across it
-_PARALLEL_MIN_ROWS = 1024   # below this a thread fork costs more than it saves
+_LANES = 8  # trees (one row) or rows (batch) walked together
+_BLOCK = 128  # rows per batch block: one tree's nodes stay in L1 across it
+_PARALLEL_MIN_ROWS = 1024  # below this a thread fork costs more than it saves
 
 
 # --------------------------------------------------------------------- reading
+
 
 @dataclass(frozen=True)
 class TreeEnsembleInfo:
     """What `find_tree_ensembles` reports about one TreeEnsembleRegressor node."""
 
-    index: int                 # position in graph.node
+    index: int  # position in graph.node
     name: str
     input: str
     output: str
     n_targets: int
     n_trees: int
     n_nodes: int
-    n_features: int            # max feature id + 1
-    modes: tuple[str, ...]     # distinct split modes
+    n_features: int  # max feature id + 1
+    modes: tuple[str, ...]  # distinct split modes
     aggregate_function: str
     post_transform: str
-    threshold_dtype: str       # "float32" or "float64" (double tensors)
+    threshold_dtype: str  # "float32" or "float64" (double tensors)
     has_missing_tracks: bool
     supported: bool
-    reason: str                # why not supported, "" when supported
+    reason: str  # why not supported, "" when supported
 
 
 def _attrs(node: onnx.NodeProto) -> dict:
@@ -100,8 +100,10 @@ def _floats(attrs: dict, name: str) -> np.ndarray | None:
     if name + "_as_tensor" in attrs:
         arr = np.asarray(attrs[name + "_as_tensor"]).ravel()
         if arr.dtype != np.float32:
-            raise ValueError(f"{name}_as_tensor has dtype {arr.dtype}; only float32 is supported "
-                             "(ONNX Runtime refuses other types for a float input)")
+            raise ValueError(
+                f"{name}_as_tensor has dtype {arr.dtype}; only float32 is supported "
+                "(ONNX Runtime refuses other types for a float input)"
+            )
         return arr
     if name in attrs:
         return np.asarray(attrs[name], dtype=np.float32)
@@ -113,8 +115,10 @@ class _Raw:
 
     def __init__(self, node: onnx.NodeProto):
         if node.op_type != "TreeEnsembleRegressor" or node.domain != ML_DOMAIN:
-            raise ValueError(f"node {node.name!r} is {node.domain or 'ai.onnx'}.{node.op_type}; "
-                             "only ai.onnx.ml.TreeEnsembleRegressor is supported")
+            raise ValueError(
+                f"node {node.name!r} is {node.domain or 'ai.onnx'}.{node.op_type}; "
+                "only ai.onnx.ml.TreeEnsembleRegressor is supported"
+            )
         a = _attrs(node)
         self.name = node.name
         self.post_transform = a.get("post_transform", "NONE")
@@ -142,10 +146,12 @@ class _Raw:
             raise ValueError(f"node {node.name!r} has no nodes")
         for k in ("nodeids", "featureids", "trueids", "falseids", "modes", "values"):
             if len(getattr(self, k)) != n:
-                raise ValueError(f"node {node.name!r}: nodes_{k} has {len(getattr(self, k))} "
-                                 f"entries, nodes_treeids has {n}")
-        if self.weights is None or not (len(self.t_ids) == len(self.t_nodeids)
-                                        == len(self.t_treeids) == len(self.weights)):
+                raise ValueError(
+                    f"node {node.name!r}: nodes_{k} has {len(getattr(self, k))} entries, nodes_treeids has {n}"
+                )
+        if self.weights is None or not (
+            len(self.t_ids) == len(self.t_nodeids) == len(self.t_treeids) == len(self.weights)
+        ):
             raise ValueError(f"node {node.name!r}: target_* attributes are missing or of unequal length")
         if self.n_targets <= 0:
             raise ValueError(f"node {node.name!r}: n_targets must be positive")
@@ -154,7 +160,7 @@ class _Raw:
         if np.any(self.featureids < 0):
             raise ValueError(f"node {node.name!r}: negative feature id")
         self.weights = self.weights.astype(self.dtype)
-        self.base = (np.zeros(0, self.dtype) if self.base is None else self.base.astype(self.dtype))
+        self.base = np.zeros(0, self.dtype) if self.base is None else self.base.astype(self.dtype)
 
     def why_unsupported(self) -> str:
         if self.post_transform != "NONE":
@@ -188,8 +194,9 @@ class _Trees:
             for side, ids in ((0, raw.falseids), (1, raw.trueids)):
                 j = index.get((t, int(ids[i])))
                 if j is None or j == i:
-                    raise ValueError(f"node {raw.name!r}: tree {t} node {raw.nodeids[i]} points to "
-                                     f"a missing node or to itself")
+                    raise ValueError(
+                        f"node {raw.name!r}: tree {t} node {raw.nodeids[i]} points to a missing node or to itself"
+                    )
                 self.children[i, side] = j
         # Leaf weights sorted by (tree, node, position), as ORT sorts them;
         # weights on split nodes are ignored, as ORT ignores them.
@@ -206,8 +213,7 @@ class _Trees:
                 self.leaf_w.setdefault(j, []).append((tid, raw.weights[k]))
         for i in np.flatnonzero(raw.modes == _LEAF):
             if i not in self.leaf_w:
-                raise ValueError(f"node {raw.name!r}: leaf {raw.nodeids[i]} of tree "
-                                 f"{raw.treeids[i]} has no weight")
+                raise ValueError(f"node {raw.name!r}: leaf {raw.nodeids[i]} of tree {raw.treeids[i]} has no weight")
 
     def pack(self, swap: np.ndarray | None = None) -> tuple[list, int]:
         """Breadth-first slots per tree: ([source node per slot], [depth], {slot: left child slot}).
@@ -248,12 +254,12 @@ def _below(t: float, strict: bool) -> float:
 
 def _normalise(mode: int, t: float, missing_true: bool) -> tuple[float, bool, bool]:
     """A split as ``x <= t'``: returns (t', swap children, NaN goes to the x <= t' side)."""
-    if mode in (0, 1):                      # LEQ, LT
+    if mode in (0, 1):  # LEQ, LT
         tt, swap, nan_le = _below(t, mode == 1), False, missing_true
-    else:                                   # GTE, GT: the complement of LT, LEQ
+    else:  # GTE, GT: the complement of LT, LEQ
         tt = np.float32(np.inf) if np.isnan(t) else _below(t, mode == 2)
         swap, nan_le = True, not missing_true
-    if np.isnan(tt) and nan_le:             # "x is NaN": flip to "x <= inf", NaN false
+    if np.isnan(tt) and nan_le:  # "x is NaN": flip to "x <= inf", NaN false
         tt, swap, nan_le = np.float32(np.inf), not swap, False
     return tt, swap, nan_le
 
@@ -344,7 +350,7 @@ def _fast_block(X, out, r0, r1, ext, acc, nodes, ti, leaf, cst):
     st = 2 * F + 1
     n = r1 - r0
     for i in range(n):
-        _fill_ext(X[r0 + i], ext[st * i:st * (i + 1)], F, ti[2])
+        _fill_ext(X[r0 + i], ext[st * i : st * (i + 1)], F, ti[2])
         acc[i] = cst[0]
     ust = np.uint64(st)
     for t in range(n_trees):
@@ -378,7 +384,7 @@ def _fast_block(X, out, r0, r1, ext, acc, nodes, ti, leaf, cst):
                 w6 = nodes[p6 + p6 + _U1]
                 w7 = nodes[p7 + p7 + _U1]
                 if (w0 | w1 | w2 | w3 | w4 | w5 | w6 | w7) >> _S16 == 0:
-                    break   # all eight rows at leaves (only leaves have offset 0): a
+                    break  # all eight rows at leaves (only leaves have offset 0): a
                     # tree's depth is its longest path, most rows end sooner
                 p0 = p0 + np.uint64(w0 >> _S16) + np.uint64(ext[o0 + np.uint64(w0 & _M16)] <= nf[p0 + p0])
                 p1 = p1 + np.uint64(w1 >> _S16) + np.uint64(ext[o1 + np.uint64(w1 & _M16)] <= nf[p1 + p1])
@@ -521,6 +527,7 @@ def _generic_rows_parallel(X, out, gi, thr, wt, wv, roots, cfg, base, agg):
 
 # ------------------------------------------------------------------ the kernel
 
+
 class ForestKernel:
     """A TreeEnsembleRegressor compiled to flat arrays; `predict` matches ORT.
 
@@ -534,8 +541,14 @@ class ForestKernel:
     be called from two threads at once (the kernels release the GIL).
     """
 
-    def __init__(self, node: onnx.NodeProto, *, layout: str = "auto", n_threads: int = 1,
-                 parallel_min_rows: int = _PARALLEL_MIN_ROWS):
+    def __init__(
+        self,
+        node: onnx.NodeProto,
+        *,
+        layout: str = "auto",
+        n_threads: int = 1,
+        parallel_min_rows: int = _PARALLEL_MIN_ROWS,
+    ):
         raw = _Raw(node)
         reason = raw.why_unsupported()
         if reason:
@@ -551,9 +564,13 @@ class ForestKernel:
         self.accumulate_dtype = np.dtype(raw.dtype)
         self.n_threads = int(n_threads)
         self.parallel_min_rows = int(parallel_min_rows)
-        fast_ok = (layout == "auto" and raw.n_targets == 1 and raw.aggregate in ("SUM", "AVERAGE")
-                   and not np.any((raw.modes == 4) | (raw.modes == 5))
-                   and 2 * self.n_features < 0xFFFF)     # feature ids are 16-bit there
+        fast_ok = (
+            layout == "auto"
+            and raw.n_targets == 1
+            and raw.aggregate in ("SUM", "AVERAGE")
+            and not np.any((raw.modes == 4) | (raw.modes == 5))
+            and 2 * self.n_features < 0xFFFF
+        )  # feature ids are 16-bit there
         origin = raw.base[0] if len(raw.base) == 1 else 0.0
         self.layout = "fast" if fast_ok and self._build_fast(raw, trees, origin) else "generic"
         if self.layout == "generic":
@@ -563,12 +580,12 @@ class ForestKernel:
     # -- construction --------------------------------------------------------
 
     @classmethod
-    def from_node(cls, node: onnx.NodeProto, **kw) -> "ForestKernel":
+    def from_node(cls, node: onnx.NodeProto, **kw) -> ForestKernel:
         """Kernel for one TreeEnsembleRegressor node (input: float32 (N, F))."""
         return cls(node, **kw)
 
     @classmethod
-    def from_onnx(cls, model: onnx.ModelProto, *, columns=None, **kw) -> "ForestKernel":
+    def from_onnx(cls, model: onnx.ModelProto, *, columns=None, **kw) -> ForestKernel:
         """Kernel for a graph that is only "input -> TreeEnsembleRegressor -> output".
 
         Accepted: one float32 graph input feeding one TreeEnsembleRegressor, then
@@ -603,7 +620,7 @@ class ForestKernel:
             norm_t[i], swap[i], nan_le[i] = _normalise(int(raw.modes[i]), float(raw.values[i]), mt)
         packed, n_slots = trees.pack(swap)
         if any(left[q] - q > 0xFFFF for _, _, left in packed for q in left):
-            return False     # a tree too wide for 16-bit child offsets
+            return False  # a tree too wide for 16-bit child offsets
         nodes = np.zeros((n_slots, 2), dtype=np.uint32)
         nf = nodes.view(np.float32)
         roots = np.empty(self.n_trees, dtype=np.int64)
@@ -615,7 +632,7 @@ class ForestKernel:
             for q, i in enumerate(slots):
                 s = base + q
                 if raw.modes[i] == _LEAF:
-                    w = trees.leaf_w[i][0][1]           # ORT: the leaf's first weight
+                    w = trees.leaf_w[i][0][1]  # ORT: the leaf's first weight
                     nodes[s, 1] = 2 * F
                     nf[s, 0] = w
                 else:
@@ -629,7 +646,7 @@ class ForestKernel:
         order = np.concatenate([order, np.full(pad, -1)])
         groups = []
         for g in range(0, len(order), _LANES):
-            idx = order[g:g + _LANES]
+            idx = order[g : g + _LANES]
             real = idx[idx >= 0]
             groups += [depth[real].max()]
             groups += [roots[i] if i >= 0 else roots[real[0]] for i in idx]
@@ -687,16 +704,15 @@ class ForestKernel:
         No allocation when `out` is given (and the batch runs on one thread).
         """
         if X.dtype != np.float32 or X.ndim != 2 or not X.flags.c_contiguous:
-            raise ValueError(f"X must be a C-contiguous float32 (N, F) array, got "
-                             f"{X.dtype} {X.shape}")
+            raise ValueError(f"X must be a C-contiguous float32 (N, F) array, got {X.dtype} {X.shape}")
         N, F = X.shape
-        if F < self.n_features:
+        if self.n_features > F:
             raise ValueError(f"X has {F} features; the trees read feature {self.n_features - 1}")
         if out is None:
             out = np.empty((N, self.n_targets), dtype=np.float32)
         elif out.shape != (N, self.n_targets) or out.dtype != np.float32 or not out.flags.c_contiguous:
             raise ValueError(f"out must be C-contiguous float32 {(N, self.n_targets)}")
-        parallel = self.n_threads > 1 and N >= self.parallel_min_rows
+        parallel = self.n_threads > 1 and self.parallel_min_rows <= N
         if self.layout == "fast":
             if N == 1:
                 _fast_one(X, out, self._ext, self._vals, self._nodes, self._ti, self._leaf, self._cst)
@@ -707,16 +723,31 @@ class ForestKernel:
                 _fast_rows(X, out, self._ext, self._acc, self._nodes, self._ti, self._leaf, self._cst)
         elif parallel:
             with _threads(self.n_threads):
-                _generic_rows_parallel(X, out, self._gi, self._thr, self._wt, self._wv,
-                                       self._roots, self._cfg, self._base, self._agg)
+                _generic_rows_parallel(
+                    X, out, self._gi, self._thr, self._wt, self._wv, self._roots, self._cfg, self._base, self._agg
+                )
         else:
-            _generic_rows(X, out, self._z, self._has, self._gi, self._thr, self._wt, self._wv,
-                          self._roots, self._cfg, self._base, self._agg)
+            _generic_rows(
+                X,
+                out,
+                self._z,
+                self._has,
+                self._gi,
+                self._thr,
+                self._wt,
+                self._wv,
+                self._roots,
+                self._cfg,
+                self._base,
+                self._agg,
+            )
         return out
 
     def __repr__(self) -> str:
-        return (f"ForestKernel({self.name!r}, trees={self.n_trees}, features={self.n_features}, "
-                f"targets={self.n_targets}, {self.aggregate_function}, layout={self.layout})")
+        return (
+            f"ForestKernel({self.name!r}, trees={self.n_trees}, features={self.n_features}, "
+            f"targets={self.n_targets}, {self.aggregate_function}, layout={self.layout})"
+        )
 
 
 class _threads:
@@ -744,22 +775,29 @@ def _single_forest_node(model: onnx.ModelProto) -> onnx.NodeProto:
     inits = {t.name for t in g.initializer}
     inputs = [i for i in g.input if i.name not in inits]
     if len(inputs) != 1 or len(g.output) != 1:
-        raise ValueError(f"graph has {len(inputs)} inputs and {len(g.output)} outputs; "
-                         "one of each is supported")
+        raise ValueError(f"graph has {len(inputs)} inputs and {len(g.output)} outputs; one of each is supported")
     elem = inputs[0].type.tensor_type.elem_type
     if elem != onnx.TensorProto.FLOAT:
-        raise ValueError(f"graph input {inputs[0].name!r} is "
-                         f"{onnx.TensorProto.DataType.Name(elem)}; only FLOAT is supported")
+        raise ValueError(
+            f"graph input {inputs[0].name!r} is {onnx.TensorProto.DataType.Name(elem)}; only FLOAT is supported"
+        )
     trees = [n for n in g.node if n.op_type == "TreeEnsembleRegressor" and n.domain == ML_DOMAIN]
     others = [n for n in g.node if n not in trees]
     if len(trees) != 1:
-        raise ValueError(f"graph has {len(trees)} TreeEnsembleRegressor nodes; exactly one is "
-                         f"supported (use ForestKernel.from_node for each)")
+        raise ValueError(
+            f"graph has {len(trees)} TreeEnsembleRegressor nodes; exactly one is "
+            f"supported (use ForestKernel.from_node for each)"
+        )
     tree = trees[0]
     if list(tree.input) != [inputs[0].name]:
         raise ValueError(f"TreeEnsembleRegressor {tree.name!r} does not read the graph input directly")
-    bad = sorted({f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in others
-                  if n.op_type not in _TAIL_OPS or n.domain not in ("", "ai.onnx")})
+    bad = sorted(
+        {
+            f"{n.domain + '.' if n.domain else ''}{n.op_type}"
+            for n in others
+            if n.op_type not in _TAIL_OPS or n.domain not in ("", "ai.onnx")
+        }
+    )
     if bad:
         raise ValueError(f"unsupported nodes around TreeEnsembleRegressor: {', '.join(bad)}")
     for n in others:
@@ -767,16 +805,14 @@ def _single_forest_node(model: onnx.ModelProto) -> onnx.NodeProto:
             to = next((a.i for a in n.attribute if a.name == "to"), None)
             if to != onnx.TensorProto.FLOAT:
                 name = onnx.TensorProto.DataType.Name(to) if to is not None else "?"
-                raise ValueError(f"Cast {n.name!r} to {name} after the trees is not supported "
-                                 "(only a Cast to FLOAT)")
+                raise ValueError(f"Cast {n.name!r} to {name} after the trees is not supported (only a Cast to FLOAT)")
     # The tail must be one chain from the tree's output to the graph output.
     cur = tree.output[0]
     rest = list(others)
     while rest:
         nxt = [n for n in rest if n.input and n.input[0] == cur]
         if len(nxt) != 1 or any(i != cur and i not in inits for i in nxt[0].input):
-            raise ValueError(f"nodes after TreeEnsembleRegressor {tree.name!r} are not a single "
-                             "reshape-only chain")
+            raise ValueError(f"nodes after TreeEnsembleRegressor {tree.name!r} are not a single reshape-only chain")
         cur = nxt[0].output[0]
         rest.remove(nxt[0])
     if cur != g.output[0].name:
@@ -809,41 +845,80 @@ def find_tree_ensembles(model: onnx.ModelProto) -> list[TreeEnsembleInfo]:
             if not reason:
                 _Trees(raw)
         except ValueError as e:
-            found.append(TreeEnsembleInfo(k, node.name, node.input[0], node.output[0], 0, 0, 0, 0,
-                                          (), "", "", "", False, False, str(e)))
+            found.append(
+                TreeEnsembleInfo(
+                    k, node.name, node.input[0], node.output[0], 0, 0, 0, 0, (), "", "", "", False, False, str(e)
+                )
+            )
             continue
         modes = {m for m, c in _MODES.items() if c != _LEAF and np.any(raw.modes == c)}
-        found.append(TreeEnsembleInfo(
-            index=k, name=node.name, input=node.input[0], output=node.output[0],
-            n_targets=raw.n_targets, n_trees=len(np.unique(raw.treeids)),
-            n_nodes=len(raw.treeids), n_features=int(raw.featureids.max()) + 1,
-            modes=tuple(sorted(modes)), aggregate_function=raw.aggregate,
-            post_transform=raw.post_transform, threshold_dtype=np.dtype(raw.dtype).name,
-            has_missing_tracks=bool(np.any(raw.missing == 1)),
-            supported=not reason, reason=reason))
+        found.append(
+            TreeEnsembleInfo(
+                index=k,
+                name=node.name,
+                input=node.input[0],
+                output=node.output[0],
+                n_targets=raw.n_targets,
+                n_trees=len(np.unique(raw.treeids)),
+                n_nodes=len(raw.treeids),
+                n_features=int(raw.featureids.max()) + 1,
+                modes=tuple(sorted(modes)),
+                aggregate_function=raw.aggregate,
+                post_transform=raw.post_transform,
+                threshold_dtype=np.dtype(raw.dtype).name,
+                has_missing_tracks=bool(np.any(raw.missing == 1)),
+                supported=not reason,
+                reason=reason,
+            )
+        )
     return found
 
 
-def _synthetic_node(n_trees: int = 9, aggregate: str = "SUM", n_targets: int = 1,
-                    mode: str = "BRANCH_LEQ") -> onnx.NodeProto:
+def _synthetic_node(
+    n_trees: int = 9, aggregate: str = "SUM", n_targets: int = 1, mode: str = "BRANCH_LEQ"
+) -> onnx.NodeProto:
     """A small forest of depth-2 trees over 3 features (warm-up and tests)."""
     tree, node, feat, val, mode_, true, false, miss = [], [], [], [], [], [], [], []
     t_tree, t_node, t_id, t_w = [], [], [], []
     for t in range(n_trees):
-        for nid, (f, v, m, tt, ff) in enumerate([(t % 3, 0.5, mode, 1, 2), (1, -0.25, mode, 3, 4),
-                                                (2, 1.0, mode, 5, 6)] + [(0, 0.0, "LEAF", 0, 0)] * 4):
-            tree.append(t); node.append(nid); feat.append(f); val.append(v + 0.1 * t)
-            mode_.append(m); true.append(tt); false.append(ff); miss.append(int(nid == 0))
+        for nid, (f, v, m, tt, ff) in enumerate(
+            [(t % 3, 0.5, mode, 1, 2), (1, -0.25, mode, 3, 4), (2, 1.0, mode, 5, 6)] + [(0, 0.0, "LEAF", 0, 0)] * 4
+        ):
+            tree.append(t)
+            node.append(nid)
+            feat.append(f)
+            val.append(v + 0.1 * t)
+            mode_.append(m)
+            true.append(tt)
+            false.append(ff)
+            miss.append(int(nid == 0))
             if m == "LEAF":
                 for j in range(n_targets):
-                    t_tree.append(t); t_node.append(nid); t_id.append(j)
+                    t_tree.append(t)
+                    t_node.append(nid)
+                    t_id.append(j)
                     t_w.append(0.1 * nid - 0.05 * t + j)
     return helper.make_node(
-        "TreeEnsembleRegressor", ["X"], ["Y"], domain=ML_DOMAIN, n_targets=n_targets,
-        aggregate_function=aggregate, nodes_treeids=tree, nodes_nodeids=node,
-        nodes_featureids=feat, nodes_values=val, nodes_modes=mode_, nodes_truenodeids=true,
-        nodes_falsenodeids=false, nodes_missing_value_tracks_true=miss, target_treeids=t_tree,
-        target_nodeids=t_node, target_ids=t_id, target_weights=t_w, base_values=[0.5] * n_targets)
+        "TreeEnsembleRegressor",
+        ["X"],
+        ["Y"],
+        domain=ML_DOMAIN,
+        n_targets=n_targets,
+        aggregate_function=aggregate,
+        nodes_treeids=tree,
+        nodes_nodeids=node,
+        nodes_featureids=feat,
+        nodes_values=val,
+        nodes_modes=mode_,
+        nodes_truenodeids=true,
+        nodes_falsenodeids=false,
+        nodes_missing_value_tracks_true=miss,
+        target_treeids=t_tree,
+        target_nodeids=t_node,
+        target_ids=t_id,
+        target_weights=t_w,
+        base_values=[0.5] * n_targets,
+    )
 
 
 def warmup() -> None:
@@ -852,6 +927,6 @@ def warmup() -> None:
     for node, layout in ((_synthetic_node(), "auto"), (_synthetic_node(n_targets=2), "generic")):
         k = ForestKernel.from_node(node, layout=layout, n_threads=2, parallel_min_rows=2)
         k.predict(X[:1])
-        k.predict(X)            # parallel path
+        k.predict(X)  # parallel path
         k.n_threads = 1
-        k.predict(X)            # sequential batch path
+        k.predict(X)  # sequential batch path

@@ -45,6 +45,7 @@ numbers larger than 40 times itself, at any price scale (a plain E[x²] - E[x]²
 TA-Lib computed it, cancels). After 10^6 bars the features still equal the whole-series
 formula to 1e-9 relative (tests/test_indicators.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -64,19 +65,72 @@ CLOSE_WINDOW = 61  # ret_60 needs c[t-60]
 
 # Kernel output order; features.py exposes it as KNOWN_FEATURES.
 FEATURES = (
-    "ret_1", "ret_5", "ret_10", "ret_20", "ret_60",
-    "rsi_14", "macd", "macd_signal", "macd_hist",
-    "bb_upper", "bb_lower", "bb_pct", "atr_14", "vol_ratio",
-    "rsi_14_sma", "atr_14_sma", "bb_upper_ddof1", "bb_lower_ddof1", "bb_pct_ddof1",
+    "ret_1",
+    "ret_5",
+    "ret_10",
+    "ret_20",
+    "ret_60",
+    "rsi_14",
+    "macd",
+    "macd_signal",
+    "macd_hist",
+    "bb_upper",
+    "bb_lower",
+    "bb_pct",
+    "atr_14",
+    "vol_ratio",
+    "rsi_14_sma",
+    "atr_14_sma",
+    "bb_upper_ddof1",
+    "bb_lower_ddof1",
+    "bb_pct_ddof1",
 )
 N_FEATURES = len(FEATURES)
-(X_RET1, X_RET5, X_RET10, X_RET20, X_RET60, X_RSI, X_MACD, X_SIGNAL, X_HIST, X_BBU, X_BBL,
- X_BBP, X_ATR, X_VOLR, X_RSI_SMA, X_ATR_SMA, X_BBU1, X_BBL1, X_BBP1) = range(N_FEATURES)
+(
+    X_RET1,
+    X_RET5,
+    X_RET10,
+    X_RET20,
+    X_RET60,
+    X_RSI,
+    X_MACD,
+    X_SIGNAL,
+    X_HIST,
+    X_BBU,
+    X_BBL,
+    X_BBP,
+    X_ATR,
+    X_VOLR,
+    X_RSI_SMA,
+    X_ATR_SMA,
+    X_BBU1,
+    X_BBL1,
+    X_BBP1,
+) = range(N_FEATURES)
 
 # Float state columns. *_C is the Neumaier compensation of the sum before it.
-(F_RSI_G, F_RSI_L, F_GSUM, F_GSUM_C, F_LSUM, F_LSUM_C, F_ATR, F_TRSUM, F_TRSUM_C,
- F_EMA_FAST, F_EMA_SLOW, F_SIGNAL, F_MACD_SUM, F_BB_K, F_S1, F_S1_C, F_S2, F_S2_C,
- F_VSUM, F_VSUM_C) = range(20)
+(
+    F_RSI_G,
+    F_RSI_L,
+    F_GSUM,
+    F_GSUM_C,
+    F_LSUM,
+    F_LSUM_C,
+    F_ATR,
+    F_TRSUM,
+    F_TRSUM_C,
+    F_EMA_FAST,
+    F_EMA_SLOW,
+    F_SIGNAL,
+    F_MACD_SUM,
+    F_BB_K,
+    F_S1,
+    F_S1_C,
+    F_S2,
+    F_S2_C,
+    F_VSUM,
+    F_VSUM_C,
+) = range(20)
 N_FLOAT = 20
 # Int state columns: bars seen, nonzero terms in each rolling sum (an exact zero test),
 # and the run of closes equal to the previous one (an exact flat-window test).
@@ -87,11 +141,11 @@ N_INT = 6
 class IndicatorState(NamedTuple):
     """Per-symbol state; row i is symbol i. Rings are indexed by ``t % width``."""
 
-    closes: np.ndarray       # (n, CLOSE_WINDOW) float64
+    closes: np.ndarray  # (n, CLOSE_WINDOW) float64
     true_ranges: np.ndarray  # (n, ATR_PERIOD) float64
-    volumes: np.ndarray      # (n, VOL_PERIOD) float64
-    floats: np.ndarray       # (n, N_FLOAT) float64
-    ints: np.ndarray         # (n, N_INT) int64
+    volumes: np.ndarray  # (n, VOL_PERIOD) float64
+    floats: np.ndarray  # (n, N_FLOAT) float64
+    ints: np.ndarray  # (n, N_INT) int64
 
 
 def new_state(n_symbols: int) -> IndicatorState:
@@ -406,8 +460,7 @@ def _emit(i, closes, vols, fs, ist, cols, out):
 
 @njit
 def _valid(o, h, l, c, v):
-    return (np.isfinite(o) and np.isfinite(h) and np.isfinite(l) and np.isfinite(c)
-            and np.isfinite(v))
+    return np.isfinite(o) and np.isfinite(h) and np.isfinite(l) and np.isfinite(c) and np.isfinite(v)
 
 
 @njit(cache=True)

@@ -13,13 +13,14 @@ chronological order (oldest first); while ``count < T`` the front of the sequenc
 with zeros (``PAD_ZEROS``) or with copies of the oldest row (``PAD_REPEAT_FIRST``; zeros
 while the symbol has no row at all).
 
-``state`` and ``stamps`` must have one row per symbol of ``data``. Every kernel checks its indices and shapes and returns a status code instead of raising, so
-that a bad call can never write out of bounds; the Python layer (``fastinfer.buffers``)
-turns codes into errors. A row containing NaN/inf (after the cast to float32) is never
-written. No kernel allocates.
+``state`` and ``stamps`` must have one row per symbol of ``data``. Every kernel checks its
+indices and shapes and returns a status code instead of raising, so that a bad call can never
+write out of bounds; the Python layer (``fastinfer.buffers``) turns codes into errors. A row
+containing NaN/inf (after the cast to float32) is never written. No kernel allocates.
 
 Leaf module: imports nothing from the rest of fastinfer.
 """
+
 from __future__ import annotations
 
 import numpy as np

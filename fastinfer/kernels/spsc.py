@@ -43,6 +43,7 @@ Full ring: ``on_full="block"`` waits up to ``timeout`` seconds and then raises
 
 Leaf module: imports nothing from the rest of fastinfer.
 """
+
 from __future__ import annotations
 
 import os
@@ -266,8 +267,16 @@ class SPSCRing:
     then sleeps in 50 µs steps.
     """
 
-    def __init__(self, shm: shared_memory.SharedMemory, *, owner: bool, on_full: str = "block",
-                 timeout: float = 1.0, spin: int = 100, yields: int = 1000):
+    def __init__(
+        self,
+        shm: shared_memory.SharedMemory,
+        *,
+        owner: bool,
+        on_full: str = "block",
+        timeout: float = 1.0,
+        spin: int = 100,
+        yields: int = 1000,
+    ):
         if on_full not in ("block", "drop"):
             raise ValueError(f"on_full must be 'block' or 'drop', got {on_full!r}")
         self._shm = shm
@@ -294,8 +303,7 @@ class SPSCRing:
         self._shape = (width,)
 
     @classmethod
-    def create(cls, capacity: int, width: int, dtype=np.float64, *, name: str | None = None,
-               **options) -> "SPSCRing":
+    def create(cls, capacity: int, width: int, dtype=np.float64, *, name: str | None = None, **options) -> SPSCRing:
         """A new segment for ``capacity`` (rounded up to a power of two) records of ``width``
         values of ``dtype`` (float32, float64 or int64). The creator owns it: ``unlink()`` it."""
         dtype = np.dtype(dtype)
@@ -319,7 +327,7 @@ class SPSCRing:
             raise
 
     @classmethod
-    def attach(cls, name: str, **options) -> "SPSCRing":
+    def attach(cls, name: str, **options) -> SPSCRing:
         """Open an existing ring by name (either side). Consumption resumes at ``tail``."""
         shm = _attach_untracked(name)
         try:
@@ -427,8 +435,9 @@ class SPSCRing:
                 return None
         return int(self._seq_box[0])
 
-    def get_many(self, out: np.ndarray, out_seqs: np.ndarray, timeout: float | None = 0.0, *,
-                 commit: bool = True) -> int:
+    def get_many(
+        self, out: np.ndarray, out_seqs: np.ndarray, timeout: float | None = 0.0, *, commit: bool = True
+    ) -> int:
         """Consume up to ``len(out)`` records into ``out`` ((n, width)) and ``out_seqs``
         (int64); returns how many (0 if none arrived within ``timeout``).
 
@@ -437,8 +446,15 @@ class SPSCRing:
         (at-least-once; a consumer that records the last sequence number it processed can skip
         the repeats and so process each record once).
         """
-        if (type(out) is not np.ndarray or out.dtype != self.dtype or out.ndim != 2 or out.shape[1] != self.width
-                or type(out_seqs) is not np.ndarray or out_seqs.dtype != np.int64 or out_seqs.ndim != 1):
+        if (
+            type(out) is not np.ndarray
+            or out.dtype != self.dtype
+            or out.ndim != 2
+            or out.shape[1] != self.width
+            or type(out_seqs) is not np.ndarray
+            or out_seqs.dtype != np.int64
+            or out_seqs.ndim != 1
+        ):
             raise ValueError(f"out must be (n, {self.width}) {self.dtype} and out_seqs (n,) int64")
         kernel = get_batch if commit else peek_batch
         n = kernel(self._ctrl, self._seqs, self._payload, out, out_seqs)
@@ -517,7 +533,7 @@ class SPSCRing:
         finally:
             resource_tracker.unregister = unregister
 
-    def __enter__(self) -> "SPSCRing":
+    def __enter__(self) -> SPSCRing:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -5,8 +5,7 @@
 ``{horizon: {family: value}}`` shape. ``tritonclient`` is the ``[serving]`` extra and is
 imported only when one of these is used.
 """
-from .triton import (INDEX_FILE, SUMS_FILE, TritonPredictor, export_triton, load_index, parse_config,
-                     read_config)
 
-__all__ = ["INDEX_FILE", "SUMS_FILE", "TritonPredictor", "export_triton", "load_index", "parse_config",
-           "read_config"]
+from .triton import INDEX_FILE, SUMS_FILE, TritonPredictor, export_triton, load_index, parse_config, read_config
+
+__all__ = ["INDEX_FILE", "SUMS_FILE", "TritonPredictor", "export_triton", "load_index", "parse_config", "read_config"]

@@ -16,6 +16,7 @@ and parsed back before it is written. Layout::
 
 Triton reads only the model folders; the two files beside them are fastinfer's.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,9 +26,10 @@ import importlib
 import json
 import re
 import shutil
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -120,8 +122,9 @@ def _model_name(prefix: str, entry) -> str:
 
 
 def _graph_dims(value_info) -> list[int | str | None]:
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-            for d in value_info.type.tensor_type.shape.dim]
+    return [
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in value_info.type.tensor_type.shape.dim
+    ]
 
 
 def _union(models: Sequence) -> list[str]:
@@ -136,12 +139,19 @@ def _union(models: Sequence) -> list[str]:
     return sorted(seen, key=lambda f: (known.get(f, len(known)), seen[f]))
 
 
-def _model_config(exp: _Export, max_batch_size: int, instance_kind: str, instance_count: int,
-                  max_queue_delay_us: int, threads: tuple[int, int]):
+def _model_config(
+    exp: _Export,
+    max_batch_size: int,
+    instance_kind: str,
+    instance_count: int,
+    max_queue_delay_us: int,
+    threads: tuple[int, int],
+):
     """Triton's ``ModelConfig`` message for one exported graph (valid by construction)."""
     pb = _pb()
-    cfg = pb.ModelConfig(name=exp.name, platform=PLATFORM, max_batch_size=max_batch_size,
-                         default_model_filename=MODEL_FILE)
+    cfg = pb.ModelConfig(
+        name=exp.name, platform=PLATFORM, max_batch_size=max_batch_size, default_model_filename=MODEL_FILE
+    )
     cfg.input.add(name=exp.input_name, data_type=pb.TYPE_FP32, dims=exp.input_dims)
     for out in exp.outputs:
         cfg.output.add(name=out["name"], data_type=pb.TYPE_FP32, dims=out["dims"])
@@ -155,12 +165,16 @@ def _model_config(exp: _Export, max_batch_size: int, instance_kind: str, instanc
     return cfg
 
 
-def _check_options(instance_kind: str, max_batch_size: Any, max_queue_delay_us: Any, instance_count: Any,
-                   name_prefix: str) -> None:
+def _check_options(
+    instance_kind: str, max_batch_size: Any, max_queue_delay_us: Any, instance_count: Any, name_prefix: str
+) -> None:
     if instance_kind not in ("cpu", "gpu"):
         raise ConfigError(f"instance_kind must be 'cpu' or 'gpu', got {instance_kind!r}")
-    for name, value, lo in (("max_batch_size", max_batch_size, 1), ("max_queue_delay_us", max_queue_delay_us, 0),
-                            ("instance_count", instance_count, 1)):
+    for name, value, lo in (
+        ("max_batch_size", max_batch_size, 1),
+        ("max_queue_delay_us", max_queue_delay_us, 0),
+        ("instance_count", instance_count, 1),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < lo:
             raise ConfigError(f"{name} must be an integer >= {lo}, got {value!r}")
     if _NAME_OK.search(name_prefix):
@@ -181,8 +195,15 @@ def _verified_bytes(root: Path, entry) -> tuple[Path, bytes]:
     return path, data
 
 
-def _plan(run_root: str | Path, *, fused: bool, name_prefix: str, settings: Settings,
-          targets: Iterable[str] | None, families: Iterable[str] | None) -> dict[str, Any]:
+def _plan(
+    run_root: str | Path,
+    *,
+    fused: bool,
+    name_prefix: str,
+    settings: Settings,
+    targets: Iterable[str] | None,
+    families: Iterable[str] | None,
+) -> dict[str, Any]:
     """Every model to export and the index, nothing written."""
     from .. import executor
     from .. import families as fam
@@ -201,40 +222,66 @@ def _plan(run_root: str | Path, *, fused: bool, name_prefix: str, settings: Sett
     skipped: list[dict[str, str]] = []
     name_of: dict[tuple, str] = {}
     for entry in lock.entries:
-        if (wanted_t is not None and entry.target not in wanted_t) \
-                or (wanted_f is not None and entry.family not in wanted_f):
+        if (wanted_t is not None and entry.target not in wanted_t) or (
+            wanted_f is not None and entry.family not in wanted_f
+        ):
             continue
         if entry.status != "onnx":
-            skipped.append({"target": entry.target, "family": entry.family,
-                            "reason": f"served natively: {entry.reason}"})
+            skipped.append(
+                {"target": entry.target, "family": entry.family, "reason": f"served natively: {entry.reason}"}
+            )
             continue
         path, data = _verified_bytes(root, entry)
         model = loader.load(entry.target, entry.family, entry.view, universe=entry.universe, symbol=entry.symbol)
         if model is None or model.backend != "onnx":
-            skipped.append({"target": entry.target, "family": entry.family,
-                            "reason": "lock is stale (the native model changed since conversion): "
-                                      "run `fastinfer convert` again"})
+            skipped.append(
+                {
+                    "target": entry.target,
+                    "family": entry.family,
+                    "reason": "lock is stale (the native model changed since conversion): "
+                    "run `fastinfer convert` again",
+                }
+            )
             continue
         lock_dims = list(entry.input.get("shape", []))[1:]
         graph_in, graph_out = model.graph.graph.input[0], model.graph.graph.output[0]
         columns = list(entry.output.get("columns", ["prediction"]))
         input_name = entry.input.get("name") or _input_name()
         if graph_in.name != input_name:
-            raise StateError(f"{path}: graph input {graph_in.name!r} disagrees with the lock's input name "
-                             f"{input_name!r} for target={entry.target!r} family={entry.family!r}")
+            raise StateError(
+                f"{path}: graph input {graph_in.name!r} disagrees with the lock's input name "
+                f"{input_name!r} for target={entry.target!r} family={entry.family!r}"
+            )
         if _graph_dims(graph_in)[1:] != lock_dims or _graph_dims(graph_out)[1:] != [len(columns)]:
-            raise StateError(f"{path}: graph I/O {_graph_dims(graph_in)} → {_graph_dims(graph_out)} disagrees with "
-                             f"the lock (input {entry.input.get('shape')}, {len(columns)} output columns) "
-                             f"for target={entry.target!r} family={entry.family!r}")
+            raise StateError(
+                f"{path}: graph I/O {_graph_dims(graph_in)} → {_graph_dims(graph_out)} disagrees with "
+                f"the lock (input {entry.input.get('shape')}, {len(columns)} output columns) "
+                f"for target={entry.target!r} family={entry.family!r}"
+            )
         name = _model_name(name_prefix, entry)
         if name in {e.name for e in exports}:
             raise StateError(f"{root / LOCK_FILE}: two graphs map to the Triton model name {name!r}")
         name_of[entry.key] = name
-        exports.append(_Export(name, data, model.spec.sequence_length if model.family.sequential else 0, lock_dims,
-                               list(entry.feature_order),
-                               [{"name": entry.output.get("name", "prediction"), "target": entry.target,
-                                 "family": entry.family, "columns": columns, "dims": [len(columns)],
-                                 "handles_nan": model.family.handles_nan}], input_name))
+        exports.append(
+            _Export(
+                name,
+                data,
+                model.spec.sequence_length if model.family.sequential else 0,
+                lock_dims,
+                list(entry.feature_order),
+                [
+                    {
+                        "name": entry.output.get("name", "prediction"),
+                        "target": entry.target,
+                        "family": entry.family,
+                        "columns": columns,
+                        "dims": [len(columns)],
+                        "handles_nan": model.family.handles_nan,
+                    }
+                ],
+                input_name,
+            )
+        )
 
     # The set a LivePredictor would serve, fused exactly as its executor plan fuses it.
     served = [m for m in loader.load_all(targets, families).values() if m.backend == "onnx"]
@@ -242,38 +289,72 @@ def _plan(run_root: str | Path, *, fused: bool, name_prefix: str, settings: Sett
     serve: list[dict[str, Any]] = []
     columns: list[tuple[str, str, str]] = []
     if served:
-        exec_settings = dataclasses.replace(settings.executor, forest_kernel="off", providers=("CPUExecutionProvider",),
-                                            optimized_model_dir=None)
+        exec_settings = dataclasses.replace(
+            settings.executor, forest_kernel="off", providers=("CPUExecutionProvider",), optimized_model_dir=None
+        )
         plan = executor.Plan(served, union, 1, exec_settings)
         columns = plan.columns
         slices = {f"{m.target}/{m.family.name}": (m, sl) for m, sl in zip(plan.models, plan.model_slices)}
         if fused:
             for fused_name, graph in plan.fused_graphs.items():
-                kind = 0 if fused_name == "fused-tabular" else int(fused_name[len("fused-seq"):])
+                kind = 0 if fused_name == "fused-tabular" else int(fused_name[len("fused-seq") :])
                 outputs = []
                 for out in graph.graph.output:
                     m, sl = slices[out.name]
-                    outputs.append({"name": out.name, "target": m.target, "family": m.family.name,
-                                    "columns": list(m.columns), "dims": [len(m.columns)],
-                                    "handles_nan": m.family.handles_nan, "slice": [sl.start, sl.stop],
-                                    "needs": [union.index(f) for f in m.feature_order]})
-                exp = _Export(name_prefix + fused_name, graph.SerializeToString(), kind,
-                              [kind, len(union)] if kind else [len(union)], list(union), outputs)
+                    outputs.append(
+                        {
+                            "name": out.name,
+                            "target": m.target,
+                            "family": m.family.name,
+                            "columns": list(m.columns),
+                            "dims": [len(m.columns)],
+                            "handles_nan": m.family.handles_nan,
+                            "slice": [sl.start, sl.stop],
+                            "needs": [union.index(f) for f in m.feature_order],
+                        }
+                    )
+                exp = _Export(
+                    name_prefix + fused_name,
+                    graph.SerializeToString(),
+                    kind,
+                    [kind, len(union)] if kind else [len(union)],
+                    list(union),
+                    outputs,
+                )
                 exports.append(exp)
-                serve.append({"model": exp.name, "input_kind": kind, "input_columns": None,
-                              "outputs": outputs})
+                serve.append({"model": exp.name, "input_kind": kind, "input_columns": None, "outputs": outputs})
         else:
             for m, sl in zip(plan.models, plan.model_slices):
                 name = name_of[m.lock_entry.key]
                 needs = [union.index(f) for f in m.feature_order]
                 kind = m.spec.sequence_length if m.family.sequential else 0
-                serve.append({"model": name, "input_kind": kind, "input_columns": needs,
-                              "outputs": [{"name": m.lock_entry.output.get("name", "prediction"),
-                                           "target": m.target, "family": m.family.name, "columns": list(m.columns),
-                                           "handles_nan": m.family.handles_nan, "slice": [sl.start, sl.stop],
-                                           "needs": needs}]})
-    return {"root": root, "lock": lock, "exports": exports, "skipped": skipped, "union": union,
-            "serve": serve, "columns": [list(c) for c in columns]}
+                serve.append(
+                    {
+                        "model": name,
+                        "input_kind": kind,
+                        "input_columns": needs,
+                        "outputs": [
+                            {
+                                "name": m.lock_entry.output.get("name", "prediction"),
+                                "target": m.target,
+                                "family": m.family.name,
+                                "columns": list(m.columns),
+                                "handles_nan": m.family.handles_nan,
+                                "slice": [sl.start, sl.stop],
+                                "needs": needs,
+                            }
+                        ],
+                    }
+                )
+    return {
+        "root": root,
+        "lock": lock,
+        "exports": exports,
+        "skipped": skipped,
+        "union": union,
+        "serve": serve,
+        "columns": [list(c) for c in columns],
+    }
 
 
 # ---------------------------------------------------------------- writing it
@@ -299,10 +380,20 @@ def _prepare(out: Path) -> None:
             shutil.rmtree(folder)
 
 
-def export_triton(run_root: str | Path, out_dir: str | Path, *, instance_kind: str = "cpu",
-                  max_batch_size: int = 1024, max_queue_delay_us: int = 100, instance_count: int = 1,
-                  fused: bool = True, name_prefix: str = "", targets: Iterable[str] | None = None,
-                  families: Iterable[str] | None = None, settings: Settings | None = None) -> dict[str, Any]:
+def export_triton(
+    run_root: str | Path,
+    out_dir: str | Path,
+    *,
+    instance_kind: str = "cpu",
+    max_batch_size: int = 1024,
+    max_queue_delay_us: int = 100,
+    instance_count: int = 1,
+    fused: bool = True,
+    name_prefix: str = "",
+    targets: Iterable[str] | None = None,
+    families: Iterable[str] | None = None,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
     """Write a Triton model repository for the run's verified graphs; returns the index written.
 
     One folder per ONNX-served lock entry and, with ``fused``, one per fused graph of the
@@ -313,11 +404,11 @@ def export_triton(run_root: str | Path, out_dir: str | Path, *, instance_kind: s
     """
     _check_options(instance_kind, max_batch_size, max_queue_delay_us, instance_count, name_prefix)
     settings = settings if settings is not None else load_config()
-    plan = _plan(run_root, fused=fused, name_prefix=name_prefix, settings=settings, targets=targets,
-                 families=families)
+    plan = _plan(run_root, fused=fused, name_prefix=name_prefix, settings=settings, targets=targets, families=families)
     if not plan["exports"]:
-        raise ModelLoadError(None, None, "no ONNX-served graph to export (every model is native or stale)",
-                             plan["root"])
+        raise ModelLoadError(
+            None, None, "no ONNX-served graph to export (every model is native or stale)", plan["root"]
+        )
     out = Path(out_dir).expanduser().resolve()
     _prepare(out)
     threads = (settings.executor.intra_op_threads, settings.executor.inter_op_threads)
@@ -330,25 +421,39 @@ def export_triton(run_root: str | Path, out_dir: str | Path, *, instance_kind: s
         text = text_format.MessageToString(cfg)
         if parse_config(text, f"{exp.name}/config.pbtxt") != cfg:  # round-trip: what Triton reads is what we built
             raise StateError(f"{exp.name}/config.pbtxt: does not parse back to the config it was built from")
-        for rel, data in ((f"{exp.name}/{VERSION_DIR}/{MODEL_FILE}", exp.data),
-                          (f"{exp.name}/config.pbtxt", text.encode())):
+        for rel, data in (
+            (f"{exp.name}/{VERSION_DIR}/{MODEL_FILE}", exp.data),
+            (f"{exp.name}/config.pbtxt", text.encode()),
+        ):
             write_atomic_bytes(out / rel, data)
             files[rel] = hashlib.sha256(data).hexdigest()
-        models[exp.name] = {"kind": "fused" if any("slice" in o for o in exp.outputs) else "model",
-                            "sha256": exp.sha256, "input": {"name": exp.input_name, "datatype": "FP32",
-                                                            "dims": exp.input_dims, "kind": exp.input_kind},
-                            "feature_order": exp.feature_order, "max_batch_size": max_batch_size,
-                            "outputs": [{k: v for k, v in o.items() if k not in ("slice", "needs")}
-                                        for o in exp.outputs]}
+        models[exp.name] = {
+            "kind": "fused" if any("slice" in o for o in exp.outputs) else "model",
+            "sha256": exp.sha256,
+            "input": {"name": exp.input_name, "datatype": "FP32", "dims": exp.input_dims, "kind": exp.input_kind},
+            "feature_order": exp.feature_order,
+            "max_batch_size": max_batch_size,
+            "outputs": [{k: v for k, v in o.items() if k not in ("slice", "needs")} for o in exp.outputs],
+        }
     index = {
-        "kind": INDEX_KIND, "version": INDEX_VERSION,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "run_root": str(plan["root"]), "lock_created": plan["lock"].created,
-        "options": {"instance_kind": instance_kind, "instance_count": instance_count,
-                    "max_batch_size": max_batch_size, "max_queue_delay_us": max_queue_delay_us,
-                    "fused": fused, "name_prefix": name_prefix},
-        "models": models, "skipped": plan["skipped"],
-        "union": plan["union"], "columns": plan["columns"], "serve": plan["serve"],
+        "kind": INDEX_KIND,
+        "version": INDEX_VERSION,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "run_root": str(plan["root"]),
+        "lock_created": plan["lock"].created,
+        "options": {
+            "instance_kind": instance_kind,
+            "instance_count": instance_count,
+            "max_batch_size": max_batch_size,
+            "max_queue_delay_us": max_queue_delay_us,
+            "fused": fused,
+            "name_prefix": name_prefix,
+        },
+        "models": models,
+        "skipped": plan["skipped"],
+        "union": plan["union"],
+        "columns": plan["columns"],
+        "serve": plan["serve"],
         "files": files,
     }
     write_atomic_json(out / INDEX_FILE, index)
@@ -395,9 +500,17 @@ class TritonPredictor:
     ``timeout_s`` bounds each request.
     """
 
-    def __init__(self, url: str, repository: str | Path | Mapping[str, Any], protocol: str = "http", *,
-                 client: Any = None, settings: Settings | None = None, model_version: str = "",
-                 timeout_s: float = 60.0):
+    def __init__(
+        self,
+        url: str,
+        repository: str | Path | Mapping[str, Any],
+        protocol: str = "http",
+        *,
+        client: Any = None,
+        settings: Settings | None = None,
+        model_version: str = "",
+        timeout_s: float = 60.0,
+    ):
         if protocol not in ("http", "grpc"):
             raise ConfigError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
         self.index = load_index(repository)
@@ -405,8 +518,11 @@ class TritonPredictor:
         self._mod = _import(f"tritonclient.{protocol}")
         self.url = url
         if client is None:  # HTTP takes its timeouts at construction, gRPC per call
-            client = (self._mod.InferenceServerClient(url=url, connection_timeout=timeout_s, network_timeout=timeout_s)
-                      if protocol == "http" else self._mod.InferenceServerClient(url=url))
+            client = (
+                self._mod.InferenceServerClient(url=url, connection_timeout=timeout_s, network_timeout=timeout_s)
+                if protocol == "http"
+                else self._mod.InferenceServerClient(url=url)
+            )
         self.client = client
         self.model_version = model_version
         self.timeout_s = timeout_s
@@ -439,8 +555,9 @@ class TritonPredictor:
         seqs: dict[int, np.ndarray] = {}
         for T in self.sequence_lengths:
             if sequences is None or T not in sequences:
-                who = sorted({f"{o['target']}/{o['family']}" for s in self.serve if s["input_kind"] == T
-                              for o in s["outputs"]})
+                who = sorted(
+                    {f"{o['target']}/{o['family']}" for s in self.serve if s["input_kind"] == T for o in s["outputs"]}
+                )
                 raise InferenceError(f"sequences[{T}] missing: needed by {', '.join(who)}")
             S = np.ascontiguousarray(sequences[T], dtype=np.float32)
             if S.shape != (len(X), T, F):
@@ -472,20 +589,22 @@ class TritonPredictor:
             names = [o["name"] for o in s["outputs"]]
             step = int(self.index["models"][s["model"]]["max_batch_size"])
             for lo in range(0, n, step):
-                got = self._infer(s["model"], source[lo:lo + step], names)
+                got = self._infer(s["model"], source[lo : lo + step], names)
                 for o in s["outputs"]:
                     a, b = o["slice"]
                     y = np.asarray(got[o["name"]], dtype=np.float32)
                     if y.shape != (min(step, n - lo), b - a):
-                        raise InferenceError(f"model {s['model']!r} output {o['name']!r}: expected shape "
-                                             f"{(min(step, n - lo), b - a)}, got {y.shape}")
-                    out[lo:lo + step, a:b] = y
+                        raise InferenceError(
+                            f"model {s['model']!r} output {o['name']!r}: expected shape "
+                            f"{(min(step, n - lo), b - a)}, got {y.shape}"
+                        )
+                    out[lo : lo + step, a:b] = y
             for o in s["outputs"]:  # rows whose inputs hold NaN: not ready, as in the live predictor
                 if self._pass_nan and o["handles_nan"]:
                     continue
                 needed = (seqs[kind] if kind else X)[..., o["needs"]]
                 bad = np.isnan(needed).reshape(n, -1).any(axis=1)
-                out[bad, o["slice"][0]:o["slice"][1]] = np.nan
+                out[bad, o["slice"][0] : o["slice"][1]] = np.nan
         return out
 
     def predict(self, features: Any, sequences: Mapping[int, Any] | None = None) -> list[dict[str, dict[str, float]]]:
