@@ -135,10 +135,11 @@ def test_build_rejects_bad_ohlcv(bad, match):
         FeatureBuilder().build(bad(ohlcv_frame(30, seed=5)))
 
 
-def test_unknown_feature_lists_the_known_ones():
+def test_unknown_feature_says_what_the_vocabulary_understood_and_how_to_define_it():
     with pytest.raises(FeatureBuildError) as e:
-        FeatureBuilder().build(ohlcv_frame(30, seed=6), features=["rsi_14", "rsi_99"])
-    assert "rsi_99" in str(e.value) and all(name in str(e.value) for name in KNOWN_FEATURES)
+        FeatureBuilder().build(ohlcv_frame(30, seed=6), features=["rsi_14", "rsi_x"])
+    text = str(e.value)
+    assert "rsi_x" in text and "rsi_{n}" in text and "feature_definitions.yaml" in text and "external" in text
     assert isinstance(e.value, ValueError)
     with pytest.raises(FeatureBuildError, match="twice"):
         resolve_features(["ret_1", "ret_1"])
@@ -252,28 +253,59 @@ def test_state_round_trip_needs_no_replay(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def _resealed(env):
+    """The envelope with its checksum recomputed: an edit a writer made on purpose."""
+    from fastinfer import state as envelope
+
+    return envelope.wrap(env["kind"], env["version"], env["payload"])
+
+
 @pytest.mark.parametrize(
     "corrupt, match",
     [
-        (lambda s: s.update(version=99), "version 99"),
-        (lambda s: s.update(kind="other"), "not a StreamingFeatures state"),
-        (lambda s: s["layout"]["params"].__setitem__(1, 21), "other features or parameters"),
-        (lambda s: s["arrays"]["floats"].update(data="!!!"), "'floats' is malformed"),
-        (lambda s: s["arrays"]["ints"].update(shape=[3, 6]), "'ints': expected"),
-        (lambda s: s["arrays"]["closes"].update(data=s["arrays"]["closes"]["data"][:-8]), "'closes'"),
-        (lambda s: s["arrays"].pop("volumes"), "'volumes' is malformed"),
-        (lambda s: s.update(stale=[True]), "stale"),
-        (lambda s: s.update(features=["nope"]), "malformed"),
-        (lambda s: s.pop("symbols"), "malformed"),
+        (lambda s: s.update(version=99), "'version': 99"),
+        (lambda s: s.update(kind="seqbuffer"), "'kind'"),
+        (lambda s: s["payload"].update(stale=[True, True, False]), "'sha256'"),  # a flipped field: checksum
+        (lambda s: _resealed(s) | {"payload": {**s["payload"], "program": "0" * 64}}, "'sha256'"),
+        (lambda s: s["payload"]["arrays"]["float_state"].update(data="!!!"), "'sha256'"),
     ],
 )
 def test_corrupt_state_is_a_state_error(corrupt, match):
     sf = StreamingFeatures(["A", "B"])
     sf.update(np.ones(2), np.ones(2), np.ones(2), np.ones(2), np.ones(2))
     state = json.loads(json.dumps(sf.state_dict()))
-    corrupt(state)
+    state = corrupt(state) or state
     with pytest.raises(StateError, match=match):
         StreamingFeatures.from_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda p: p.update(program="0" * 64), "another feature program"),
+        (lambda p: p["arrays"]["float_state"].update(data="!!!"), "'arrays.float_state'"),
+        (lambda p: p["arrays"]["int_state"].update(shape=[3, 6]), "'arrays.int_state'"),
+        (lambda p: p["arrays"]["registers"].update(data=p["arrays"]["registers"]["data"][:-8]), "'arrays.registers'"),
+        (lambda p: p["arrays"].pop("bars"), "'arrays.bars'"),
+        (lambda p: p.update(stale=[True]), "'stale'"),
+        (lambda p: p.update(features=["nope"]), "do not compile"),
+        (lambda p: p.pop("symbols"), "malformed"),
+        (
+            lambda p: p["arrays"].update(bars=__import__("fastinfer.state").state.encode_array(np.array([-1, 1]))),
+            "negative",
+        ),
+    ],
+)
+def test_edited_state_is_a_state_error_naming_the_field(edit, match):
+    """A state whose checksum is right (a writer's edit) is still checked field by field."""
+    from fastinfer import state as envelope
+
+    sf = StreamingFeatures(["A", "B"])
+    sf.update(np.ones(2), np.ones(2), np.ones(2), np.ones(2), np.ones(2))
+    env = json.loads(json.dumps(sf.state_dict()))
+    edit(env["payload"])
+    with pytest.raises(StateError, match=match):
+        StreamingFeatures.from_state_dict(envelope.wrap(env["kind"], env["version"], env["payload"]))
 
 
 def test_update_allocates_nothing_per_bar():

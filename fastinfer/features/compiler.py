@@ -1,0 +1,280 @@
+"""Feature names + definitions → one ``FeatureProgram``.
+
+``compile_features(names, definitions, interval_minutes=, bars_per_day=)`` resolves each name
+in this order: a definition (which shadows the vocabulary), an external column, an OHLCV
+input, a vocabulary name. Expressions are lowered into one shared DAG (``graph.Graph``), so
+a sub-expression any two features share is computed once. Function parameters must be
+constants (numbers, durations such as ``10d``, or their negation); durations become bars
+through ``interval_minutes`` and ``bars_per_day``.
+
+Every problem is a ``FeatureDefinitionError`` naming the feature (and the definition it came
+through), what was understood of it and how to define it: unknown names or functions, wrong
+arity, bad parameters or durations, and cycles between definitions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ..kernels import feature_program as K
+from . import primitives, vocabulary
+from .definitions import FeatureDefinitions
+from .errors import FeatureDefinitionError
+from .grammar import BinOp, Call, Duration, Expr, Name, Neg, Num, parse, unparse
+from .graph import OHLCV, Graph, Ref
+from .program import FeatureProgram
+
+MAX_FEATURES = 10_000
+
+
+def compile_features(
+    features: Iterable[str],
+    definitions: FeatureDefinitions | dict | None = None,
+    *,
+    interval_minutes: float | None = None,
+    bars_per_day: int | None = None,
+) -> FeatureProgram:
+    """The program computing ``features`` (output columns in this order).
+
+    ``definitions``: a ``FeatureDefinitions`` (or the dict of a definitions file).
+    ``interval_minutes`` / ``bars_per_day``: how durations become bars; when the definitions
+    also fix one, both must agree.
+    """
+    names = check_names(features)
+    defs = _as_definitions(definitions)
+    interval = _agree("interval_minutes", interval_minutes, defs.interval_minutes)
+    per_day = _agree("bars_per_day", bars_per_day, defs.bars_per_day)
+    if interval is not None and (isinstance(interval, bool) or not 0 < float(interval) < math.inf):
+        raise FeatureDefinitionError(f"interval_minutes must be a positive number, got {interval!r}")
+    if per_day is not None and (isinstance(per_day, bool) or int(per_day) != per_day or per_day < 1):
+        raise FeatureDefinitionError(f"bars_per_day must be a positive whole number, got {per_day!r}")
+    lowering = _Lowering(defs, None if interval is None else float(interval), None if per_day is None else int(per_day))
+    outputs = tuple(lowering.feature(name) for name in names)
+    return FeatureProgram.build(lowering.graph, names, outputs, lowering.users)
+
+
+def check_names(features: Iterable[str]) -> tuple[str, ...]:
+    """``features`` as a tuple: a non-empty list of distinct names."""
+    if isinstance(features, str):
+        raise FeatureDefinitionError(f"features must be a list of names, not the string {features!r}")
+    try:
+        names = tuple(features)
+    except TypeError:
+        raise FeatureDefinitionError(f"features must be a list of names, got {type(features).__name__}") from None
+    if not names:
+        raise FeatureDefinitionError("no features requested")
+    if len(names) > MAX_FEATURES:
+        raise FeatureDefinitionError(f"{len(names)} features requested (at most {MAX_FEATURES})")
+    bad = [n for n in names if not isinstance(n, str) or not n]
+    if bad:
+        raise FeatureDefinitionError(f"feature names must be non-empty text, got {bad[:3]!r}")
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise FeatureDefinitionError(f"feature(s) requested twice: {dup}")
+    return names
+
+
+def _as_definitions(definitions: FeatureDefinitions | dict | None) -> FeatureDefinitions:
+    if definitions is None:
+        return FeatureDefinitions({})
+    if isinstance(definitions, FeatureDefinitions):
+        return definitions
+    return FeatureDefinitions.from_dict(definitions)
+
+
+def _agree(key: str, given, fixed):
+    if given is not None and fixed is not None and float(given) != float(fixed):
+        raise FeatureDefinitionError(f"{key} is {given} here but the definitions fix it at {fixed}")
+    return fixed if given is None else given
+
+
+@dataclass
+class _Lowering:
+    defs: FeatureDefinitions
+    interval_minutes: float | None
+    bars_per_day: int | None
+    graph: Graph = field(init=False)
+    users: dict[int, primitives.UserPrimitive] = field(default_factory=dict)
+    done: dict[str, Ref] = field(default_factory=dict)
+    stack: list[str] = field(default_factory=list)
+    trees: dict[str, Expr] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.graph = Graph(self.defs.external)
+
+    # ------------------------------------------------------------ names
+
+    def feature(self, name: str) -> Ref:
+        """The value of a requested feature (or of a name read inside an expression)."""
+        if name in self.done:
+            return self.done[name]
+        if name in self.stack:
+            cycle = " -> ".join([*self.stack[self.stack.index(name) :], name])
+            raise FeatureDefinitionError(f"definitions form a cycle: {cycle}", feature=self.stack[0])
+        if name in self.defs.features:
+            self.stack.append(name)
+            try:
+                tree = self.defs.trees.get(name) or parse(self.defs.features[name], where=name)
+                ref = self.lower(tree, name)
+            finally:
+                self.stack.pop()
+        elif name in self.defs.external or name in OHLCV:
+            ref = self.graph.input(name)
+        else:
+            ref = self.vocabulary(name)
+        self.done[name] = ref
+        return ref
+
+    def vocabulary(self, name: str) -> Ref:
+        where = self._where(name)
+        try:
+            found = vocabulary.match(name, interval_minutes=self.interval_minutes, bars_per_day=self.bars_per_day)
+        except FeatureDefinitionError as e:
+            raise FeatureDefinitionError(e.reason, feature=where, understood=e.understood, hint=e.hint) from None
+        if found is None:
+            near = vocabulary.suggestions(name)
+            understood = "no vocabulary pattern matches it" + (f" (similar: {', '.join(near)})" if near else "")
+            raise FeatureDefinitionError(
+                "unknown feature", feature=where, understood=understood, hint=vocabulary.hint(name)
+            )
+        self.stack.append(name)
+        try:
+            return self.lower(parse(found.expression, where=name), name, found)
+        finally:
+            self.stack.pop()
+
+    def _where(self, name: str) -> str:
+        """``name``, and the chain of definitions that read it when it is not a requested feature."""
+        chain = [n for n in self.stack if n != name]
+        return f"{name} (via {' -> '.join(chain)})" if chain else name
+
+    # ------------------------------------------------------------ expressions
+
+    def lower(self, expr: Expr, owner: str, found: vocabulary.Match | None = None) -> Ref:
+        g = self.graph
+        if isinstance(expr, Num):
+            return g.const(expr.value)
+        if isinstance(expr, Duration):
+            raise self.error(
+                owner, f"{expr.text} at column {expr.col} is a duration: only a function's number of bars can be one"
+            )
+        if isinstance(expr, Name):
+            return self.feature(expr.id)
+        if isinstance(expr, Neg):
+            value = self.constant(expr)
+            if value is not None:
+                return g.const(value)
+            return g.op1(K.OP_NEG, self.lower(expr.operand, owner, found))
+        if isinstance(expr, BinOp):
+            value = self.constant(expr)
+            if value is not None:
+                return g.const(value)
+            op = {"+": K.OP_ADD, "-": K.OP_SUB, "*": K.OP_MUL, "/": K.OP_DIV}[expr.op]
+            return g.op1(op, self.lower(expr.left, owner, found), self.lower(expr.right, owner, found))
+        return self.call(expr, owner, found)
+
+    def call(self, expr: Call, owner: str, found: vocabulary.Match | None) -> Ref:
+        fn = primitives.function(expr.func)
+        if fn is None:
+            import difflib
+
+            near = difflib.get_close_matches(expr.func, list(primitives.functions()), n=3)
+            also = f" (did you mean {', '.join(near)}?)" if near else ""
+            raise self.error(owner, f"unknown function {expr.func!r} at column {expr.col}{also}", found)
+        n_series = len(fn.series)
+        required = n_series + sum(p.default is None for p in fn.params)
+        if not required <= len(expr.args) <= n_series + len(fn.params):
+            count = (
+                str(required) if required == n_series + len(fn.params) else f"{required} to {n_series + len(fn.params)}"
+            )
+            raise self.error(owner, f"{fn.signature} takes {count} argument(s), got {len(expr.args)}", found)
+        series = [self.lower(a, owner, found) for a in expr.args[:n_series]]
+        given = expr.args[n_series:]
+        params = [
+            self.parameter(fn, param, given[k], owner, found)
+            if k < len(given)
+            else primitives.check_param(fn, param, param.default, "")
+            for k, param in enumerate(fn.params)
+        ]
+        try:
+            ref = fn.lower(self.graph, *series, *params)
+        except (ValueError, ArithmeticError) as e:
+            raise self.error(owner, f"{unparse(expr)}: {e}", found) from None
+        if fn.user:
+            self.users[ref.node] = primitives.user_primitive(fn.name)
+        return ref
+
+    def parameter(self, fn, param: primitives.Param, arg: Expr, owner: str, found) -> float | int:
+        if isinstance(arg, Duration):
+            if param.kind != "bars":
+                raise self.error(owner, f"{param.name} of {fn.name} is a number, not a duration ({arg.text})", found)
+            try:
+                value = float(
+                    vocabulary.duration_bars(
+                        arg.amount,
+                        arg.unit,
+                        arg.text,
+                        interval_minutes=self.interval_minutes,
+                        bars_per_day=self.bars_per_day,
+                    )
+                )
+            except ValueError as e:
+                raise self.error(owner, f"{param.name} of {fn.name}: {e}", found) from None
+        else:
+            value = self.constant(arg)
+            if value is None:
+                raise self.error(
+                    owner, f"{param.name} of {fn.name} must be a constant, got the expression {unparse(arg)!r}", found
+                )
+        try:
+            return primitives.check_param(fn, param, value, "")
+        except ValueError as e:
+            raise self.error(owner, str(e), found) from None
+
+    def constant(self, expr: Expr) -> float | None:
+        """The value of a constant sub-expression (numbers and arithmetic on them), else None."""
+        if isinstance(expr, Num):
+            return expr.value
+        if isinstance(expr, Neg):
+            inner = self.constant(expr.operand)
+            return None if inner is None else -inner
+        if isinstance(expr, BinOp):
+            a, b = self.constant(expr.left), self.constant(expr.right)
+            if a is None or b is None:
+                return None
+            if expr.op == "/" and b == 0:
+                return None  # left to the kernel: x / 0 is inf or NaN there, as everywhere
+            return {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else math.nan}[expr.op]
+        return None
+
+    def error(self, owner: str, reason: str, found: vocabulary.Match | None = None) -> FeatureDefinitionError:
+        where = self._where(owner)
+        if found is not None:
+            return FeatureDefinitionError(reason, feature=where, understood=found.understood())
+        definition = self.defs.features.get(owner)
+        understood = f"definition {owner}: {definition}" if definition is not None else None
+        return FeatureDefinitionError(reason, feature=where, understood=understood)
+
+
+def explain(
+    name: str, definitions: FeatureDefinitions | None = None, *, interval_minutes=None, bars_per_day=None
+) -> str:
+    """What ``name`` means: its definition, or the vocabulary's reading of it."""
+    defs = _as_definitions(definitions)
+    if name in defs.features:
+        return f"{name} = {defs.features[name]} (definition)"
+    if name in defs.external:
+        return f"{name}: external column"
+    if name in OHLCV:
+        return f"{name}: OHLCV input"
+    found = vocabulary.match(name, interval_minutes=interval_minutes, bars_per_day=bars_per_day)
+    if found is None:
+        raise FeatureDefinitionError("unknown feature", feature=name, hint=vocabulary.hint(name))
+    return f"{name}: {found.understood()}"
+
+
+def union(lists: Sequence[Sequence[str]]) -> tuple[str, ...]:
+    """Every name of ``lists`` once, in first-seen order."""
+    return tuple(dict.fromkeys(name for names in lists for name in names))
