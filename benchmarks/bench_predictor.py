@@ -113,7 +113,7 @@ def test_one_symbol_talib_plus_ort_sessions(benchmark, record_ratio, setup):
             x = np.array([[f[name] for name in m.feature_order]], dtype=np.float32)
             if m.family.sequential:
                 x = np.repeat(x[:, None, :], m.spec.sequence_length, axis=1)
-            out.append(m._runner(x))
+            out.append(m.run(x))
         return out
 
     benchmark(peer)
@@ -157,6 +157,6 @@ def test_fused_vs_per_model_sessions(benchmark, record_ratio, setup, mode):
         for m in plan.models:
             cols = [plan.union.index(f) for f in m.feature_order]
             src = plan.sequence_inputs[m.spec.sequence_length] if m.family.sequential else plan.tabular_input
-            inputs.append((m._runner, np.ascontiguousarray(src[..., cols])))
+            inputs.append((m.run, np.ascontiguousarray(src[..., cols])))
         benchmark(lambda: [run(x) for run, x in inputs])
     record_ratio(f"fused-vs-sessions{suffix}", subject=mode == "fused", name=mode)

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from . import families as fam
+from .adapters import adapter_of
 from .errors import InferenceError
 from .loader import LoadedModel
-from .native import native_predict
 
 
 class InferenceEngine:
@@ -47,4 +47,7 @@ class InferenceEngine:
         X = np.asarray(features, dtype=np.float64 if f.input_rank == 2 else np.float32)
         if X.ndim != f.input_rank:
             raise InferenceError(f"{f.name}: expected a {f.input_rank}-D input, got shape {X.shape}")
-        return native_predict(model, X)
+        adapter = adapter_of(model, f)
+        if adapter is None:
+            raise InferenceError(f"{f.name}: {type(model).__qualname__} is not a model (it has no predict)")
+        return adapter.predict(model, X)

@@ -15,15 +15,14 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from .config import ExecutorSettings
-from .converters import INPUT_NAME, OUTPUT_NAME  # the graph contract every converter keeps
+from .converters import INPUT_NAME  # the graph contract every converter keeps
+from .converters.graph import FuseMember, fuse
 
 log = logging.getLogger(__name__)
 
@@ -80,65 +79,7 @@ def open_session(
     return session
 
 
-# ---------------------------------------------------------------- fusion
-
-
-@dataclass(frozen=True)
-class FuseMember:
-    """One graph to fuse: its output name in the fused graph, and the union columns it reads."""
-
-    name: str
-    model: onnx.ModelProto
-    columns: tuple[int, ...]
-    n_outputs: int
-
-
-def fuse(members: Sequence[FuseMember], union_width: int, input_shape: Sequence[int | str]) -> onnx.ModelProto:
-    """One graph: input ``features`` (``input_shape``, last dim = union width) → one output per member.
-
-    Every member keeps its own nodes (prefixed), so each output is computed by exactly the
-    kernels its own graph would use.
-    """
-    if not members:
-        raise ValueError("nothing to fuse")
-    nodes, inits, outputs, opsets = [], [], [], {}
-    ir_version = 0
-    for i, member in enumerate(members):
-        prefix = f"m{i}_"
-        m = onnx.compose.add_prefix(member.model, prefix)
-        graph = m.graph
-        ir_version = max(ir_version, m.ir_version)
-        for op in m.opset_import:
-            domain = "" if op.domain == "ai.onnx" else op.domain
-            opsets[domain] = max(opsets.get(domain, 0), op.version)
-        member_in, member_out = prefix + INPUT_NAME, prefix + OUTPUT_NAME
-        if list(member.columns) == list(range(union_width)):
-            nodes.append(helper.make_node("Identity", [INPUT_NAME], [member_in], name=f"{prefix}select"))
-        else:
-            idx = prefix + "columns"
-            inits.append(numpy_helper.from_array(np.asarray(member.columns, dtype=np.int64), idx))
-            nodes.append(
-                helper.make_node(
-                    "Gather", [INPUT_NAME, idx], [member_in], axis=len(input_shape) - 1, name=f"{prefix}select"
-                )
-            )
-        nodes.extend(graph.node)
-        inits.extend(graph.initializer)
-        nodes.append(helper.make_node("Identity", [member_out], [member.name], name=f"{prefix}out"))
-        outputs.append(helper.make_tensor_value_info(member.name, TensorProto.FLOAT, ["N", member.n_outputs]))
-    graph = helper.make_graph(
-        nodes,
-        "fastinfer_fused",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, list(input_shape))],
-        outputs,
-        initializer=inits,
-    )
-    fused = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())], producer_name="fastinfer"
-    )
-    fused.ir_version = ir_version
-    onnx.checker.check_model(fused)
-    return fused
+# ---------------------------------------------------------------- pre-allocated I/O
 
 
 class BoundGraph:
@@ -255,7 +196,7 @@ class Plan:
         choice = {"engine": "forest", "calibration": "forced by config"}
         if settings.forest_kernel == "auto":
             x = np.zeros((self.batch, len(cols)), dtype=np.float32)
-            ort_us = _median_us(lambda: m._runner(x))
+            ort_us = _median_us(lambda: m.run(x))
             forest_us = _median_us(lambda: kernel.predict(self.tabular_input, out))
             choice["calibration"] = {"onnxruntime_us": ort_us, "forest_us": forest_us}
             if forest_us >= ort_us:
@@ -279,7 +220,7 @@ class Plan:
             rows = np.isfinite(X).reshape(len(X), -1).all(axis=1) if not model.family.handles_nan else slice(None)
             dst[...] = np.nan  # rows a native model cannot take (NaN inputs) stay NaN
             if np.any(rows):
-                pred = np.asarray(model._runner(X[rows]), dtype=np.float32)
+                pred = np.asarray(model.run(X[rows]), dtype=np.float32)
                 dst[rows] = pred.reshape(-1, dst.shape[1])
         return self.out
 

@@ -1,8 +1,10 @@
 """The one registry of model families.
 
-Every family of the spec is one ``Family`` entry: canonical name, aliases, category,
-input rank, native file formats (in order of preference) and the converter that turns it
-into ONNX. Nothing else in the code switches on family-name strings: it asks the entry.
+Every family of the spec is one ``Family`` entry: canonical name, aliases, category, input
+rank, and the adapter of its model library (``fastinfer.adapters``), which holds everything
+about the library: file formats and loaders, predict, feature names, output columns, the
+converter, the parity tolerance and the test writer's trainer. Nothing else in the code
+switches on family-name strings: it asks the entry, or its adapter.
 """
 
 from __future__ import annotations
@@ -10,6 +12,20 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
+
+from .adapters import (
+    CATBOOST,
+    ENSEMBLE,
+    KERAS_ADAPTER,
+    LIGHTGBM,
+    NGBOOST,
+    QUANTILE_SET,
+    SKLEARN,
+    XGBOOST,
+    Adapter,
+    FileFormat,
+)
+from .adapters.base import JOBLIB, PICKLE
 
 
 class Category(enum.StrEnum):
@@ -21,16 +37,7 @@ class Category(enum.StrEnum):
     META = "meta"
 
 
-# Native formats, by file name. Pickle-based ones run code when opened (see integrity).
-LIGHTGBM_TXT = "model.txt"
-XGBOOST_JSON = "model.json"
-XGBOOST_UBJ = "model.ubj"
-CATBOOST_CBM = "model.cbm"
-JOBLIB = "model.joblib"
-PICKLE = "model.pkl"
-KERAS = "model.keras"
-KERAS_H5 = "model.h5"
-PICKLE_FORMATS = frozenset({JOBLIB, PICKLE})
+PICKLE_FORMATS = frozenset({JOBLIB, PICKLE})  # opening one runs code (see integrity)
 
 
 @dataclass(frozen=True)
@@ -38,8 +45,7 @@ class Family:
     name: str
     category: Category
     input_rank: int  # 2: (N, F); 3: (N, T, F)
-    formats: tuple[str, ...]
-    converter: str  # key in fastinfer.converters' registry
+    adapter: Adapter
     aliases: tuple[str, ...] = ()
     handles_nan: bool = False  # the native model routes NaN itself (trees with missing-value branches)
 
@@ -47,40 +53,41 @@ class Family:
     def sequential(self) -> bool:
         return self.input_rank == 3
 
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """The file names a model of this family may be saved as, in order of preference."""
+        return tuple(f.name for f in self.adapter.formats)
 
-_SKLEARN = (JOBLIB, PICKLE)
-_KERAS = (KERAS, KERAS_H5)
+    def file_format(self, file_name: str) -> FileFormat | None:
+        return self.adapter.format(file_name)
+
+    @property
+    def converter(self) -> str:
+        return self.adapter.converter
+
 
 FAMILIES: tuple[Family, ...] = (
-    Family("lightgbm", Category.TREE, 2, (LIGHTGBM_TXT, *_SKLEARN), "lightgbm", ("lgbm", "lgb", "light_gbm"), True),
-    Family("xgboost", Category.TREE, 2, (XGBOOST_JSON, XGBOOST_UBJ, *_SKLEARN), "xgboost", ("xgb",), True),
-    Family("catboost", Category.TREE, 2, (CATBOOST_CBM, *_SKLEARN), "catboost", ("cat", "cb"), True),
-    Family("random_forest", Category.TREE, 2, _SKLEARN, "sklearn", ("rf", "randomforestregressor")),
-    Family("extra_trees", Category.TREE, 2, _SKLEARN, "sklearn", ("et", "extratreesregressor")),
-    Family("ridge", Category.LINEAR, 2, _SKLEARN, "sklearn", ("ridge_regression",)),
-    Family("lasso", Category.LINEAR, 2, _SKLEARN, "sklearn"),
-    Family("elastic_net", Category.LINEAR, 2, _SKLEARN, "sklearn", ("elasticnet",)),
-    Family("linear_regression", Category.LINEAR, 2, _SKLEARN, "sklearn", ("linear", "ols")),
-    Family("mlp", Category.KERAS, 2, _KERAS, "keras", ("dense", "feedforward")),
-    Family("cnn1d", Category.KERAS, 3, _KERAS, "keras", ("cnn", "conv1d")),
-    Family("lstm", Category.KERAS, 3, _KERAS, "keras"),
-    Family("transformer", Category.KERAS, 3, _KERAS, "keras"),
-    Family("tab_lstm", Category.SEQUENTIAL, 3, _KERAS, "keras"),
-    Family("tab_transformer", Category.SEQUENTIAL, 3, _KERAS, "keras"),
-    Family("tab_cnn", Category.SEQUENTIAL, 3, _KERAS, "keras"),
-    Family("cnn1d_transformer", Category.SEQUENTIAL, 3, _KERAS, "keras"),
-    Family("ngboost", Category.PROBABILISTIC, 2, _SKLEARN, "ngboost", ("ngb",)),
-    Family(
-        "quantile_lightgbm",
-        Category.PROBABILISTIC,
-        2,
-        _SKLEARN,
-        "quantile_lightgbm",
-        ("qlgbm", "lightgbm_quantile"),
-        True,
-    ),
-    Family("ensemble", Category.META, 2, _SKLEARN, "ensemble", ("voting",)),
-    Family("meta_learning", Category.META, 2, _SKLEARN, "ensemble", ("stacking", "meta_learner")),
+    Family("lightgbm", Category.TREE, 2, LIGHTGBM, ("lgbm", "lgb", "light_gbm"), True),
+    Family("xgboost", Category.TREE, 2, XGBOOST, ("xgb",), True),
+    Family("catboost", Category.TREE, 2, CATBOOST, ("cat", "cb"), True),
+    Family("random_forest", Category.TREE, 2, SKLEARN, ("rf", "randomforestregressor")),
+    Family("extra_trees", Category.TREE, 2, SKLEARN, ("et", "extratreesregressor")),
+    Family("ridge", Category.LINEAR, 2, SKLEARN, ("ridge_regression",)),
+    Family("lasso", Category.LINEAR, 2, SKLEARN),
+    Family("elastic_net", Category.LINEAR, 2, SKLEARN, ("elasticnet",)),
+    Family("linear_regression", Category.LINEAR, 2, SKLEARN, ("linear", "ols")),
+    Family("mlp", Category.KERAS, 2, KERAS_ADAPTER, ("dense", "feedforward")),
+    Family("cnn1d", Category.KERAS, 3, KERAS_ADAPTER, ("cnn", "conv1d")),
+    Family("lstm", Category.KERAS, 3, KERAS_ADAPTER),
+    Family("transformer", Category.KERAS, 3, KERAS_ADAPTER),
+    Family("tab_lstm", Category.SEQUENTIAL, 3, KERAS_ADAPTER),
+    Family("tab_transformer", Category.SEQUENTIAL, 3, KERAS_ADAPTER),
+    Family("tab_cnn", Category.SEQUENTIAL, 3, KERAS_ADAPTER),
+    Family("cnn1d_transformer", Category.SEQUENTIAL, 3, KERAS_ADAPTER),
+    Family("ngboost", Category.PROBABILISTIC, 2, NGBOOST, ("ngb",)),
+    Family("quantile_lightgbm", Category.PROBABILISTIC, 2, QUANTILE_SET, ("qlgbm", "lightgbm_quantile"), True),
+    Family("ensemble", Category.META, 2, ENSEMBLE, ("voting",)),
+    Family("meta_learning", Category.META, 2, ENSEMBLE, ("stacking", "meta_learner")),
 )
 
 

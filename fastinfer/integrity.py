@@ -75,3 +75,100 @@ def check_file(
         raise IntegrityError(family, target, reason, path)
     log.warning("%s: %s (strict_checksums off: loading anyway)", path, reason)
     return "mismatch"
+
+
+# ---------------------------------------------------------------- the trust policy of an open run
+
+
+@dataclass(frozen=True)
+class Verified:
+    """Bytes read once, with what was established about them; open exactly these bytes."""
+
+    data: bytes
+    sha256: str
+    status: str  # "verified", "unverified" (checks off), "unsigned" (no checksum, allowed), "mismatch"
+
+
+class TrustPolicy:
+    """What digest a file of the run must have, and what happens on a mismatch.
+
+    Three modes: ``signed`` (the run's signature verified when it was opened: every file read
+    must be covered by it, with the signed sha256), ``checksum`` (``model_checksum`` in each
+    model's meta, under ``ChecksumPolicy``) and ``unsigned`` (checks off). Every read goes
+    bytes → verify → the caller opens those same bytes, so a file swapped after its check is
+    never what is opened.
+    """
+
+    def __init__(self, checksums: ChecksumPolicy, signed=None):
+        self.checksums = checksums
+        self.signed = signed  # fastinfer.signing.SignedRun, or None
+
+    @property
+    def mode(self) -> str:
+        if self.signed is not None:
+            return "signed"
+        return "checksum" if self.checksums.verify else "unsigned"
+
+    def signed_digest(self, path: Path, *, family: str | None = None, target: str | None = None) -> str | None:
+        """The signed sha256 ``path`` must have; None when the run is not opened signed.
+
+        In a signed run a file the signature does not cover (added after signing, or reached
+        through a link) is a ``SignatureError`` naming it.
+        """
+        if self.signed is None:
+            return None
+        from .errors import SignatureError
+
+        path = Path(path)
+        digest = None if path.is_symlink() else self.signed.digest(path)
+        if digest is None:
+            raise SignatureError(family, target, f"{path.name} is not covered by the signature: not trusted", path)
+        return digest
+
+    def read_native(
+        self, path: Path, recorded: str | None, *, family: str, target: str, executes_code: bool
+    ) -> Verified:
+        """A native model file's bytes under the policy (``recorded``: the meta's model_checksum)."""
+        from .errors import ModelLoadError, SignatureError
+
+        signed = self.signed_digest(path, family=family, target=target)
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise ModelLoadError(family, target, f"cannot read model file ({exc.strerror})", path) from None
+        digest = sha256_bytes(data)
+        if signed is not None and digest != signed:
+            raise SignatureError(family, target, "native model file changed since the run was opened", path)
+        status = check_file(
+            Path(path),
+            recorded,
+            self.checksums,
+            family=family,
+            target=target,
+            executes_code=executes_code,
+            actual=digest,
+        )
+        return Verified(data, digest, status)
+
+    def read_graph(self, path: Path, expected: str, *, family: str, target: str) -> Verified | None:
+        """A converted graph's bytes, which must have the lock's sha256 (signed in a signed run).
+
+        A mismatch raises in a signed run or under ``strict_checksums``; otherwise it warns and
+        returns None: the model is then served from its native file.
+        """
+        from .errors import IntegrityError, ModelLoadError, SignatureError
+
+        self.signed_digest(path, family=family, target=target)  # a signed run reads only signed files
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise ModelLoadError(family, target, f"cannot read graph ({exc.strerror})", path) from None
+        digest = sha256_bytes(data)
+        if digest == expected:
+            return Verified(data, digest, "verified")
+        if self.signed is not None:
+            raise SignatureError(family, target, "signed ONNX graph changed since the run was opened", path)
+        if self.checksums.strict:
+            raise IntegrityError(family, target, "ONNX graph sha256 differs from the lock", path)
+        log.warning("%s: ONNX graph sha256 differs from the lock: serving native", path)
+        return None

@@ -1,13 +1,18 @@
-"""ModelLoader: finds a model in the run, trusts it under the checksum policy, opens it.
+"""ModelLoader: finds a model in the run, trusts it under the run's trust policy, opens it.
 
 Lazy and cached per (target, family, view, universe, symbol). Each model comes back as a
 ``LoadedModel`` handle: ``predict(X)``, its meta, the feature order it needs and which
 backend serves it (the verified ONNX graph when the run has a lock, else the native file).
+
+Opening reads top to bottom: the model's meta (signed digest in a signed run) → the lock entry
+→ the graph's bytes checked against the lock's sha256, or the native file's bytes checked by
+the ``TrustPolicy`` (signature, else ``model_checksum``) → the format's in-process check and the
+crash probe for unverified bytes → the library opens those very bytes.
 """
 
 from __future__ import annotations
 
-import hashlib
+import enum
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -17,41 +22,55 @@ import numpy as np
 
 from . import artifacts, executor, native
 from . import families as fam
+from .adapters import Adapter, adapter_of
 from .artifacts import ModelLocation, ModelSpec
 from .config import Settings, load_config
 from .errors import ConfigError, InferenceError, ModelLoadError, SignatureError
-from .integrity import ChecksumPolicy, check_file, sha256_bytes, sha256_file
+from .integrity import ChecksumPolicy, TrustPolicy, sha256_file
 from .lock import Lock, LockEntry, read_lock
 
 log = logging.getLogger(__name__)
 
 
+class Backend(enum.StrEnum):
+    ONNX = "onnx"  # the verified graph, in ONNX Runtime
+    NATIVE = "native"  # the model library itself
+
+
 class LoadedModel:
-    """A model ready to predict, whatever serves it."""
+    """A model ready to predict, whatever serves it.
+
+    ``run(X)`` is the bare model: X already in ``feature_order`` (float, (N, F) or (N, T, F)),
+    screened for NaN; it returns (N, K) or (N,). ``predict(features)`` is the checked entry
+    point: it arranges named or unnamed input, applies ``nan_policy`` and returns float64.
+    """
 
     def __init__(
         self,
+        *,
         spec: ModelSpec,
-        backend: str,
+        backend: Backend,
         feature_order: tuple[str, ...],
         columns: tuple[str, ...],
-        runner: Callable[[np.ndarray], np.ndarray],
-        native_model: Any = None,
+        run: Callable[[np.ndarray], np.ndarray],
+        native: Any = None,
+        adapter: Adapter | None = None,
         integrity: str = "verified",
-        graph_path: Path | None = None,
         graph: Any = None,
+        graph_path: Path | None = None,
         lock_entry: LockEntry | None = None,
     ):
         self.spec = spec
-        self.backend = backend  # "onnx" or "native"
+        self.backend = Backend(backend)
         self.feature_order = feature_order
         self.columns = columns
-        self.native = native_model
+        self.native = native
+        self.adapter = adapter if adapter is not None else spec.family.adapter  # what runs ``native``
         self.integrity = integrity
         self.graph_path = graph_path
-        self.graph = graph  # the verified onnx.ModelProto when backend == "onnx"
+        self.graph = graph  # the verified onnx.ModelProto when backend is ONNX
         self.lock_entry = lock_entry
-        self._runner = runner
+        self._run = run
         # NaN/inf rows: "reject" raises naming the row and feature; "pass" hands NaN (never
         # inf) to families that route missing values. The loader sets it from the config.
         self.nan_policy = "reject"
@@ -63,6 +82,19 @@ class LoadedModel:
     @property
     def n_features(self) -> int:
         return len(self.feature_order)
+
+    def run(self, X: np.ndarray) -> np.ndarray:
+        """The model on rows already in ``feature_order``; a failure inside the backend (ONNX
+        Runtime or the library) is an ``InferenceError`` naming the model."""
+        try:
+            return self._run(X)
+        except InferenceError:
+            raise
+        except Exception as exc:  # every backend raises its own types
+            raise InferenceError(
+                f"{self._who()}: {self.backend.value} backend failed on {np.shape(X)} rows: "
+                f"{type(exc).__name__}: {str(exc)[:200]}"
+            ) from exc
 
     def arrange(self, features: Any) -> np.ndarray:
         """A 2-D (or 3-D for sequential families) float array in this model's feature order.
@@ -135,7 +167,7 @@ class LoadedModel:
 
     def predict(self, features: Any) -> np.ndarray:
         """float64 (N,) for point models, (N, K) with ``columns`` for multi-output ones."""
-        out = np.asarray(self._runner(self._screen(self.arrange(features))), dtype=np.float64)
+        out = np.asarray(self.run(self._screen(self.arrange(features))), dtype=np.float64)
         if out.ndim == 2 and out.shape[1] == 1:
             out = out[:, 0]
         return out
@@ -144,7 +176,7 @@ class LoadedModel:
         return f"target={self.target!r} family={self.family.name!r}"
 
     def __repr__(self) -> str:
-        return f"<LoadedModel {self.target}/{self.family.name} backend={self.backend} features={self.n_features}>"
+        return f"<LoadedModel {self.target}/{self.family.name} backend={self.backend.value} features={self.n_features}>"
 
 
 class ModelLoader:
@@ -169,7 +201,7 @@ class ModelLoader:
     ):
         self.settings = settings if settings is not None else load_config(config_path)
         ms = self.settings.models
-        self.policy = ChecksumPolicy(
+        checksums = ChecksumPolicy(
             verify=ms.verify_checksums if verify_checksums is None else verify_checksums,
             strict=ms.strict_checksums if strict_checksums is None else strict_checksums,
             allow_unsigned=ms.allow_unsigned if allow_unsigned is None else allow_unsigned,
@@ -177,7 +209,7 @@ class ModelLoader:
         self.prefer_onnx = ms.prefer_onnx if prefer_onnx is None else prefer_onnx
         self.run_root = artifacts.resolve_run_root(run_root)
         # The signature is checked once, here, before anything of the run is read or opened.
-        self.signed = None
+        signed = None
         key = trusted_public_key if trusted_public_key is not None else ms.trusted_public_key
         if ms.verify_signature if verify_signature is None else verify_signature:
             if key is None:
@@ -186,13 +218,23 @@ class ModelLoader:
                 )
             from .signing import verify_run
 
-            self.signed = verify_run(self.run_root, key)
+            signed = verify_run(self.run_root, key)
+        self.trust = TrustPolicy(checksums, signed)
         self._locations: dict[tuple, ModelLocation] = {loc.key: loc for loc in artifacts.discover(self.run_root)}
         self._cache: dict[tuple, LoadedModel] = {}
         self.errors: dict[tuple[str, str], ModelLoadError] = {}
-        self.lock = self._read_lock()
+        self.lock: Lock | None = signed.lock() if signed is not None else read_lock(self.run_root)
         if not ms.lazy_load:
             self.load_all()
+
+    @property
+    def policy(self) -> ChecksumPolicy:
+        return self.trust.checksums
+
+    @property
+    def signed(self):
+        """The verified signature (``fastinfer.signing.SignedRun``) when the run was opened signed."""
+        return self.trust.signed
 
     # ------------------------------------------------------------ discovery
 
@@ -311,59 +353,38 @@ class ModelLoader:
         except ValueError as exc:
             raise ModelLoadError(str(name), target, str(exc)) from None
 
-    def _read_lock(self) -> Lock | None:
-        return self.signed.lock() if self.signed is not None else read_lock(self.run_root)
-
     def _signed_digest(self, path: Path, loc: ModelLocation | None = None) -> str | None:
-        """The signed sha256 of a file of the run; None when the run is not opened signed.
-
-        In a signed run every file read must be covered by the signature: one that is not
-        (added after signing, or reached through a link) is a ``SignatureError`` naming it.
-        """
-        if self.signed is None:
-            return None
-        path = Path(path)
-        digest = None if path.is_symlink() else self.signed.digest(path)
-        if digest is None:
-            raise SignatureError(
-                loc.family.name if loc else None,
-                loc.target if loc else None,
-                f"{path.name} is not covered by the signature: not trusted",
-                path,
-            )
-        return digest
+        """The signed sha256 a file of the run must have (None unless the run is opened signed)."""
+        return self.trust.signed_digest(
+            path, family=loc.family.name if loc else None, target=loc.target if loc else None
+        )
 
     def _open(self, loc: ModelLocation) -> LoadedModel:
-        model = self._open_trusted(loc)
+        entry = self.lock.find(loc.key) if self.lock is not None else None
+        if self.signed is not None and (entry is None or entry.status == "failed"):
+            why = "is not in the signed lock" if entry is None else "failed at conversion and is not signed"
+            raise SignatureError(loc.family.name, loc.target, f"model {why}: not trusted", loc.path)
+        spec = self.spec_of(loc)
+        if self.signed is not None and spec.model_path.resolve() != (self.run_root / entry.native_file).resolve():
+            raise SignatureError(
+                loc.family.name,
+                loc.target,
+                "model_meta.json names a model file the signature does not cover",
+                spec.model_path,
+            )
+        model = None
+        if entry is not None and entry.status == "onnx" and self.prefer_onnx:
+            model = self._open_onnx(spec, entry)
+        model = model or self._open_native(spec)
         model.nan_policy = self.settings.predictor.nan_policy
         return model
-
-    def _open_trusted(self, loc: ModelLocation) -> LoadedModel:
-        if self.signed is not None and self.lock.find(loc.key) is None:
-            raise SignatureError(loc.family.name, loc.target, "model is not in the signed lock: not trusted", loc.path)
-        spec = self.spec_of(loc)
-        if self.signed is not None:
-            entry = self.lock.find(loc.key)
-            if spec.model_path.resolve() != (self.run_root / entry.native_file).resolve():
-                raise SignatureError(
-                    loc.family.name,
-                    loc.target,
-                    "model_meta.json names a model file the signature does not cover",
-                    spec.model_path,
-                )
-        entry = self.lock.find(loc.key) if self.lock is not None and self.prefer_onnx else None
-        if entry is not None and entry.status == "onnx":
-            model = self._open_onnx(spec, entry)
-            if model is not None:
-                return model
-        return self._open_native(spec)
 
     def _open_onnx(self, spec: ModelSpec, entry: LockEntry) -> LoadedModel | None:
         """The verified graph, or None (serve native) when the lock is stale or, non-strict, tampered."""
         import onnx
 
         from .converters import check_graph
-        from .errors import ConversionError, IntegrityError
+        from .errors import ConversionError
 
         family, target = spec.family.name, spec.target
         if spec.model_checksum:
@@ -378,21 +399,13 @@ class ModelLoader:
             log.warning("%s/%s: lock is stale (native model changed since conversion): serving native", target, family)
             return None
         path = artifacts.inside(self.run_root, entry.onnx_file, what="lock onnx_file", loc=spec.location)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ModelLoadError(family, target, f"cannot read graph ({exc.strerror})", path) from None
-        if hashlib.sha256(data).hexdigest() != entry.onnx_sha256:
-            if self.signed is not None:
-                raise SignatureError(family, target, "signed ONNX graph changed since the run was opened", path)
-            if self.policy.strict:
-                raise IntegrityError(family, target, "ONNX graph sha256 differs from the lock", path)
-            log.warning("%s: ONNX graph sha256 differs from the lock: serving native", path)
+        verified = self.trust.read_graph(path, entry.onnx_sha256, family=family, target=target)
+        if verified is None:
             return None
         try:
-            graph = onnx.load_from_string(data)
+            graph = onnx.load_from_string(verified.data)
             check_graph(graph)
-            session = executor.open_session(data, self.settings.executor, name=f"{target}/{family}")
+            session = executor.open_session(verified.data, self.settings.executor, name=f"{target}/{family}")
         except (ConversionError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
             raise ModelLoadError(family, target, f"graph refused: {exc}", path) from None
         except Exception as exc:  # protobuf / onnxruntime errors on a malformed graph
@@ -405,64 +418,61 @@ class ModelLoader:
             return session.run([out_name], {in_name: np.ascontiguousarray(X, dtype=np.float32)})[0]
 
         return LoadedModel(
-            spec,
-            "onnx",
-            tuple(entry.feature_order),
-            tuple(entry.output.get("columns", ("prediction",))),
-            run,
-            None,
-            "verified",
-            path,
-            graph,
-            entry,
+            spec=spec,
+            backend=Backend.ONNX,
+            feature_order=tuple(entry.feature_order),
+            columns=tuple(entry.output.get("columns", ("prediction",))),
+            run=run,
+            graph=graph,
+            graph_path=path,
+            lock_entry=entry,
         )
 
     def _open_native(self, spec: ModelSpec) -> LoadedModel:
-        """Hash the native file once and open exactly what was hashed where the format allows.
-
-        Pickles and LightGBM text are read into memory once; those bytes are hashed, checked
-        against the signed digest and/or ``model_checksum`` (and, unverified, probed), and
-        loaded, so a file swapped after the check is never opened. XGBoost, CatBoost and Keras
-        need a path for their library's loader: hashed once, then opened by path.
-        """
-        family, target, path = spec.family.name, spec.target, spec.model_path
-        pickle = path.name in fam.PICKLE_FORMATS
-        signed = self._signed_digest(path, spec.location)
-        data: bytes | None = None
-        actual: str | None = None
-        if path.name in native.BYTES_LOADERS:
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                raise ModelLoadError(family, target, f"cannot read model file ({exc.strerror})", path) from None
-            actual = sha256_bytes(data)
-        elif signed is not None:
-            actual = sha256_file(path)
-        if signed is not None and actual != signed:
-            raise SignatureError(family, target, "native model file changed since the run was opened", path)
-        integrity = check_file(
-            path, spec.model_checksum, self.policy, family=family, target=target, executes_code=pickle, actual=actual
+        """Read the native file once, verify those bytes, open exactly those bytes."""
+        family, target, path = spec.family, spec.target, spec.model_path
+        fmt = family.file_format(path.name)
+        if fmt is None:  # artifacts only returns the family's own formats; a bug otherwise
+            raise ModelLoadError(family.name, target, f"{path.name} is not a {family.name} format", path)
+        verified = self.trust.read_native(
+            path, spec.model_checksum, family=family.name, target=target, executes_code=fmt.executes_code
         )
-        if integrity != "verified" and path.name in native.PROBED_FORMATS:
-            # Not verified, and this format's parser can crash on a damaged file: the same
-            # bytes are opened in a throw-away interpreter first (SECURITY.md: the cost).
-            malformed = native.precheck(path.name, data)  # cheap and in-process: no probe needed for these
-            problem = f"cannot open: {malformed}" if malformed else native.probe_in_subprocess(path, data)
+        if verified.status != "verified" and not fmt.executes_code:
+            # Not verified: this format's parser may crash on damaged bytes. The in-process
+            # structure check first, then the same bytes opened and run in a throw-away
+            # interpreter (SECURITY.md: the cost).
+            problem = fmt.check(verified.data) if fmt.check else None
+            if problem is None and fmt.crash_probe:
+                problem = native.probe_in_subprocess(family, path.name, verified.data, len(spec.feature_list))
+            elif problem is not None:
+                problem = f"cannot open: {problem}"
             if problem:
-                raise ModelLoadError(family, target, problem, path)
+                raise ModelLoadError(family.name, target, problem, path)
         try:
-            model = native.load_native_bytes(path.name, data) if data is not None else native.load_native(path)
+            model = fmt.load(verified.data)
         except Exception as exc:  # every library raises its own types for a broken file
-            raise ModelLoadError(family, target, f"cannot open: {type(exc).__name__}: {str(exc)[:200]}", path) from exc
-        order = _feature_order(spec, native.feature_names(model))
+            raise ModelLoadError(
+                family.name, target, f"cannot open: {type(exc).__name__}: {str(exc)[:200]}", path
+            ) from exc
+        adapter = adapter_of(model, family)
+        if adapter is None:
+            raise ModelLoadError(
+                family.name,
+                target,
+                f"{path.name} holds a {type(model).__module__}.{type(model).__qualname__}, not a model "
+                f"({family.name} takes {', '.join(family.adapter.accepts)}; any object with predict(X) runs natively)",
+                path,
+            )
+        order = _feature_order(spec, adapter.feature_names(model))
         return LoadedModel(
-            spec,
-            "native",
-            order,
-            native.output_columns(model),
-            lambda X, m=model: native.native_predict(m, X),
-            model,
-            integrity,
+            spec=spec,
+            backend=Backend.NATIVE,
+            feature_order=order,
+            columns=adapter.output_columns(model),
+            run=lambda X, m=model: adapter.predict(m, X),
+            native=model,
+            adapter=adapter,
+            integrity=verified.status,
         )
 
 

@@ -20,7 +20,6 @@ from .errors import ModelLoadError
 from .feature_builder import FeatureBuilder
 from .features import KNOWN_FEATURES
 from .loader import LoadedModel, ModelLoader
-from .native import is_keras, native_predict
 from .predictor import point_column
 
 
@@ -75,10 +74,7 @@ class SeedPath:
             if not ready:
                 out[(m.target, m.family.name)] = float("nan")
                 continue
-            if is_keras(m.native):
-                y = m.native.predict(x.astype(np.float32), verbose=0)
-            else:
-                y = native_predict(m.native, x)
+            y = m.adapter.library_predict(m.native, x)
             y = np.asarray(y, dtype=np.float64).reshape(len(x), -1)
             out[(m.target, m.family.name)] = float(y[0, self._point[m]])
         return out

@@ -22,8 +22,6 @@ from . import families as fam
 from .atomic import write_atomic_json
 from .integrity import sha256_file
 
-QUANTILES = (0.1, 0.5, 0.9)
-
 
 @dataclass(frozen=True)
 class TrainSize:
@@ -37,196 +35,6 @@ class TrainSize:
 
 
 SMALL = TrainSize()
-
-
-def _lgbm_params(size: TrainSize, seed: int) -> dict:
-    return dict(
-        n_estimators=size.trees,
-        num_leaves=size.leaves,
-        learning_rate=0.1,
-        min_child_samples=5,
-        random_state=seed,
-        n_jobs=1,
-        verbose=-1,
-    )
-
-
-# ------------------------------------------------------------------ trainers
-# Each takes (X, y, size, seed) with X a DataFrame in training column order (2-D families)
-# or a float32 (N, T, F) array (sequence families); returns (file name, writer(path)).
-
-
-def _train_lightgbm(X, y, size, seed):
-    import lightgbm
-
-    model = lightgbm.LGBMRegressor(**_lgbm_params(size, seed)).fit(X, y)
-    return fam.LIGHTGBM_TXT, lambda p: model.booster_.save_model(str(p))
-
-
-def _train_xgboost(X, y, size, seed):
-    import xgboost
-
-    model = xgboost.XGBRegressor(
-        n_estimators=size.trees, max_depth=size.depth, learning_rate=0.1, random_state=seed, n_jobs=1
-    ).fit(X, y)
-    return fam.XGBOOST_JSON, lambda p: model.save_model(str(p))
-
-
-def _train_catboost(X, y, size, seed):
-    import catboost
-
-    model = catboost.CatBoostRegressor(
-        iterations=size.trees, depth=size.depth, random_seed=seed, verbose=0, thread_count=1, allow_writing_files=False
-    ).fit(X, y)
-    return fam.CATBOOST_CBM, lambda p: model.save_model(str(p), format="cbm")
-
-
-def _joblib(model):
-    import joblib
-
-    return fam.JOBLIB, lambda p: joblib.dump(model, p)
-
-
-def _sklearn(factory):
-    def train(X, y, size, seed):
-        return _joblib(factory(size, seed).fit(X, y))
-
-    return train
-
-
-def _forest(cls_name):
-    def factory(size, seed):
-        import sklearn.ensemble
-
-        return getattr(sklearn.ensemble, cls_name)(
-            n_estimators=max(5, size.trees // 2), max_depth=size.depth + 2, random_state=seed, n_jobs=1
-        )
-
-    return factory
-
-
-def _linear(cls_name, **kwargs):
-    def factory(size, seed):
-        import sklearn.linear_model
-
-        return getattr(sklearn.linear_model, cls_name)(**kwargs)
-
-    return factory
-
-
-def _train_ngboost(X, y, size, seed):
-    from ngboost import NGBRegressor
-
-    model = NGBRegressor(n_estimators=size.trees, learning_rate=0.05, verbose=False, random_state=seed)
-    return _joblib(model.fit(X.to_numpy(), np.asarray(y)))
-
-
-def _train_quantile_lightgbm(X, y, size, seed):
-    import lightgbm
-
-    models = [
-        lightgbm.LGBMRegressor(objective="quantile", alpha=q, **_lgbm_params(size, seed)).fit(X, y) for q in QUANTILES
-    ]
-    return _joblib({"quantiles": list(QUANTILES), "models": models})
-
-
-def _base_estimators(size, seed):
-    import lightgbm
-    from sklearn.ensemble import ExtraTreesRegressor
-    from sklearn.linear_model import Ridge
-
-    return [
-        ("lightgbm", lightgbm.LGBMRegressor(**_lgbm_params(size, seed))),
-        ("ridge", Ridge(alpha=1.0)),
-        ("extra_trees", ExtraTreesRegressor(n_estimators=10, max_depth=size.depth + 2, random_state=seed, n_jobs=1)),
-    ]
-
-
-def _train_ensemble(X, y, size, seed):
-    from sklearn.ensemble import VotingRegressor
-
-    return _joblib(VotingRegressor(_base_estimators(size, seed), weights=[0.5, 0.3, 0.2]).fit(X, y))
-
-
-def _train_meta_learning(X, y, size, seed):
-    from sklearn.ensemble import StackingRegressor
-    from sklearn.linear_model import Ridge
-
-    return _joblib(StackingRegressor(_base_estimators(size, seed), final_estimator=Ridge(alpha=1.0), cv=3).fit(X, y))
-
-
-def _keras_body(name: str, size: TrainSize):
-    """The layers after the input for each Keras family (small, convertible with tf2onnx)."""
-    import keras
-    from keras import layers
-
-    h = size.hidden
-
-    def attention(x):
-        a = layers.MultiHeadAttention(num_heads=2, key_dim=4)(x, x)
-        return layers.LayerNormalization()(layers.Add()([x, a]))
-
-    def build(x):
-        if name == "mlp":
-            x = layers.Dense(h, activation="relu")(x)
-            return layers.Dense(h // 2, activation="relu")(x)
-        if name in ("cnn1d", "tab_cnn"):
-            x = layers.Conv1D(h, 3, padding="causal", activation="relu")(x)
-            return layers.GlobalAveragePooling1D()(x)
-        if name in ("lstm", "tab_lstm"):
-            return layers.LSTM(h)(x)
-        if name in ("transformer", "tab_transformer"):
-            x = layers.Dense(h)(x)
-            return layers.GlobalAveragePooling1D()(attention(x))
-        if name == "cnn1d_transformer":
-            x = layers.Conv1D(h, 3, padding="causal", activation="relu")(x)
-            return layers.GlobalAveragePooling1D()(attention(x))
-        raise ValueError(f"no Keras architecture for {name}")
-
-    return keras, build
-
-
-def _keras_trainer(name: str):
-    def train(X, y, size, seed):
-        keras, build = _keras_body(name, size)
-        keras.utils.set_random_seed(seed)
-        data = np.asarray(X, dtype=np.float32)
-        inputs = keras.Input(shape=data.shape[1:], name="features")
-        # Market features span ~1e-3 (returns) to ~1e3 (price bands): standardise inside the
-        # model, so the converted graph carries the scaling and serving needs no extra step.
-        scale = keras.layers.Normalization(axis=-1, name="standardize")
-        scale.adapt(data)
-        # Likewise the target: fit on standardised y, and map the output back to y's units.
-        target = np.asarray(y, dtype=np.float64)
-        y_mean, y_std = float(target.mean()), float(target.std()) or 1.0
-        standardised = keras.layers.Dense(1)(build(scale(inputs)))
-        core = keras.Model(inputs, standardised)
-        core.compile(optimizer="adam", loss="mse")
-        core.fit(data, ((target - y_mean) / y_std).astype(np.float32), epochs=size.epochs, batch_size=64, verbose=0)
-        unscale = keras.layers.Rescaling(scale=y_std, offset=y_mean, name="to_target_units")
-        model = keras.Model(inputs, unscale(standardised), name=name)  # shares core's trained layers
-        return fam.KERAS, lambda p: model.save(str(p))
-
-    return train
-
-
-TRAINERS: dict[str, Callable[..., tuple[str, Callable[[Path], Any]]]] = {
-    "lightgbm": _train_lightgbm,
-    "xgboost": _train_xgboost,
-    "catboost": _train_catboost,
-    "random_forest": _sklearn(_forest("RandomForestRegressor")),
-    "extra_trees": _sklearn(_forest("ExtraTreesRegressor")),
-    "ridge": _sklearn(_linear("Ridge", alpha=1.0)),
-    "lasso": _sklearn(_linear("Lasso", alpha=1e-4)),
-    "elastic_net": _sklearn(_linear("ElasticNet", alpha=1e-4)),
-    "linear_regression": _sklearn(_linear("LinearRegression")),
-    "ngboost": _train_ngboost,
-    "quantile_lightgbm": _train_quantile_lightgbm,
-    "ensemble": _train_ensemble,
-    "meta_learning": _train_meta_learning,
-    **{f.name: _keras_trainer(f.name) for f in fam.of_category(fam.Category.KERAS, fam.Category.SEQUENTIAL)},
-}
-assert set(TRAINERS) == {f.name for f in fam.FAMILIES}, "every family needs a trainer"
 
 
 def windows(X: np.ndarray, seq_len: int) -> np.ndarray:
@@ -291,7 +99,7 @@ def write_training_run(
                 view = artifacts.SEQUENTIAL
             else:
                 X, Y, view = features[ok], y[ok], artifacts.CROSS_SECTIONAL
-            file_name, save = TRAINERS[family.name](X, Y, size, seed)
+            file_name, save = family.adapter.train(family, X, Y, size, seed)
             folder = (
                 root / "targets" / target / "models" / f"view={view}" / f"family={family_dir_name(family, dir_style)}"
             )

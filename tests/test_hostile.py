@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from fastinfer import config
+from fastinfer import families as fam
 from fastinfer.cli import main
 from fastinfer.config import Settings
 from fastinfer.errors import (
@@ -188,11 +189,9 @@ def test_unverified_damaged_model_txt_is_refused_in_process(run_copy, how, no_su
 
 def test_unverified_damaged_cbm_is_opened_only_by_the_probe(run_copy):
     """CatBoost's binary parser is not trusted with unverified bytes: the probe opens them first."""
-    from fastinfer import native
-
     hostile("damaged model file", "non-strict mismatch, truncated model.cbm")
     family, path = _as_format(run_copy, "model.cbm")
-    assert "model.cbm" in native.PROBED_FORMATS
+    assert fam.resolve(family).file_format("model.cbm").crash_probe
     _damage(path, "truncated")
     with pytest.raises(ModelLoadError, match="cannot open|crashed opening it") as info:
         ModelLoader(run_copy, strict_checksums=False).load(TARGET, family)
@@ -231,13 +230,12 @@ def test_lightgbm_parameters_cut_short_is_refused_in_process(run_copy, no_subpro
     """LightGBM reads past a parameters block cut short and crashes only sometimes (it depends
     on the memory beyond the text), so the probe cannot be relied on: the structure check
     refuses it in-process."""
-    from fastinfer import native
-
     hostile("damaged model file", "model.txt with its parameters block cut short")
     family, path = _as_format(run_copy, "model.txt")
-    assert native.precheck("model.txt", path.read_bytes()) is None  # control
+    check = fam.resolve(family).file_format("model.txt").check
+    assert check(path.read_bytes()) is None  # control
     _truncate_lightgbm_parameters(path)
-    assert "end of parameters" in native.precheck("model.txt", path.read_bytes())
+    assert "end of parameters" in check(path.read_bytes())
     with pytest.raises(ModelLoadError, match="malformed LightGBM") as info:
         ModelLoader(run_copy, strict_checksums=False).load(TARGET, family)
     assert info.value.path == str(path)
@@ -255,9 +253,11 @@ def test_parser_crash_on_an_unverified_file_is_caught_by_the_probe(run_copy, fmt
 
     hostile("damaged model file", f"{fmt} that crashes its parser, unverified")
     family, path = _as_format(run_copy, fmt)
-    assert native.probe_in_subprocess(path) is None  # control: the good file opens
+    f = fam.resolve(family)
+    assert native.probe_in_subprocess(f, fmt, path.read_bytes(), 8) is None  # control: the good file opens
     PARSER_CRASHES[fmt](path)
-    assert native.precheck(fmt, path.read_bytes()) is None  # the in-process checks do not see it
+    check = f.file_format(fmt).check
+    assert check is None or check(path.read_bytes()) is None  # the in-process checks do not see it
     with pytest.raises(ModelLoadError, match=r"crashed opening it \(SIGSEGV\)") as info:
         ModelLoader(run_copy, strict_checksums=False).load(TARGET, family)
     assert info.value.path == str(path) and info.value.family == family
@@ -269,23 +269,24 @@ def test_probe_reports_crashes_and_errors(tmp_path, monkeypatch):
     from fastinfer import native
 
     hostile("damaged model file", "native parser crash in the probe")
-    path = tmp_path / "model.txt"
-    path.write_text("tree\n")
+    lightgbm = fam.resolve("lightgbm")
     monkeypatch.setattr(native, "_PROBE", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
-    assert native.probe_in_subprocess(path) == "the native library crashed opening it (SIGSEGV)"
+    assert native.probe_in_subprocess(lightgbm, "model.txt", b"tree\n", 3) == (
+        "the native library crashed opening it (SIGSEGV)"
+    )
     monkeypatch.undo()
-    assert native.probe_in_subprocess(path).startswith("cannot open")  # the real probe: malformed
-    assert native.probe_in_subprocess(path, data=b"tree\n\nTree=0").startswith("cannot open")  # bytes given
+    assert native.probe_in_subprocess(lightgbm, "model.txt", b"tree\n", 3).startswith("cannot open")  # malformed
+    assert native.probe_in_subprocess(lightgbm, "model.txt", b"tree\n\nTree=0", 3).startswith("cannot open")
     import os
     import subprocess
 
     real_run, envs = subprocess.run, []
     monkeypatch.setattr(subprocess, "run", lambda *a, **kw: envs.append(kw["env"]) or real_run(*a, **kw))
     monkeypatch.syspath_prepend(str(tmp_path / "checkout"))  # e.g. fastinfer run from a source checkout
-    assert native.probe_in_subprocess(path).startswith("cannot open: ValueError")
+    assert native.probe_in_subprocess(lightgbm, "model.txt", b"tree\n", 3).startswith("cannot open: ValueError")
     assert str(tmp_path / "checkout") in envs[0]["PYTHONPATH"].split(os.pathsep)  # the child imports the same code
     with pytest.raises(ValueError, match="never probed"):
-        native.probe_in_subprocess(tmp_path / "model.pkl")
+        native.probe_in_subprocess(lightgbm, "model.pkl", b"", 3)
 
 
 class _SwapAfterDigest:

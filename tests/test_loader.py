@@ -247,14 +247,22 @@ def test_checksum_mismatch_strict_and_non_strict(run_copy, caplog):
     assert ModelLoader(run_copy, verify_checksums=False).load(TARGET, "lightgbm").integrity == "unverified"
 
 
+def _touch_and_hand_over_a_model(marker: Path):
+    """What a hostile pickle runs: its side effect, then a plausible model, so nothing looks wrong."""
+    from sklearn.linear_model import Ridge
+
+    marker.touch()
+    return Ridge()
+
+
 class _Payload:
-    """Unpickling this calls Path.touch(marker): proof that code ran."""
+    """Unpickling this touches ``marker`` (proof that code ran) and yields a model."""
 
     def __init__(self, marker: Path):
         self.marker = marker
 
     def __reduce__(self):
-        return (Path.touch, (self.marker,))
+        return (_touch_and_hand_over_a_model, (self.marker,))
 
 
 def _plant_pickle(root: Path, marker: Path, name: str = "model.joblib") -> Path:

@@ -114,7 +114,7 @@ def test_fused_graph_equals_each_models_own_graph(market_run):
     for m, sl in zip(plan.models, plan.model_slices):
         cols = [predictor.union.index(f) for f in m.feature_order]
         source = plan.sequence_inputs[m.spec.sequence_length] if m.family.sequential else plan.tabular_input
-        own = m._runner(np.ascontiguousarray(source[..., cols]))
+        own = m.run(np.ascontiguousarray(source[..., cols]))
         np.testing.assert_array_equal(out[:, sl], own, err_msg=f"{m.target}/{m.family.name}")
     assert set(plan.fused_graphs) == {"fused-tabular", "fused-seq10"}
     assert len(models) == 15

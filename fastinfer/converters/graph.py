@@ -7,6 +7,7 @@ converter library is imported.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 
 import numpy as np
@@ -195,29 +196,37 @@ def _absorb(model: onnx.ModelProto, prefix: str, feed: str) -> tuple[onnx.GraphP
     return prefixed.graph, prefix + OUTPUT_NAME
 
 
+def _output(name: str, width: int) -> onnx.ValueInfoProto:
+    out = onnx.ValueInfoProto()
+    out.name = name
+    _set_shape(out, ["N", width])
+    return out
+
+
 def _build(
     parts: list[onnx.ModelProto],
     graphs: list[onnx.GraphProto],
     tail: list[onnx.NodeProto],
     initializers: list[onnx.TensorProto],
     input_vi: onnx.ValueInfoProto,
-    n_outputs: int,
+    outputs: list[onnx.ValueInfoProto],
     name: str,
+    head: Sequence[onnx.NodeProto] = (),
 ) -> onnx.ModelProto:
-    nodes, inits, infos = [], list(initializers), []
+    """One model: ``head`` nodes, then every graph's nodes, then ``tail``; one input, ``outputs``."""
+    nodes, inits, infos = list(head), list(initializers), []
     for g in graphs:
         nodes.extend(g.node)
         inits.extend(g.initializer)
         infos.extend(g.value_info)
-    out = onnx.ValueInfoProto()
-    out.name = OUTPUT_NAME
-    _set_shape(out, ["N", n_outputs])
-    graph = helper.make_graph(nodes + tail, name, [input_vi], [out], inits, value_info=infos)
+    graph = helper.make_graph(nodes + tail, name, [input_vi], outputs, inits, value_info=infos)
     opsets: dict[str, int] = {}
     for part in parts:
         for domain, version in opsets_of(part).items():
             opsets[domain] = max(opsets.get(domain, 0), version)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())], producer_name="fastinfer"
+    )
     model.ir_version = max(_MIN_IR_VERSION, *(p.ir_version for p in parts))
     return model
 
@@ -244,7 +253,7 @@ def concat_columns(
         graphs.append(g)
         outputs.append(out)
     tail = [helper.make_node("Concat", outputs, [OUTPUT_NAME], axis=1, name=f"{name}_concat")]
-    return _build(parts, graphs, tail, [], parts[0].graph.input[0], int(sum(widths)), name)
+    return _build(parts, graphs, tail, [], parts[0].graph.input[0], [_output(OUTPUT_NAME, int(sum(widths)))], name)
 
 
 def chain(
@@ -255,7 +264,46 @@ def chain(
     g1, out1 = _absorb(parts[0], prefixes[0], INPUT_NAME)
     g2, out2 = _absorb(parts[1], prefixes[1], out1)
     tail = [helper.make_node("Identity", [out2], [OUTPUT_NAME], name=f"{name}_out")]
-    return _build(parts, [g1, g2], tail, [], parts[0].graph.input[0], n_outputs, name)
+    return _build(parts, [g1, g2], tail, [], parts[0].graph.input[0], [_output(OUTPUT_NAME, n_outputs)], name)
+
+
+@dataclass(frozen=True)
+class FuseMember:
+    """One graph to fuse: its output name in the fused graph, and the input columns it reads."""
+
+    name: str
+    model: onnx.ModelProto
+    columns: tuple[int, ...]
+    n_outputs: int
+
+
+def fuse(members: Sequence[FuseMember], union_width: int, input_shape: Sequence[int | str]) -> onnx.ModelProto:
+    """One graph: input ``features`` (``input_shape``, last dim = union width) → one output per member.
+
+    Every member keeps its own nodes (prefixed), so each output is computed by exactly the
+    kernels its own graph would use; a member that reads a subset or another order of the
+    columns gets a Gather in front.
+    """
+    if not members:
+        raise ValueError("nothing to fuse")
+    parts = _aligned([m.model for m in members])
+    head, inits, graphs, tail, outputs = [], [], [], [], []
+    axis = len(input_shape) - 1
+    for i, (member, part) in enumerate(zip(members, parts)):
+        prefix = f"m{i}_"
+        feed = INPUT_NAME
+        if list(member.columns) != list(range(union_width)):
+            feed, idx = prefix + "columns_in", prefix + "columns"
+            inits.append(numpy_helper.from_array(np.asarray(member.columns, dtype=np.int64), idx))
+            head.append(helper.make_node("Gather", [INPUT_NAME, idx], [feed], axis=axis, name=f"{prefix}select"))
+        g, out = _absorb(part, prefix, feed)
+        graphs.append(g)
+        tail.append(helper.make_node("Identity", [out], [member.name], name=f"{prefix}out"))
+        outputs.append(_output(member.name, member.n_outputs))
+    input_vi = helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, list(input_shape))
+    fused = _build(parts, graphs, tail, inits, input_vi, outputs, "fastinfer_fused", head=head)
+    onnx.checker.check_model(fused)
+    return fused
 
 
 def weighted_sum(
@@ -375,3 +423,28 @@ def prune_dead_nodes(model: onnx.ModelProto) -> None:
     inits = [t for t in g.initializer if t.name in live]
     del g.initializer[:]
     g.initializer.extend(inits)
+
+
+# ---------------------------------------------------------------- tree ensembles
+
+# onnxmltools' LightGBM / XGBoost converters emit ai.onnx.ml opset 1 and accept at most 15.
+ONNXMLTOOLS_OPSET = 15
+
+
+def onnxmltools_input(n_features: int) -> list:
+    """The ``initial_types`` onnxmltools needs: one float32 input ``features`` [None, F]."""
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    return [(INPUT_NAME, FloatTensorType([None, n_features]))]
+
+
+def tree_node(model: onnx.ModelProto) -> onnx.NodeProto:
+    """The graph's one ``TreeEnsembleRegressor`` node (``ConversionError`` unless exactly one)."""
+    nodes = [n for g in iter_graphs(model.graph) for n in g.node if n.op_type == "TreeEnsembleRegressor"]
+    if len(nodes) != 1:
+        raise ConversionError(f"expected one TreeEnsembleRegressor node, found {len(nodes)}")
+    return nodes[0]
+
+
+def node_attr(node: onnx.NodeProto, name: str) -> onnx.AttributeProto:
+    return next(a for a in node.attribute if a.name == name)

@@ -5,7 +5,7 @@ NaN rows (only for families whose native model routes NaN itself) and rows place
 on the split thresholds of the graph's trees (``tree_thresholds``), and just above them,
 where a float32 graph is most likely to take another branch than a float64 native model.
 
-``check_parity`` runs the graph in ONNX Runtime (CPU, one thread) and ``native_predict``
+``check_parity`` runs the graph in ONNX Runtime (CPU, one thread) and the adapter's ``predict``
 on the same rows. The error is measured per output column relative to that column's
 scale, ``max_i |native[i, k]|`` over the probes (floored at ``SCALE_FLOOR``), so that a
 model whose outputs are all near zero is judged against its own magnitude and a
@@ -22,30 +22,10 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ..adapters import adapter_of
 from ..families import Family, resolve
-from ..native import native_predict
 from . import INPUT_NAME, OUTPUT_NAME, ConvertedGraph
 
-# Relative tolerance per converter key: max |onnx - native| / scale of the output column.
-TOLERANCES: dict[str, float] = {
-    # Same branches (thresholds made exact), leaf values and sums in float32 instead of
-    # float64: relative error ~ n_trees * eps32 (6e-8), ~3e-5 at 500 trees.
-    "lightgbm": 1e-4,
-    "xgboost": 1e-4,  # XGBoost itself is float32 throughout; only summation order differs
-    "catboost": 1e-4,  # float32 borders like CatBoost itself; float32 leaf sums
-    "quantile_lightgbm": 1e-4,  # one LightGBM graph per column
-    # Forests: float32 leaves averaged; linear: a float32 dot product against float64 — the
-    # error is relative to |coef|·|x|, which exceeds |output| when terms cancel, hence 1e-4.
-    "sklearn": 1e-4,
-    # Keras runs float32 on both sides; kernels differ (fused LSTM, MHA softmax, GEMM
-    # blocking), observed ≤ 1e-6 relative; 1e-4 leaves room for deeper nets.
-    "keras": 1e-4,
-    # Two-target float32 tree sum for (loc, log scale); exp turns the absolute error of
-    # log scale into a relative error of scale of the same size.
-    "ngboost": 1e-4,
-    # Members' float32 errors, weighted; a stacker's linear layer can amplify by |coef|.
-    "ensemble": 2e-4,
-}
 SCALE_FLOOR = 1e-12  # only stops a 0/0: an all-zero native output must then be matched exactly
 
 
@@ -60,8 +40,8 @@ class ParityReport:
 
 
 def tolerance_for(family: Family | str) -> float:
-    family = resolve(family)
-    return TOLERANCES.get(family.name, TOLERANCES[family.converter])
+    """The family's adapter's relative tolerance: max |onnx - native| / scale of the output column."""
+    return resolve(family).adapter.tolerance
 
 
 # ---------------------------------------------------------------- probes
@@ -195,7 +175,7 @@ def _fail(
 def check_parity(
     native: Any, graph: ConvertedGraph | onnx.ModelProto, probes: np.ndarray, family: Family | str
 ) -> ParityReport:
-    """Compare the graph (ONNX Runtime, CPU, 1 thread) with ``native_predict`` on ``probes``."""
+    """Compare the graph (ONNX Runtime, CPU, 1 thread) with the native model on ``probes``."""
     family = resolve(family)
     tolerance = tolerance_for(family)
     model = graph.model if isinstance(graph, ConvertedGraph) else graph
@@ -208,7 +188,7 @@ def check_parity(
     except Exception as exc:  # ORT raises its own types for refused graphs and bad inputs
         return _fail(f"ONNX Runtime could not run the graph: {type(exc).__name__}: {exc}", tolerance, n)
     try:
-        want = native_predict(native, probes.astype(np.float64))
+        want = adapter_of(native, family).predict(native, probes.astype(np.float64))
     except Exception as exc:  # the native library's own errors
         return _fail(f"native prediction failed: {type(exc).__name__}: {exc}", tolerance, n)
     got = np.asarray(got, dtype=np.float64)

@@ -17,16 +17,20 @@ Splits reproduce scikit-learn exactly: it compares ``float32(x) <= t`` with a fl
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..converters import INPUT_NAME, OUTPUT_NAME
+from ..converters.graph import OPSETS, finish, input_dims
 from ..errors import ConversionError
-from ..families import Family
-from . import INPUT_NAME, OUTPUT_NAME, ConvertedGraph, register, type_names
-from .graph import OPSETS, finish, input_dims
+from .base import JOBLIB, PICKLES, Adapter, Trained, dump_joblib, type_names
+
+if TYPE_CHECKING:
+    from ..converters import ConvertedGraph
+    from ..families import Family
 
 _LEAF = -1  # scikit-learn's TREE_LEAF
 
@@ -147,6 +151,30 @@ def ngboost_graph(native: Any, n_features: int) -> onnx.ModelProto:
     return model
 
 
-@register("ngboost", accepts=("ngboost.NGBRegressor",))
-def convert_ngboost_model(native: Any, family: Family, n_features: int, seq_len: int | None) -> ConvertedGraph:
-    return finish(ngboost_graph(native, n_features), ("loc", "scale"), "ngboost", ("ngboost", "scikit-learn"))
+class NGBoostAdapter(Adapter):
+    name = "ngboost"
+    accepts = ("ngboost.NGBRegressor",)
+    formats = PICKLES
+    # Two-target float32 tree sum for (loc, log scale); exp turns the absolute error of
+    # log scale into a relative error of scale of the same size.
+    tolerance = 1e-4
+    libraries = ("ngboost", "scikit-learn")
+
+    def predict(self, model: Any, X: np.ndarray) -> np.ndarray:
+        params = model.pred_dist(X).params
+        return np.column_stack([params["loc"], params["scale"]]).astype(np.float64)
+
+    def output_columns(self, model: Any) -> tuple[str, ...]:
+        return ("loc", "scale")
+
+    def convert(self, model: Any, family: Family | None, n_features: int, seq_len: int | None) -> ConvertedGraph:
+        return finish(ngboost_graph(model, n_features), ("loc", "scale"), self.converter, self.libraries)
+
+    def train(self, family: Family, X: Any, y: np.ndarray, size, seed: int) -> Trained:
+        from ngboost import NGBRegressor
+
+        model = NGBRegressor(n_estimators=size.trees, learning_rate=0.05, verbose=False, random_state=seed)
+        return JOBLIB, dump_joblib(model.fit(np.asarray(X, dtype=np.float64), np.asarray(y)))
+
+
+NGBOOST = NGBoostAdapter()

@@ -1,38 +1,38 @@
 """scikit-learn VotingRegressor (weighted average) and StackingRegressor (meta-learner).
 
-Each fitted base estimator is converted through the registry (whatever converter takes
-its type: LightGBM, XGBoost, CatBoost, scikit-learn, ...), prefixed, and run on the one
-shared input; their [N, 1] outputs are concatenated. Voting then applies
-``np.average(..., weights)`` as a MatMul; stacking feeds the concatenation (plus the
-features when ``passthrough``) to the final estimator, converted through the registry too.
+Each fitted base estimator is converted by the adapter that takes its type (LightGBM, XGBoost,
+CatBoost, scikit-learn, ...), prefixed, and run on the one shared input; their [N, 1] outputs
+are concatenated. Voting then applies ``np.average(..., weights)`` as a MatMul; stacking feeds
+the concatenation (plus the features when ``passthrough``) to the final estimator, converted
+by its adapter too.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 from onnx import helper
 
+from ..converters import INPUT_NAME, OUTPUT_NAME
+from ..converters.graph import OPSETS, chain, concat_columns, finish, input_dims, weighted_sum
 from ..errors import ConversionError
-from ..families import FAMILIES, Family
-from . import INPUT_NAME, OUTPUT_NAME, ConvertedGraph, convert, converter_for, register
-from .graph import OPSETS, chain, concat_columns, finish, input_dims, weighted_sum
+from .base import JOBLIB, PICKLES, Adapter, Trained, dump_joblib, type_names
 
-_KEY = "ensemble"
-
-
-def _member_family(key: str) -> Family:
-    return next(f for f in FAMILIES if f.converter == key and f.input_rank == 2)
+if TYPE_CHECKING:
+    from ..converters import ConvertedGraph
+    from ..families import Family
 
 
 def member_graph(estimator: Any, n_features: int, role: str) -> tuple[onnx.ModelProto, dict[str, str]]:
-    """Convert one fitted member through the registry; a member must give one column."""
-    key = converter_for(estimator)
-    if key is None:
+    """Convert one fitted member by the adapter that takes it; a member must give one column."""
+    from . import adapter_for
+
+    adapter = adapter_for(estimator)
+    if adapter is None or adapter is ENSEMBLE:
         raise ConversionError(f"{role} {type(estimator).__module__}.{type(estimator).__qualname__} has no converter")
-    graph = convert(estimator, _member_family(key), n_features)
+    graph = adapter.convert(estimator, None, n_features, None)
     if graph.n_outputs != 1:
         raise ConversionError(f"{role} {type(estimator).__name__} gives {graph.n_outputs} columns, not 1")
     return graph.model, graph.versions
@@ -89,13 +89,49 @@ def _stacking(native: Any, n_features: int) -> tuple[onnx.ModelProto, dict[str, 
     return chain(merged, final, 1, ("stack_", "final_"), name="stacking"), libs
 
 
-@register(_KEY, accepts=("sklearn.VotingRegressor", "sklearn.StackingRegressor"))
-def convert_ensemble(native: Any, family: Family, n_features: int, seq_len: int | None) -> ConvertedGraph:
-    names = {f"{c.__module__.split('.')[0]}.{c.__name__}" for c in type(native).__mro__}
-    if "sklearn.StackingRegressor" in names:
-        model, libs = _stacking(native, n_features)
-    else:
-        model, libs = _voting(native, n_features)
-    converted = finish(model, ("prediction",), _KEY, ("scikit-learn",))
-    converted.versions = {**libs, **converted.versions}
-    return converted
+def _base_estimators(size, seed: int) -> list:
+    import lightgbm
+    from sklearn.ensemble import ExtraTreesRegressor
+    from sklearn.linear_model import Ridge
+
+    from .lightgbm import _params
+
+    return [
+        ("lightgbm", lightgbm.LGBMRegressor(**_params(size, seed))),
+        ("ridge", Ridge(alpha=1.0)),
+        (
+            "extra_trees",
+            ExtraTreesRegressor(n_estimators=10, max_depth=size.depth + 2, random_state=seed, n_jobs=1),
+        ),
+    ]
+
+
+class EnsembleAdapter(Adapter):
+    name = "ensemble"
+    accepts = ("sklearn.VotingRegressor", "sklearn.StackingRegressor")
+    formats = PICKLES
+    # Members' float32 errors, weighted; a stacker's linear layer can amplify by |coef|.
+    tolerance = 2e-4
+    libraries = ("scikit-learn",)
+
+    def convert(self, model: Any, family: Family | None, n_features: int, seq_len: int | None) -> ConvertedGraph:
+        if "sklearn.StackingRegressor" in type_names(model):
+            merged, libs = _stacking(model, n_features)
+        else:
+            merged, libs = _voting(model, n_features)
+        converted = finish(merged, ("prediction",), self.converter, self.libraries)
+        converted.versions = {**libs, **converted.versions}
+        return converted
+
+    def train(self, family: Family, X: Any, y: np.ndarray, size, seed: int) -> Trained:
+        from sklearn.ensemble import StackingRegressor, VotingRegressor
+        from sklearn.linear_model import Ridge
+
+        if family.name == "meta_learning":  # the stacked meta-learner; "ensemble" is the weighted vote
+            model = StackingRegressor(_base_estimators(size, seed), final_estimator=Ridge(alpha=1.0), cv=3)
+        else:
+            model = VotingRegressor(_base_estimators(size, seed), weights=[0.5, 0.3, 0.2])
+        return JOBLIB, dump_joblib(model.fit(X, y))
+
+
+ENSEMBLE = EnsembleAdapter()
