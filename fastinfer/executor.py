@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,11 +24,13 @@ import onnx
 from .config import ExecutorSettings
 from .converters import INPUT_NAME  # the graph contract every converter keeps
 from .converters.graph import FuseMember, fuse
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 _OPT_LEVELS = {
     "disable": "ORT_DISABLE_ALL",
     "basic": "ORT_ENABLE_BASIC",
@@ -58,9 +61,13 @@ def session_options(settings: ExecutorSettings, name: str = "graph"):
     opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
     opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
     if settings.optimized_model_dir:
-        folder = Path(settings.optimized_model_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        opts.optimized_model_filepath = str(folder / f"{name}.optimized.onnx")
+        folder = Path(settings.optimized_model_dir).expanduser()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"executor.optimized_model_dir: cannot create {folder} ({exc.strerror})") from None
+        # One flat file per session: a name like "fwd_ret_5m/lightgbm" must not become a subfolder.
+        opts.optimized_model_filepath = str(folder / f"{_SAFE_NAME.sub('_', name)}.optimized.onnx")
     return opts
 
 
