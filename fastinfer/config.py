@@ -81,6 +81,13 @@ class PredictorSettings:
     interval_rel_tol: float = bounded(1e-6, 0.0, 0.5)
     # A bar with NaN/inf features: reject that symbol's bar, or pass NaN to models that route it.
     nan_policy: Literal["reject", "pass"] = "reject"
+    # A finite but impossible bar (price <= 0, high < low, close outside [low, high], negative
+    # volume, absurd magnitudes): "reject" treats the symbol's bar as missing and counts it;
+    # "pass" feeds it to the features as it is.
+    bar_check: Literal["reject", "pass"] = "reject"
+    # A model that fails to load: "skip" leaves it out (its reason in the predictor's
+    # ``unavailable``) and serves the rest; "error" refuses to build the predictor.
+    on_model_error: Literal["skip", "error"] = "skip"
 
 
 @dataclass(frozen=True)
