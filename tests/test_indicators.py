@@ -1,9 +1,12 @@
-"""The numba indicator kernels against whole-series references, step by step.
+"""The 19 original feature names against whole-series references, step by step.
 
-``reference`` below is an independent pandas/numpy implementation of the definitions in
-``fastinfer.kernels.indicators``: recursions (Wilder, EMA) with pandas ``ewm`` over the whole
-series, rolling quantities with two-pass numpy over each window. The kernels are fed bar by
-bar and every step's output is compared with the reference row of that bar.
+The live path computes them with the compiled feature program (``StreamingFeatures``); their
+definitions are those documented in ``fastinfer.kernels.indicators`` (the hand-written kernel
+that computed them before, kept as the P4 benchmark baseline and checked equal here).
+``reference`` below is an independent pandas/numpy implementation of those definitions:
+recursions (Wilder, EMA) with pandas ``ewm`` over the whole series, rolling quantities with
+two-pass numpy over each window. The program is fed bar by bar and every step's output is
+compared with the reference row of that bar.
 
 Tolerance: 1e-9 relative, plus an absolute floor of 1e-12 times the feature's natural scale
 (the price level for price-valued features, 100 for RSI, 1 otherwise), which only matters
@@ -20,9 +23,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
 
+from fastinfer.features import KNOWN_FEATURES, StreamingFeatures, compile_features
 from fastinfer.kernels import indicators as K
 
-F = K.FEATURES
+F = KNOWN_FEATURES
+PROGRAM = compile_features(F)
 PRICE_VALUED = {
     "macd",
     "macd_signal",
@@ -161,16 +166,28 @@ def feed(bars, dtype=np.float64):
     """Feed (T, n) bars one bar at a time; return every step's output (T, n, F) and stale flags."""
     o, h, lo, c, v = (np.ascontiguousarray(a) for a in bars)
     T, n = c.shape
-    state = K.new_state(n)
-    cols = K.all_columns()
-    out = np.empty((n, K.N_FEATURES), dtype=dtype)
-    stale = np.zeros(n, dtype=np.bool_)
-    outs = np.empty((T, n, K.N_FEATURES))
+    sf = StreamingFeatures([f"S{j}" for j in range(n)], program=PROGRAM, dtype=dtype)
+    outs = np.empty((T, n, len(F)))
     stales = np.empty((T, n), dtype=bool)
     for t in range(T):
-        K.update_bar(o[t], h[t], lo[t], c[t], v[t], *state, cols, out, stale)
-        outs[t], stales[t] = out, stale
+        outs[t] = sf.update(o[t], h[t], lo[t], c[t], v[t])
+        stales[t] = sf.stale
     return outs, stales
+
+
+def feed_handwritten(bars):
+    """The same through the hand-written kernel (the P4 baseline)."""
+    o, h, lo, c, v = (np.ascontiguousarray(a) for a in bars)
+    T, n = c.shape
+    state = K.new_state(n)
+    cols = K.all_columns()
+    out = np.empty((n, K.N_FEATURES))
+    stale = np.zeros(n, dtype=np.bool_)
+    outs = np.empty((T, n, K.N_FEATURES))
+    for t in range(T):
+        K.update_bar(o[t], h[t], lo[t], c[t], v[t], *state, cols, out, stale)
+        outs[t] = out
+    return outs
 
 
 def check_against_reference(bars, scale):
@@ -361,44 +378,48 @@ def test_only_gains_gives_rsi_100_exactly():
 
 def test_missing_bar_leaves_state_unchanged():
     o, h, lo, c, v = random_bars(80, 2, seed=9)
-    state = K.new_state(2)
-    cols, out, stale = K.all_columns(), np.empty((2, K.N_FEATURES)), np.zeros(2, dtype=np.bool_)
+    sf = StreamingFeatures(["A", "B"], program=PROGRAM, dtype=np.float64)
     for t in range(79):
-        K.update_bar(o[t], h[t], lo[t], c[t], v[t], *state, cols, out, stale)
-    before = [a.copy() for a in state]
-    row_before = out.copy()
+        sf.update(o[t], h[t], lo[t], c[t], v[t])
+    before = [a.copy() for a in sf._state]
+    row_before = sf.out.copy()
     miss = c[79].copy()
     miss[0] = np.nan
-    K.update_bar(o[79], h[79], lo[79], miss, v[79], *state, cols, out, stale)
-    assert stale.tolist() == [True, False]
-    for a, b in zip(before, state):
+    sf.update(o[79], h[79], lo[79], miss, v[79])
+    assert sf.stale.tolist() == [True, False]
+    for a, b in zip(before, sf._state):
         np.testing.assert_array_equal(a[0], b[0])
-    np.testing.assert_array_equal(out[0], row_before[0])
+    np.testing.assert_array_equal(sf.out[0], row_before[0])
 
 
-def test_partial_columns_and_float32_output():
+def test_partial_features_and_float32_output():
     bars = random_bars(100, 3, seed=10)
     full, _ = feed(bars)
-    state = K.new_state(3)
-    cols = np.full(K.N_FEATURES, -1, dtype=np.int64)
-    cols[F.index("macd")], cols[F.index("ret_1")] = 0, 1
-    out = np.empty((3, 2), dtype=np.float32)
-    stale = np.zeros(3, dtype=np.bool_)
+    sf = StreamingFeatures(["A", "B", "C"], ["macd", "ret_1"], dtype=np.float32)
     for t in range(100):
-        K.update_bar(*(a[t] for a in bars), *state, cols, out, stale)
-    np.testing.assert_array_equal(out[:, 0], full[-1, :, F.index("macd")].astype(np.float32))
-    np.testing.assert_array_equal(out[:, 1], full[-1, :, F.index("ret_1")].astype(np.float32))
+        sf.update(*(a[t] for a in bars))
+    np.testing.assert_array_equal(sf.out[:, 0], full[-1, :, F.index("macd")].astype(np.float32))
+    np.testing.assert_array_equal(sf.out[:, 1], full[-1, :, F.index("ret_1")].astype(np.float32))
 
 
-def test_update_series_equals_update_bar():
+def test_replay_equals_update_bar_by_bar():
     bars = add_gaps_and_flats(random_bars(300, 3, seed=11), seed=12)
     full, stales = feed(bars)
-    state = K.new_state(3)
-    out = np.empty((3, K.N_FEATURES))
-    for j in range(3):
-        stale = K.update_series(j, *(np.ascontiguousarray(a[:, j]) for a in bars), *state, K.all_columns(), out)
-        assert stale == stales[-1, j]
-    np.testing.assert_array_equal(out, full[-1])
+    sf = StreamingFeatures(["A", "B", "C"], program=PROGRAM, dtype=np.float64)
+    for j, sym in enumerate(sf.symbols):
+        rows = sf.replay(sym, dict(zip(("open", "high", "low", "close", "volume"), (a[:, j] for a in bars))))
+        np.testing.assert_array_equal(rows, full[:, j])
+        assert sf.stale[j] == stales[-1, j]
+    np.testing.assert_array_equal(sf.out, full[-1])
+
+
+def test_handwritten_kernel_is_the_same_computation():
+    """The P4 baseline (the hand-written kernel these names came from) computes exactly what
+    the compiled program computes: bit for bit, gaps and flat stretches included."""
+    bars = add_gaps_and_flats(random_bars(400, 4, seed=14), seed=15)
+    compiled, _ = feed(bars)
+    np.testing.assert_array_equal(feed_handwritten(bars), compiled)
+    assert K.FEATURES == KNOWN_FEATURES
 
 
 # ---------------------------------------------------------------- long streams
@@ -409,17 +430,14 @@ def test_million_bars_stay_on_the_whole_series_formula():
     T = 1_000_000
     o, h, lo, c, v = (np.ascontiguousarray(a[:, 0]) for a in random_bars(T, 1, seed=13, vol=0.003))
     want = reference(o, h, lo, c, v)
-    state = K.new_state(1)
-    out = np.empty((1, K.N_FEATURES))
-    checkpoints = [1_000, 100_000, 250_000, 500_000, 750_000, 999_000, T]
-    start = 0
-    for stop in checkpoints:
-        K.update_series(
-            0, o[start:stop], h[start:stop], lo[start:stop], c[start:stop], v[start:stop], *state, K.all_columns(), out
-        )
-        assert_matches(out[0], want[stop - 1], scale=c[stop - 1], where=f"after {stop} bars")
-        start = stop
+    sf = StreamingFeatures(["X"], program=PROGRAM, dtype=np.float64)
+    rows = sf.replay("X", {"open": o, "high": h, "low": lo, "close": c, "volume": v})
+    for stop in [1_000, 100_000, 250_000, 500_000, 750_000, 999_000, T]:
+        assert_matches(rows[stop - 1], want[stop - 1], scale=c[stop - 1], where=f"after {stop} bars")
 
 
 def test_warmup_compiles():
+    from fastinfer.features import warmup
+
+    warmup()
     K.warmup()

@@ -142,5 +142,5 @@ def warmup() -> None:
     for dtype in (np.float32, np.float64):
         live = StreamingFeatures(["a"], program=program, dtype=dtype)
         live.update(one, one, one, one, one)
-        live._replace_symbol(0, one, one, one, one, one, np.empty((1, 0)))
+        live.replay("a", dict.fromkeys(OHLCV, np.ones(3)))
     feature_batch.warmup()

@@ -5,7 +5,8 @@ and log returns over several horizons, volatilities, RSI (Wilder and simple), AT
 moving-average ratios, Bollinger bands, MACDs, stochastics, ADX/DI, CCI, MFI, volume ratios
 and z-scores, and the bar shape. On daily bars (or intraday bars with ``bars_per_day``) the
 spec's seed names ``ret_1d``, ``ret_5d``, ``vol_10d`` ... appear with their day suffixes.
-``large=True`` adds more windows (about 200 names, the P4b/P6 benchmark size).
+``large=True`` adds more windows (200 names, the P4b/P6 benchmark size). Day-suffixed windows
+stay at most 20 days (``ret_20d``); longer ones are in bars.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from .compiler import compile_features
 
 
 def _days(n: int, daily: bool) -> str:
-    return f"{n}d" if daily else str(n)
+    """``{n}d`` where days resolve (and the window stays at most 20 days), else ``n`` bars."""
+    return f"{n}d" if daily and n <= 20 else str(n)
 
 
 def default_feature_set(
@@ -32,9 +34,9 @@ def default_feature_set(
     names += [f"vol_{_days(w, daily)}" for w in windows]
     names += [f"zscore_{w}" for w in windows]
     names += [f"ma_ratio_{w}" for w in windows]
-    names += [f"ema_{w}" for w in windows] if large else []
-    names += [f"wma_{w}" for w in windows] if large else []
-    names += [f"rsi_{w}" for w in (7, 14, 21, 28)]
+    if large:
+        names += [f"{kind}_{w}" for kind in ("sma", "ema", "wma") for w in windows]
+    names += [f"rsi_{w}" for w in ((7, 14, 21, 28) if not large else (5, 7, 9, 14, 21, 28))]
     names += [f"rsi_{w}_sma" for w in (7, 14, 21)]
     names += [f"atr_{w}" for w in (7, 14, 21)] + [f"natr_{w}" for w in (7, 14, 21)] + ["atr_14_sma"]
     names += [f"min_{w}" for w in (10, 20)] + [f"max_{w}" for w in (10, 20)]
@@ -44,6 +46,7 @@ def default_feature_set(
     names += ["macd", "macd_signal", "macd_hist", "macd_5_35_5", "macd_5_35_5_signal", "macd_5_35_5_hist"]
     names += [f"stoch_k_{w}" for w in (5, 14)] + ["stoch_d_14_3", "stoch_d_5_3"]
     names += [f"willr_{w}" for w in (10, 14)] + [f"cci_{w}" for w in (14, 20)]
+    names += [f"cci_{w}" for w in (30, 40)] + [f"willr_{w}" for w in (20, 30)] if large else []
     names += [f"adx_{w}" for w in (7, 14)] + [f"plus_di_{w}" for w in (7, 14)] + [f"minus_di_{w}" for w in (7, 14)]
     names += [f"mfi_{w}" for w in (7, 14)] + ["obv"]
     names += [f"vol_ratio_{w}" for w in (5, 10, 20, 60)] + [f"volume_z_{w}" for w in (10, 20, 60)]

@@ -248,8 +248,28 @@ class StreamingFeatures:
             self._replace_symbol(i, *(a[k] for k in OHLCV), ext)
         return self.out
 
-    def _replace_symbol(self, i: int, o, h, l, c, v, ext: np.ndarray) -> None:
-        """Forget symbol i's state, then feed it a whole history (float64 (T,) arrays, ext (T, E))."""
+    def replay(self, symbol: str, bars: Mapping[str, Any]) -> np.ndarray:
+        """Forget ``symbol``'s state, feed it a whole history and return every bar's features,
+        (T, n_features) float64: what ``update`` would have produced bar by bar (a missing bar
+        repeats the row before). ``bars``: open, high, low, close, volume and the external
+        columns as (T,) arrays. One jitted call; ``out`` and ``stale`` end as after the last bar."""
+        if symbol not in self._index:
+            raise FeatureBuildError(f"replay: unknown symbol {symbol!r}")
+        missing = [k for k in (*OHLCV, *self.externals) if k not in bars]
+        if missing:
+            raise FeatureBuildError(f"replay: missing {missing}")
+        length = len(np.asarray(bars["close"]))
+        arrays = [check_bar_input(bars[k], k, (length,)) for k in OHLCV]
+        ext = np.empty((length, len(self.externals)))
+        for j, name in enumerate(self.externals):
+            ext[:, j] = check_bar_input(bars[name], f"external {name!r}", (length,))
+        record = np.empty((length, len(self.features)))
+        self._replace_symbol(self._index[symbol], *arrays, ext, record)
+        return record
+
+    def _replace_symbol(self, i: int, o, h, l, c, v, ext: np.ndarray, record: np.ndarray | None = None) -> None:
+        """Forget symbol i's state, then feed it a whole history (float64 (T,) arrays, ext (T, E));
+        ``record`` (T, n_features) float64 receives every bar's features."""
         p = self.program
         self._regs[:, i] = p.reg_init
         self._fstate[:, i] = p.fstate_init
@@ -273,6 +293,7 @@ class StreamingFeatures:
             self._count,
             self._sel,
             self.out,
+            np.empty((0, len(self.features))) if record is None else record,
             *self._kernel_tail(),
         )
 

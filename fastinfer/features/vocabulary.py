@@ -267,7 +267,8 @@ class Match:
     """A vocabulary name read: the pattern, its parameters as written, the expression text."""
 
     pattern: Pattern
-    params: dict[str, str]
+    params: dict[str, str]  # as written in the name ("10d")
+    values: dict[str, float]  # resolved (bars for windows)
     expression: str
 
     def understood(self) -> str:
@@ -320,7 +321,7 @@ def _expand(
     expression = pattern.expression
     for key, value in values.items():
         expression = expression.replace("{" + key + "}", value)
-    return Match(pattern, dict(params), expression)
+    return Match(pattern, dict(params), {k: float(v) for k, v in values.items()}, expression)
 
 
 def _plain(pattern: Pattern) -> str:

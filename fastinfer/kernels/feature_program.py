@@ -851,13 +851,16 @@ def update_bar(
 
 @njit(cache=True, error_model="numpy")
 def update_series(
-    i, o, h, l, c, v, ext, code, fparams, feature_regs, regs, fs, ist, count, sel, out,
+    i, o, h, l, c, v, ext, code, fparams, feature_regs, regs, fs, ist, count, sel, out, record,
     ustate, user_addr, user_meta, user_params, user_init, scratch,
 ):  # fmt: skip
     """Feed symbol i a whole history: o..v float64 (T,), ext float64 (T, n_external), oldest
-    first; write its last features into out[i]. Returns True when the last bar was missing."""
+    first; write its last features into out[i] and, when ``record`` has T rows, every bar's
+    features into record[b] (a missing bar repeats the row before). Returns True when the last
+    bar was missing."""
     stale = True
     sel[0] = i
+    keep = record.shape[0] == c.shape[0]
     for b in range(c.shape[0]):
         stale = not _valid(o[b], h[b], l[b], c[b], v[b])
         if not stale:
@@ -878,6 +881,9 @@ def update_series(
                 user_init,
                 scratch,
             )
+        if keep:
+            for j in range(feature_regs.shape[0]):
+                record[b, j] = regs[feature_regs[j], i]
     for j in range(feature_regs.shape[0]):
         out[i, j] = regs[feature_regs[j], i]
     return stale

@@ -1,4 +1,9 @@
-"""Incremental technical indicators: per-symbol state in contiguous arrays, one call per bar.
+"""The hand-written kernel of the 19 original features: their reference definitions, and the P4 baseline.
+
+The live path computes these names with the compiled feature program
+(``fastinfer.features``, kernel ``feature_program``), which tests/test_indicators.py checks
+bit for bit against this kernel; this one is kept as the definition below and as the
+baseline the compiled program's speed is measured against (benchmarks/bench_features.py).
 
 ``update_bar`` advances every symbol's state by one bar and writes its features, O(1) per
 symbol and without allocating. State is five arrays (``new_state``); a symbol is a row.
@@ -63,7 +68,7 @@ VOL_PERIOD = 20
 MACD_FAST, MACD_SLOW, MACD_SIGNAL = 12, 26, 9
 CLOSE_WINDOW = 61  # ret_60 needs c[t-60]
 
-# Kernel output order; features.py exposes it as KNOWN_FEATURES.
+# Kernel output order: fastinfer.features.KNOWN_FEATURES (tested equal).
 FEATURES = (
     "ret_1",
     "ret_5",
