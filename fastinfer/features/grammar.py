@@ -50,7 +50,7 @@ class Duration:
 
     amount: float
     unit: str
-    text: str
+    text: str = field(compare=False)
     col: int = field(compare=False)
 
 

@@ -253,9 +253,11 @@ def duration_bars(
         else:
             minutes = amount * {"m": 1.0, "h": 60.0, "d": 1440.0}[unit]
             bars = minutes / interval_minutes
-    if bars < 1 or not math.isclose(bars, round(bars), rel_tol=1e-9, abs_tol=1e-9):
-        of = f" of {interval_minutes:g}-minute bars" if unit else ""
+    of = f" of {interval_minutes:g}-minute bars" if unit else ""
+    if not math.isclose(bars, round(bars), rel_tol=1e-9, abs_tol=1e-9):
         raise ValueError(f"{text} is {bars:g} bars{of}, not a whole number of bars")
+    if round(bars) < 1:
+        raise ValueError(f"{text} is {bars:g} bars{of}: a window is at least 1 bar")
     return round(bars)
 
 
