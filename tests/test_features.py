@@ -329,3 +329,87 @@ def test_update_allocates_nothing_per_bar():
     finally:
         tracemalloc.stop()
     assert after - before == 0
+
+
+# ---------------------------------------------------------------- a run's features, named vectors
+
+
+def _model(run, target, family, features, interval=1440.0):
+    """A model folder TRAINING would write: meta with the features in training order (the model
+    file's content does not matter to feature resolution)."""
+    folder = run / "targets" / target / "models" / "view=CROSS_SECTIONAL" / f"family={family}"
+    folder.mkdir(parents=True)
+    meta = {"family": family, "feature_list": sorted(features), "feature_names": list(features)}
+    meta["interval_minutes"] = interval
+    (folder / "model_meta.json").write_text(json.dumps(meta))
+    (folder / {"lightgbm": "model.txt", "ridge": "model.joblib"}[family]).write_text("")
+
+
+@pytest.fixture
+def run_with_definitions(tmp_path):
+    from fastinfer.features import FeatureDefinitions, write_run_definitions
+
+    run = tmp_path / "run"
+    _model(run, "fwd_ret_1d", "lightgbm", ["ret_1d", "gap", "rsi_14", "vol_10d"])
+    _model(run, "fwd_ret_5d", "ridge", ["vol_10d", "bb_pct", "gap", "ret_5"])
+    write_run_definitions(run, FeatureDefinitions.from_dict({"features": {"gap": "open / lag(close, 1) - 1"}}))
+    return run
+
+
+def test_builder_from_a_run_computes_the_union_and_each_model_takes_its_columns_by_name(run_with_definitions):
+    from fastinfer.features import FeatureVector, read_run_definitions
+
+    builder = FeatureBuilder(run_root=run_with_definitions)
+    assert builder.features == ("ret_1d", "gap", "rsi_14", "vol_10d", "bb_pct", "ret_5")
+    assert builder.interval_minutes == 1440.0
+    assert read_run_definitions(run_with_definitions).features == {"gap": "open / lag(close, 1) - 1"}
+    df = ohlcv_frame(200, seed=60)
+    vector = builder.build(df, lookback=None)
+    assert isinstance(vector, FeatureVector) and vector.names == builder.features
+    for model_features in (["ret_1d", "gap", "rsi_14", "vol_10d"], ["vol_10d", "bb_pct", "gap", "ret_5"]):
+        alone = FeatureBuilder(model_features, run_root=run_with_definitions).build(df, lookback=None)
+        taken = vector.reshape(1, -1).select(model_features)
+        assert taken.shape == (1, 4) and taken.names == tuple(model_features)
+        np.testing.assert_array_equal(taken[0], alone)
+    with pytest.raises(FeatureBuildError, match=r"feature\(s\) \['atr_14'\] are not in this vector"):
+        vector.select(["atr_14", "gap"])
+
+
+def test_the_bar_interval_comes_from_the_run_and_must_agree(run_with_definitions):
+    with pytest.raises(FeatureBuildError, match="interval_minutes=5 but the run's models say 1440"):
+        FeatureBuilder(run_root=run_with_definitions, interval_minutes=5)
+    _model(run_with_definitions, "fwd_ret_1h", "lightgbm", ["ret_1"], interval=60.0)
+    with pytest.raises(FeatureBuildError, match="models disagree on the bar interval"):
+        FeatureBuilder(run_root=run_with_definitions)
+
+
+def test_feature_vector_keeps_its_names():
+    import pickle
+
+    from fastinfer.features import FeatureVector
+
+    v = FeatureVector(np.arange(6.0), ["a", "b", "c", "d", "e", "f"])
+    assert v.reshape(1, -1).names == v.names and v.reshape(1, -1)[0].names == v.names
+    assert v[2:5].names == ("c", "d", "e") and v[::-1].names == tuple("fedcba") and v[[3, 1]].names == ("d", "b")
+    assert v.astype(np.float32).names == v.names and (v * 2).names == v.names and v.copy().names == v.names
+    assert v.reshape(1, -1)[:, 1:3].names == ("b", "c") and v.reshape(1, -1).ravel().names == v.names
+    assert v.reshape(2, 3).names is None and v.reshape(3, 2).names is None
+    assert float(v[1]) == 1.0 and not isinstance(v[1], FeatureVector)
+    assert pickle.loads(pickle.dumps(v)).names == v.names
+    assert type(np.asarray(v)) is np.ndarray
+    assert v.to_dict()["c"] == 2.0 and v.index("e") == 4
+    with pytest.raises(FeatureBuildError, match="6 names for an array of shape"):
+        FeatureVector(np.zeros(5), list("abcdef"))
+    with pytest.raises(FeatureBuildError, match="given twice"):
+        FeatureVector(np.zeros(2), ["a", "a"])
+
+
+def test_builder_reads_a_definitions_file(tmp_path):
+    path = tmp_path / "features.yaml"
+    path.write_text("features:\n  gap: open / lag(close, 1) - 1\n  spread: high - low\n")
+    builder = FeatureBuilder(definitions=path)
+    assert builder.features == ("gap", "spread")
+    df = ohlcv_frame(30, seed=61, names=("open", "high", "low", "close", "volume"))
+    got = builder.build(df)
+    want = {"gap": df["open"].iloc[-1] / df["close"].iloc[-2] - 1, "spread": df["high"].iloc[-1] - df["low"].iloc[-1]}
+    assert got.to_dict() == pytest.approx(want, rel=1e-15)

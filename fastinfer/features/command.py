@@ -1,0 +1,175 @@
+"""``fastinfer features``: build training feature matrices from bars, and explain feature names.
+
+::
+
+    fastinfer features build --definitions features.yaml bars.parquet -o features.parquet \\
+        [--feature NAME ...] [--symbol-column symbol] [--interval 5] [--bars-per-day 78]
+    fastinfer features explain ret_1d vol_10d my_feature --definitions features.yaml --interval 5
+    fastinfer features vocabulary
+
+``build`` computes every feature of every row with the batch execution of the same compiled
+program the live path runs incrementally (equal to it replayed bar by bar): one row out per
+row in, keyed by the input's time and symbol columns; a row with a missing OHLCV value
+repeats its symbol's last features. CSV or Parquet in and out (by extension), written
+atomically; a progress bar on long inputs.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import click
+
+from ..errors import FastInferError, FeatureBuildError
+
+PARQUET = (".parquet", ".pq")
+PROGRESS_ROWS = 100_000  # show a progress bar from this many input rows
+
+
+class _Group(click.Group):
+    """fastinfer's errors (and unreadable files) as one line and exit code 2, as ``fastinfer`` does."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (FastInferError, OSError, ValueError) as exc:
+            if ctx.find_root().obj and ctx.find_root().obj.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+
+
+@click.group("features", cls=_Group)
+def features() -> None:
+    """Feature definitions: build feature matrices from bars, explain names."""
+
+
+def read_table(path: Path):
+    """A CSV or Parquet file as a DataFrame (``FeatureBuildError`` naming the file otherwise)."""
+    import pandas as pd
+
+    try:
+        return pd.read_parquet(path) if path.suffix.lower() in PARQUET else pd.read_csv(path)
+    except ImportError:
+        raise FeatureBuildError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow), or use CSV") from None
+    except Exception as exc:  # pandas raises many types for a malformed file
+        raise FeatureBuildError(f"{path}: cannot read ({type(exc).__name__}: {str(exc)[:160]})") from None
+
+
+def write_table(frame, path: Path) -> None:
+    """Write atomically as Parquet (by extension) or CSV."""
+    from ..atomic import write_atomic_bytes
+
+    if path.suffix.lower() in PARQUET:
+        buffer = io.BytesIO()
+        try:
+            frame.to_parquet(buffer, index=False)
+        except ImportError:
+            raise FeatureBuildError(f"{path}: writing Parquet needs pyarrow (pip install pyarrow)") from None
+        write_atomic_bytes(path, buffer.getvalue())
+    else:
+        write_atomic_bytes(path, frame.to_csv(index=False).encode("utf-8"))
+
+
+@features.command("build")
+@click.argument("bars", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="CSV or Parquet.")
+@click.option("--definitions", type=click.Path(dir_okay=False, path_type=Path), help="feature_definitions.yaml")
+@click.option(
+    "--feature",
+    "names",
+    multiple=True,
+    help="A feature to build (repeatable, or comma-separated); default: every name in --definitions.",
+)
+@click.option("--symbol-column", default=None, help="The column naming each row's symbol (default: one symbol).")
+@click.option("--interval", "interval_minutes", type=float, default=None, help="Bar interval in minutes.")
+@click.option("--bars-per-day", type=int, default=None, help="Bars of one session (for `d` durations intraday).")
+@click.option("--progress/--no-progress", default=None, help=f"Progress bar (default: from {PROGRESS_ROWS} rows).")
+def build(
+    bars: Path,
+    out: Path,
+    definitions: Path | None,
+    names: tuple[str, ...],
+    symbol_column: str | None,
+    interval_minutes: float | None,
+    bars_per_day: int | None,
+    progress: bool | None,
+) -> None:
+    """Compute features for every row of BARS (OHLCV, CSV or Parquet) and write them to --out."""
+    import pandas as pd
+
+    from .compiler import compile_features
+    from .definitions import FeatureDefinitions
+    from .frames import frame_features, time_column
+
+    defs = FeatureDefinitions.read(definitions) if definitions is not None else None
+    wanted = [n.strip() for value in names for n in value.split(",") if n.strip()]
+    if not wanted:
+        if defs is None or not defs.features:
+            raise click.UsageError("nothing to build: give --feature names or --definitions with features")
+        wanted = list(defs.features)
+    program = compile_features(wanted, defs, interval_minutes=interval_minutes, bars_per_day=bars_per_day)
+    if not bars.is_file():
+        raise FeatureBuildError(f"{bars}: no such file")
+    frame = read_table(bars)
+    show = progress if progress is not None else len(frame) >= PROGRESS_ROWS
+    if show:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        columns = (
+            TextColumn("features"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("symbols"),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("", total=None)
+            values = frame_features(
+                program,
+                frame,
+                symbol_column=symbol_column,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                where=str(bars),
+            )
+    else:
+        values = frame_features(program, frame, symbol_column=symbol_column, where=str(bars))
+    keys = [c for c in (time_column(frame), symbol_column) if c is not None]
+    result = pd.concat(
+        [frame[keys].reset_index(drop=True), pd.DataFrame(values, columns=list(program.features))], axis=1
+    )
+    write_table(result, out)
+    click.echo(f"wrote {len(result)} rows × {len(program.features)} features to {out}")
+
+
+@features.command("explain")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--definitions", type=click.Path(dir_okay=False, path_type=Path), help="feature_definitions.yaml")
+@click.option("--interval", "interval_minutes", type=float, default=None, help="Bar interval in minutes.")
+@click.option("--bars-per-day", type=int, default=None, help="Bars of one session.")
+def explain_command(
+    names: tuple[str, ...], definitions: Path | None, interval_minutes: float | None, bars_per_day: int | None
+) -> None:
+    """What each NAME means (its definition, or the vocabulary's reading), and its warm-up."""
+    from .compiler import compile_features, explain
+    from .definitions import FeatureDefinitions
+
+    defs = FeatureDefinitions.read(definitions) if definitions is not None else None
+    per_day = bars_per_day if bars_per_day is not None else (defs.bars_per_day if defs else None)
+    for name in names:
+        text = explain(name, defs, interval_minutes=interval_minutes, bars_per_day=per_day)
+        program = compile_features([name], defs, interval_minutes=interval_minutes, bars_per_day=bars_per_day)
+        click.echo(f"{text}; warm-up {program.warmups[0]} bars, {program.n_ops} instruction(s)")
+
+
+@features.command("vocabulary")
+def vocabulary_command() -> None:
+    """The vocabulary's names, and the functions an expression may call."""
+    from . import function_table
+    from .vocabulary import vocabulary_table
+
+    click.echo(vocabulary_table())
+    click.echo("")
+    click.echo(function_table())
