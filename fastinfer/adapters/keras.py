@@ -1,13 +1,27 @@
-"""Keras 3 models (MLP, CNN1D, LSTM, Transformer, tab_*): ``model.keras`` and ``model.h5``.
+"""Keras 3 models (MLP, CNN1D, LSTM, GRU, Transformer, tab_*): ``model.keras`` and ``model.h5``.
 
 Files are opened from their verified bytes: Keras reads only paths, so the bytes are written to
 a private temporary folder (mode 0700) and loaded from there, never from the run by path (a
-file swapped after it was hashed is never what is loaded). ``.keras`` loads with
+file swapped after it was hashed is never what is loaded). Both formats load with
 ``safe_mode=True`` (no lambda layers, no arbitrary code) and ``compile=False``.
 
-Graphs: ``tf2onnx.convert.from_keras`` with an explicit input signature at opset 17 (NOTES.md).
+Graphs: the model's own call, ``model(x, training=False)``, traced by TensorFlow with an
+explicit input signature, frozen, and converted by ``tf2onnx.convert.from_graph_def`` at opset
+17. Not ``tf2onnx.convert.from_keras``: it looks the model's outputs up by Keras's output names,
+which under Keras 3 are not the traced function's for ``keras.Sequential`` models
+(``KeyError: 'keras_tensor_N'``, onnx/tensorflow-onnx#2448); a traced call has one input and
+its own outputs whatever way the model was built or saved.
+
+Recurrent layers: tf2onnx fuses a Keras 3 LSTM into an ONNX ``LSTM`` node, but its GRU and
+SimpleRNN patterns match Keras 2's cells only, so a Keras 3 GRU would stay a ``Loop`` (control
+flow, refused by ``check_graph``). Those layers are traced unrolled instead, on a copy of the
+model (the time steps as plain ops: the same math, one set of nodes per step). Recurrent
+layers start from zero states that tf2onnx builds from the batch size at run time; they are
+left out (ONNX's default) or made constants that broadcast over the batch.
+
 tf2onnx only *logs* ops it cannot convert and leaves them in the graph, so every graph is loaded
-in ONNX Runtime before it is returned; exact GELU's ``Erfc`` is rewritten as ``1 - Erf``.
+and run once in ONNX Runtime before it is returned; exact GELU's ``Erfc`` is rewritten as
+``1 - Erf``.
 """
 
 from __future__ import annotations
@@ -21,17 +35,27 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
-from ..converters.graph import OPSETS, conform, drop_zero_initial_states, finish, replace_erfc
-from ..errors import ConversionError
+from ..converters import INPUT_NAME
+from ..converters.graph import OPSETS, conform, drop_zero_initial_states, finish, prune_dead_nodes, replace_erfc
+from ..errors import ConversionError, ModelLoadError
 from .base import KERAS, KERAS_H5, Adapter, FileFormat, Trained
 
 if TYPE_CHECKING:
     from ..converters import ConvertedGraph
     from ..families import Family
 
+# Keras 3's .h5 reader rebuilds some models with arguments their classes do not take (a TypeError):
+# keras.layers.Attention (its score_mode comes back as a function) and arithmetic written as operators
+# on Keras tensors (``x + y`` is saved as an ``Add`` layer, which takes a list). ``.keras`` reloads them.
+H5_REBUILD_FAILED = (
+    "Keras 3 cannot rebuild this model from .h5 (its .h5 reader fails on keras.layers.Attention and on "
+    "operators such as x + y between Keras tensors): save it as .keras"
+)
 
-def _load_from_private_copy(data: bytes, suffix: str, safe_mode: bool) -> Any:
+
+def _load_from_private_copy(data: bytes, suffix: str) -> Any:
     import keras
 
     folder = tempfile.mkdtemp(prefix="fastinfer-keras-")  # mode 0700: only this user reads the copy
@@ -40,57 +64,159 @@ def _load_from_private_copy(data: bytes, suffix: str, safe_mode: bool) -> Any:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        kwargs = {"safe_mode": True} if safe_mode else {}
-        return keras.models.load_model(str(path), compile=False, **kwargs)
+        try:
+            return keras.models.load_model(str(path), compile=False, safe_mode=True)
+        except TypeError as exc:
+            if suffix != ".h5":
+                raise
+            raise ModelLoadError(None, None, f"{H5_REBUILD_FAILED}; Keras said: {exc}") from exc
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-KERAS_FILE = FileFormat(KERAS, lambda data: _load_from_private_copy(data, ".keras", safe_mode=True))
-H5_FILE = FileFormat(KERAS_H5, lambda data: _load_from_private_copy(data, ".h5", safe_mode=False))
+KERAS_FILE = FileFormat(KERAS, lambda data: _load_from_private_copy(data, ".keras"))
+H5_FILE = FileFormat(KERAS_H5, lambda data: _load_from_private_copy(data, ".h5"))
 
 
 def _io_shapes(model: Any) -> tuple[tuple, tuple]:
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
+    try:
+        inputs, outputs = model.inputs, model.outputs
+    except (AttributeError, ValueError) as exc:  # a Sequential model never built has no inputs yet
         raise ConversionError(
-            f"Keras model must have one input and one output, has {len(model.inputs)} and {len(model.outputs)}"
-        )
-    return tuple(model.inputs[0].shape), tuple(model.outputs[0].shape)
+            f"Keras model has no defined input ({exc}): build it on keras.Input(shape=...) before saving"
+        ) from None
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ConversionError(f"Keras model must have one input and one output, has {len(inputs)} and {len(outputs)}")
+    return tuple(inputs[0].shape), tuple(outputs[0].shape)
 
 
 def _check_input(shape: tuple, family: Family, n_features: int, seq_len: int | None) -> tuple:
+    """The signature to trace: (None, F) or (None, T, F) for the family, where the model's input agrees."""
     expected = (n_features,) if family.input_rank == 2 else (seq_len, n_features)
     if len(shape) != family.input_rank or any(d is not None and d != e for d, e in zip(shape[1:], expected)):
+        layout = "(N, F)" if family.input_rank == 2 else "(N, T, F)"
         raise ConversionError(
-            f"family {family.name!r}: Keras input shape {shape} does not match (None, {', '.join(map(str, expected))})"
+            f"family {family.name!r} takes {layout} = (None, {', '.join(map(str, expected))}); "
+            f"the Keras model's input shape is {shape}"
         )
     return (None, *expected)
 
 
-def _ort_refusal(model: onnx.ModelProto) -> str | None:
+def _recurrent_layers_to_unroll(model: Any) -> list:
+    """GRU and SimpleRNN layers, nested models included, that are not unrolled already."""
+    import keras
+
+    found, stack = [], list(model.layers)
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, keras.Model):
+            stack.extend(layer.layers)
+        elif isinstance(layer, (keras.layers.GRU, keras.layers.SimpleRNN)) and not layer.unroll:
+            found.append(layer)
+    return found
+
+
+def _traceable(native: Any) -> Any:
+    """The model itself, or a copy whose GRU / SimpleRNN layers run unrolled (same weights);
+    every other layer is shared with the model, which is left as it is."""
+    import keras
+
+    unroll = _recurrent_layers_to_unroll(native)
+    if not unroll:
+        return native
+    copies = []
+
+    def clone(layer):
+        if not any(layer is u for u in unroll):
+            return layer
+        copy = type(layer).from_config({**layer.get_config(), "unroll": True})
+        copies.append((layer, copy))
+        return copy
+
+    model = keras.models.clone_model(native, clone_function=clone, recursive=True)
+    for layer, copy in copies:  # clone_model built the copies; the weights are the layers' own
+        copy.set_weights(layer.get_weights())
+    return model
+
+
+def _traced_graph(native: Any, signature_shape: tuple) -> onnx.ModelProto:
+    """``native(x, training=False)`` traced for one float32 input of ``signature_shape``, frozen, to ONNX."""
+    import tensorflow as tf
+    import tf2onnx
+    from tf2onnx import tf_loader
+
+    model = _traceable(native)
+    spec = tf.TensorSpec(signature_shape, tf.float32, name=INPUT_NAME)
+    call = tf.function(lambda x: model(x, training=False), input_signature=[spec]).get_concrete_function()
+    # The call's first input is the one argument; the rest are captured weights, frozen into constants.
+    inputs = [call.inputs[0].name]
+    outputs = [t.name for t in call.outputs]
+    frozen = tf_loader.from_function(call, inputs, outputs)
+    graph, _ = tf2onnx.convert.from_graph_def(frozen, input_names=inputs, output_names=outputs, opset=OPSETS[""])
+    return graph
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> list[int | None]:
+    return [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]
+
+
+def broadcast_zero_states(model: onnx.ModelProto) -> int:
+    """Replace ``Expand(0, [N, d1, ...])``, a recurrent layer's zero initial state that tf2onnx
+    sizes from the batch at run time, with a constant zero tensor ``[1, d1, ...]``.
+
+    ``check_graph`` refuses an ``Expand`` whose shape is computed at run time (its output size
+    is set by input values). Zeros of one row give the same values wherever the state is used
+    (``MatMul``, ``Mul``, ``Add`` broadcast it over the batch); ``keras_graph`` runs the graph
+    once on a batch of two to prove the shapes still work out. Returns the nodes replaced.
+    """
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    shapes = {v.name: _dims(v) for v in inferred.graph.value_info}
+    constants = {t.name: t for t in model.graph.initializer}
+    replaced = []
+    for node in model.graph.node:
+        if node.op_type != "Expand" or node.domain not in ("", "ai.onnx") or node.input[0] not in constants:
+            continue
+        value = numpy_helper.to_array(constants[node.input[0]])
+        dims = shapes.get(node.output[0])
+        # Only the batch dimension may be unknown: every other size is fixed by the signature.
+        if value.any() or not dims or dims[0] is not None or any(d is None for d in dims[1:]):
+            continue
+        zeros = np.zeros([1, *dims[1:]], dtype=value.dtype)
+        model.graph.initializer.append(numpy_helper.from_array(zeros, node.output[0]))
+        replaced.append(node)
+    for node in replaced:
+        model.graph.node.remove(node)
+    if replaced:
+        prune_dead_nodes(model)
+    return len(replaced)
+
+
+def _ort_refusal(model: onnx.ModelProto, signature_shape: tuple) -> str | None:
+    """Why ONNX Runtime will not load the graph or run it on two rows of zeros (None when it does)."""
     import onnxruntime as ort
 
     try:
-        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        rows = np.zeros((2, *signature_shape[1:]), dtype=np.float32)
+        out = session.run(None, {session.get_inputs()[0].name: rows})[0]
     except Exception as exc:  # ORT raises its own exception types (InvalidGraph, NotImplemented, ...)
         return f"{type(exc).__name__}: {exc}"
+    if out.shape[:1] != (2,):
+        return f"two input rows gave output shape {out.shape}"
     return None
 
 
 def keras_graph(native: Any, family: Family, n_features: int, seq_len: int | None) -> ConvertedGraph:
-    import tensorflow as tf
-    import tf2onnx
-
     in_shape, out_shape = _io_shapes(native)
     signature_shape = _check_input(in_shape, family, n_features, seq_len)
     if len(out_shape) not in (1, 2) or (len(out_shape) == 2 and out_shape[1] is None):
         raise ConversionError(f"family {family.name!r}: Keras output shape {out_shape} is not (None, K)")
     k = 1 if len(out_shape) == 1 else int(out_shape[1])
-    spec = tf.TensorSpec(signature_shape, tf.float32, name="features")
-    model, _ = tf2onnx.convert.from_keras(native, input_signature=[spec], opset=OPSETS[""])
+    model = _traced_graph(native, signature_shape)
     replace_erfc(model)
     drop_zero_initial_states(model)
-    refusal = _ort_refusal(model)
+    broadcast_zero_states(model)
+    refusal = _ort_refusal(model, signature_shape)
     if refusal is not None:
         ops = sorted({n.op_type for n in model.graph.node})
         raise ConversionError(
@@ -101,35 +227,46 @@ def keras_graph(native: Any, family: Family, n_features: int, seq_len: int | Non
     return finish(model, columns, KERAS_ADAPTER.converter, KERAS_ADAPTER.libraries)
 
 
-def _keras_body(name: str, size):
-    """The layers after the input for each Keras family (small, convertible with tf2onnx)."""
-    import keras
+# The test writer builds these families as keras.Sequential (how most Keras models are written)
+# and the others as functional models, so that the runs it writes exercise both.
+SEQUENTIAL_FAMILIES = frozenset({"mlp", "lstm"})
+
+
+def _layer_chain(name: str, hidden: int) -> list | None:
+    """The layers between input standardisation and the output Dense, for families that are one chain."""
     from keras import layers
 
-    h = size.hidden
+    if name == "mlp":
+        return [layers.Dense(hidden, activation="relu"), layers.Dense(hidden // 2, activation="relu")]
+    if name in ("cnn1d", "tab_cnn"):
+        return [layers.Conv1D(hidden, 3, padding="causal", activation="relu"), layers.GlobalAveragePooling1D()]
+    if name in ("lstm", "tab_lstm"):
+        return [layers.LSTM(hidden)]
+    return None
+
+
+def _functional_body(name: str, hidden: int):
+    """``build(x)``: the same place in the model for every Keras family (attention needs a graph, not a chain)."""
+    from keras import layers
 
     def attention(x):
         a = layers.MultiHeadAttention(num_heads=2, key_dim=4)(x, x)
         return layers.LayerNormalization()(layers.Add()([x, a]))
 
     def build(x):
-        if name == "mlp":
-            x = layers.Dense(h, activation="relu")(x)
-            return layers.Dense(h // 2, activation="relu")(x)
-        if name in ("cnn1d", "tab_cnn"):
-            x = layers.Conv1D(h, 3, padding="causal", activation="relu")(x)
-            return layers.GlobalAveragePooling1D()(x)
-        if name in ("lstm", "tab_lstm"):
-            return layers.LSTM(h)(x)
+        chain = _layer_chain(name, hidden)
+        if chain is not None:
+            for layer in chain:
+                x = layer(x)
+            return x
         if name in ("transformer", "tab_transformer"):
-            x = layers.Dense(h)(x)
-            return layers.GlobalAveragePooling1D()(attention(x))
+            return layers.GlobalAveragePooling1D()(attention(layers.Dense(hidden)(x)))
         if name == "cnn1d_transformer":
-            x = layers.Conv1D(h, 3, padding="causal", activation="relu")(x)
+            x = layers.Conv1D(hidden, 3, padding="causal", activation="relu")(x)
             return layers.GlobalAveragePooling1D()(attention(x))
         raise ValueError(f"no Keras architecture for {name}")
 
-    return keras, build
+    return build
 
 
 class KerasAdapter(Adapter):
@@ -171,7 +308,8 @@ class KerasAdapter(Adapter):
         return keras_graph(model, family, n_features, seq_len)
 
     def train(self, family: Family, X: Any, y: np.ndarray, size, seed: int) -> Trained:
-        keras, build = _keras_body(family.name, size)
+        import keras
+
         keras.utils.set_random_seed(seed)
         data = np.asarray(X, dtype=np.float32)
         inputs = keras.Input(shape=data.shape[1:], name="features")
@@ -182,12 +320,23 @@ class KerasAdapter(Adapter):
         # Likewise the target: fit on standardised y, and map the output back to y's units.
         target = np.asarray(y, dtype=np.float64)
         y_mean, y_std = float(target.mean()), float(target.std()) or 1.0
-        standardised = keras.layers.Dense(1)(build(scale(inputs)))
-        core = keras.Model(inputs, standardised)
-        core.compile(optimizer="adam", loss="mse")
-        core.fit(data, ((target - y_mean) / y_std).astype(np.float32), epochs=size.epochs, batch_size=64, verbose=0)
+        standardised_y = ((target - y_mean) / y_std).astype(np.float32)
         unscale = keras.layers.Rescaling(scale=y_std, offset=y_mean, name="to_target_units")
-        model = keras.Model(inputs, unscale(standardised), name=family.name)  # shares core's trained layers
+
+        def fit(core):
+            core.compile(optimizer="adam", loss="mse")
+            core.fit(data, standardised_y, epochs=size.epochs, batch_size=64, verbose=0)
+
+        if family.name in SEQUENTIAL_FAMILIES:
+            model = keras.Sequential(
+                [inputs, scale, *_layer_chain(family.name, size.hidden), keras.layers.Dense(1)], name=family.name
+            )
+            fit(model)
+            model.add(unscale)  # after training: the saved model answers in y's units
+        else:
+            standardised = keras.layers.Dense(1)(_functional_body(family.name, size.hidden)(scale(inputs)))
+            fit(keras.Model(inputs, standardised))
+            model = keras.Model(inputs, unscale(standardised), name=family.name)  # shares the trained layers
         return KERAS, lambda p: model.save(str(p))
 
 
