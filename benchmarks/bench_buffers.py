@@ -2,12 +2,14 @@
 
 Run: ``.venv/bin/python -m pytest benchmarks/bench_buffers.py --benchmark-only``
 
-* ``seq-push-get`` (one symbol, T=60, F=200 as in the spec): fastinfer push +
-  get_sequence(out=…) vs the upstream ``np.roll`` on every push, ``collections.deque`` +
-  ``np.stack``, and the floor: a bare numpy slice copy of a (T, F) window. Target: within 2×
-  the slice copy.
-* ``seq-batch`` (100 symbols, T=60, F=32, one bar): push_all + get_batch(out=…) vs a
-  per-symbol ``np.roll`` loop and a per-symbol deque + ``np.stack`` loop.
+* ``seq-push-get`` (one symbol, T=60, F=200 as in the spec): fastinfer
+  ``push_and_get_sequence(out=…)`` (one jitted call over the mirrored ring) vs the floor, a
+  bare numpy slice copy of a (T, F) window, and vs ``push`` then ``get_sequence`` (two calls),
+  the upstream ``np.roll`` on every push, ``collections.deque`` + ``np.stack``. Target: within
+  2× the slice copy.
+* ``seq-batch`` (100 symbols, T=60, F=32, one bar): ``push_all_and_get_batch(out=…)`` vs
+  ``push_all`` then ``get_batch`` (two calls), a per-symbol ``np.roll`` loop and a per-symbol
+  deque + ``np.stack`` loop.
 * ``spsc`` (records of 8 float64 from a producer process to this one): the shared-memory
   ring, one record per call and in batches, vs ``multiprocessing.Queue``. Target: ≥ 10×.
 
@@ -57,12 +59,30 @@ def _cycle(rows):
     return next_row
 
 
-@pytest.mark.benchmark(group="seq-push-get")
-def test_seq_push_get_fastinfer(benchmark, record_ratio, rows):
+def _full_buffer(rows) -> SeqBufferManager:
     buffer = SeqBufferManager(T, F, "AAPL")
-    out = np.empty((1, T, F), dtype=np.float32)
     for row in rows[:T]:
         buffer.push(row)
+    return buffer
+
+
+@pytest.mark.benchmark(group="seq-push-get")
+def test_seq_push_get_fastinfer(benchmark, record_ratio, rows):
+    buffer = _full_buffer(rows)
+    out = np.empty((1, T, F), dtype=np.float32)
+    next_row = _cycle(rows)
+
+    def step():
+        buffer.push_and_get_sequence("AAPL", next_row(), out)
+
+    benchmark(step)
+    record_ratio(PUSH_GET, subject=True, name="fastinfer push_and_get_sequence(out=)")
+
+
+@pytest.mark.benchmark(group="seq-push-get")
+def test_seq_push_get_fastinfer_two_calls(benchmark, record_ratio, rows):
+    buffer = _full_buffer(rows)
+    out = np.empty((1, T, F), dtype=np.float32)
     next_row = _cycle(rows)
 
     def step():
@@ -70,7 +90,7 @@ def test_seq_push_get_fastinfer(benchmark, record_ratio, rows):
         buffer.get_sequence("AAPL", out=out)
 
     benchmark(step)
-    record_ratio(PUSH_GET, subject=True, name="fastinfer push + get_sequence(out=)")
+    record_ratio(PUSH_GET, name="fastinfer push then get_sequence(out=), two calls")
 
 
 @pytest.mark.benchmark(group="seq-push-get")
@@ -127,6 +147,20 @@ def blocks():
 def test_seq_batch_fastinfer_batch(benchmark, record_ratio, blocks):
     buffer = SeqBufferManager(T, F_BATCH, symbols=[f"S{i}" for i in range(N_SYM)])
     out = np.empty((N_SYM, T, F_BATCH), dtype=np.float32)
+    state = {"k": 0}
+
+    def step():
+        state["k"] = (state["k"] + 1) & 63
+        buffer.push_all_and_get_batch(blocks[state["k"]], out)
+
+    benchmark(step)
+    record_ratio(BATCH, subject=True, name="fastinfer push_all_and_get_batch(out=)")
+
+
+@pytest.mark.benchmark(group="seq-batch")
+def test_seq_batch_fastinfer_two_calls(benchmark, record_ratio, blocks):
+    buffer = SeqBufferManager(T, F_BATCH, symbols=[f"S{i}" for i in range(N_SYM)])
+    out = np.empty((N_SYM, T, F_BATCH), dtype=np.float32)
     idx = buffer.indices(buffer.symbols)
     state = {"k": 0}
 
@@ -136,7 +170,7 @@ def test_seq_batch_fastinfer_batch(benchmark, record_ratio, blocks):
         buffer.get_batch(idx, out=out)
 
     benchmark(step)
-    record_ratio(BATCH, subject=True, name="fastinfer push_all + get_batch(out=)")
+    record_ratio(BATCH, name="fastinfer push_all then get_batch(out=), two calls")
 
 
 @pytest.mark.benchmark(group="seq-batch")

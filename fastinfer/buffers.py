@@ -36,10 +36,23 @@ older than the symbol's newest is rejected (an equal one is accepted), and
 ``check_timestamp(t)`` tells beforehand, changing nothing, whether ``push_all`` would refuse
 ``t``. ``ttl`` is a ``timedelta``, ``numpy.timedelta64`` or a number of seconds.
 
-State. ``to_dict()``/``from_dict()`` use a versioned JSON-safe format (rows as base64
-little-endian float32 with a sha256); ``save(path)`` writes it atomically
-(``fastinfer.atomic``), ``load(path)`` validates it and raises ``StateError`` naming the
-file and the field on corruption or a seq_len / n_features mismatch.
+One call per bar. ``push_and_get_sequence(symbol, features, out)`` and
+``push_all_and_get_batch(block, out)`` push and read in one jitted call: the ring is mirrored
+(``fastinfer.kernels.ring``), so each window is one contiguous copy. They behave exactly as
+``push`` followed by ``get_sequence`` (``push_all`` followed by ``get_batch`` of every
+symbol), errors included: a refused row or block leaves the buffer and ``out`` untouched.
+
+Limits. ``seq_len`` and ``n_features`` are at most ``MAX_SEQ_LEN`` / ``MAX_FEATURES`` and
+their product at most ``MAX_WINDOW`` floats, so a hostile size is a ``ConfigError`` here
+rather than a huge allocation later; ``ttl`` must fit int64 nanoseconds. Rows of any real
+dtype are accepted (float16 and integers are cast), bool / complex / object rows are not.
+
+State. ``to_dict()``/``from_dict()`` use the state envelope of ``fastinfer.state`` (kind
+``"seqbuffer"``, version 2: rows as a base64 float32 array, every count and stamp a bounded
+integer, a sha256 over the whole payload). Version 1 dicts (the flat format before the
+envelope, sha256 over the rows only) are still read. ``save(path)`` writes atomically
+(``fastinfer.atomic``), ``load(path)`` reads with bounded size and nesting and raises
+``StateError`` naming the file and the field on corruption or a seq_len / n_features mismatch.
 """
 
 from __future__ import annotations
@@ -47,7 +60,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
+import math
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -55,16 +68,22 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import read_json, write_atomic_json
-from .config import ModelSettings
-from .errors import InferenceError, StateError
+from . import state as _state
+from .atomic import write_atomic_json
+from .config import MAX_SEQ_LEN, ModelSettings
+from .errors import ConfigError, InferenceError, StateError
 from .kernels import ring as _ring
+from .state import short_repr
 
-FORMAT = "fastinfer.seqbuffer"
-VERSION = 1
+KIND = "seqbuffer"  # the state envelope's kind
+VERSION = 2
+LEGACY_FORMAT = "fastinfer.seqbuffer"  # version 1: a flat dict with a sha256 over the rows only
 PADDINGS = {"zeros": _ring.PAD_ZEROS, "repeat_first": _ring.PAD_REPEAT_FIRST}
+MAX_FEATURES = 1_000_000
+MAX_WINDOW = 1 << 26  # seq_len x n_features per symbol: 256 MiB of float32, twice that mirrored
 
 _NO_STAMP = _ring.NO_STAMP
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)  # the row dtypes the kernels are compiled for
 _MISSING = object()  # "no second argument": push(features) for the default symbol
 _EPOCH = datetime(1970, 1, 1)
 
@@ -123,23 +142,29 @@ def timestamp_ns(ts: Any) -> int:
         value = int(value)
     else:
         raise InferenceError(
-            f"timestamp {ts!r}: expected a datetime, pandas Timestamp, numpy datetime64 or int ns since the epoch"
+            f"timestamp {short_repr(ts)}: expected a datetime, pandas Timestamp, numpy datetime64 "
+            "or int ns since the epoch"
         )
     if value == _NO_STAMP:
         raise InferenceError("timestamp is NaT")
     if not _NO_STAMP < value <= _MAX_STAMP:
-        raise InferenceError(f"timestamp {ts!r} is outside the int64 nanosecond range")
+        raise InferenceError(f"timestamp {short_repr(ts)} is outside the int64 nanosecond range")
     return value
 
 
 def _ttl_ns(ttl: Any) -> int:
-    """0 for no time-to-live, else a positive number of nanoseconds."""
+    """0 for no time-to-live, else a positive number of nanoseconds that fits int64."""
     if ttl is None:
         return 0
     if isinstance(ttl, bool):
-        raise ValueError(f"ttl {ttl!r}: expected a timedelta or a number of seconds")
+        raise ConfigError(f"ttl {ttl!r}: expected a timedelta or a number of seconds")
     if isinstance(ttl, np.timedelta64):
-        ns = int(ttl.astype("timedelta64[ns]").astype(np.int64))
+        if np.isnat(ttl):
+            raise ConfigError("ttl is NaT")
+        unit, count = np.datetime_data(ttl.dtype)
+        if unit not in _NS_PER_UNIT:  # Y/M have no fixed length; sub-ns units round to nothing
+            raise ConfigError(f"ttl {ttl!r}: use a unit from weeks to nanoseconds")
+        ns = int(ttl.astype(np.int64)) * count * _NS_PER_UNIT[unit]  # exact: numpy's cast to [ns] wraps
     elif isinstance(ttl, timedelta):
         value = getattr(ttl, "value", None)  # pandas.Timedelta carries exact ns
         ns = (
@@ -147,19 +172,36 @@ def _ttl_ns(ttl: Any) -> int:
             if isinstance(value, (int, np.integer))
             else ((ttl.days * 86_400 + ttl.seconds) * 1_000_000_000 + ttl.microseconds * 1_000)
         )
-    elif isinstance(ttl, (int, float, np.integer, np.floating)):
+    elif isinstance(ttl, (int, np.integer)):
+        ns = int(ttl) * 1_000_000_000
+    elif isinstance(ttl, (float, np.floating)):
+        if not math.isfinite(ttl) or abs(ttl) > _MAX_STAMP / 1e9:
+            raise ConfigError(f"ttl {short_repr(ttl)} seconds: not a finite number of int64 nanoseconds")
         ns = round(float(ttl) * 1e9)
     else:
-        raise ValueError(f"ttl {ttl!r}: expected a timedelta or a number of seconds")
-    if ns <= 0:
-        raise ValueError(f"ttl must be positive, got {ttl!r}")
+        raise ConfigError(f"ttl {short_repr(ttl)}: expected a timedelta or a number of seconds")
+    if not 0 < ns <= _MAX_STAMP:
+        raise ConfigError(f"ttl {short_repr(ttl)}: must be positive and at most {_MAX_STAMP} ns (~292 years)")
     return ns
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+def _size(name: str, value: Any, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= hi:
+        raise ConfigError(f"{name} must be an integer in [1, {hi}], got {short_repr(value)}")
     return int(value)
+
+
+def _names(symbols: Any, what: str) -> list[Any]:
+    """A list from an iterable of symbols; a bare string is refused (it would be one symbol per letter)."""
+    if isinstance(symbols, (str, bytes)):
+        raise InferenceError(
+            f"{what}: expected a list of symbol names, got the string {short_repr(symbols)} "
+            f"(write [{short_repr(symbols)}])"
+        )
+    try:
+        return list(symbols)
+    except TypeError:
+        raise InferenceError(f"{what}: expected a list of symbol names, got {type(symbols).__name__}") from None
 
 
 class SeqBufferManager:
@@ -171,7 +213,8 @@ class SeqBufferManager:
     (capped at ``seq_len``) and ``padding`` to ``settings.seq_padding``; ``settings``
     defaults to ``ModelSettings()``. ``symbol`` names the default symbol used when
     ``push``/``get_sequence``/``ready`` get none; with neither ``symbol`` nor ``symbols``
-    the manager holds one anonymous symbol (named ``None``).
+    the manager holds one anonymous symbol (named ``None``). A bad argument is a
+    ``ConfigError`` (sizes, padding, ttl) or an ``InferenceError`` (symbols) naming it.
     """
 
     def __init__(
@@ -187,8 +230,12 @@ class SeqBufferManager:
         settings: ModelSettings | None = None,
     ):
         settings = settings if settings is not None else ModelSettings()
-        self._seq_len = _positive_int("seq_len", settings.seq_buffer_size if seq_len is None else seq_len)
-        self._n_features = _positive_int("n_features", n_features)
+        self._seq_len = _size("seq_len", settings.seq_buffer_size if seq_len is None else seq_len, MAX_SEQ_LEN)
+        self._n_features = _size("n_features", n_features, MAX_FEATURES)
+        if self._seq_len * self._n_features > MAX_WINDOW:
+            raise ConfigError(
+                f"seq_len x n_features = {self._seq_len * self._n_features} floats per symbol (limit {MAX_WINDOW})"
+            )
         if warmup_bars is None:
             warmup_bars = min(settings.seq_warmup_bars, self._seq_len)
         if (
@@ -196,11 +243,13 @@ class SeqBufferManager:
             or not isinstance(warmup_bars, (int, np.integer))
             or not 0 <= warmup_bars <= self._seq_len
         ):
-            raise ValueError(f"warmup_bars must be an integer in [0, seq_len={self._seq_len}], got {warmup_bars!r}")
+            raise ConfigError(
+                f"warmup_bars must be an integer in [0, seq_len={self._seq_len}], got {short_repr(warmup_bars)}"
+            )
         self._warmup = int(warmup_bars)
         padding = settings.seq_padding if padding is None else padding
         if padding not in PADDINGS:
-            raise ValueError(f"padding must be one of {', '.join(map(repr, PADDINGS))}, got {padding!r}")
+            raise ConfigError(f"padding must be one of {', '.join(map(repr, PADDINGS))}, got {short_repr(padding)}")
         self._padding = padding
         self._pad = PADDINGS[padding]
         self._ttl = _ttl_ns(ttl)
@@ -209,7 +258,7 @@ class SeqBufferManager:
         self._index: dict[str | None, int] = {}
         self._n = 0
         self._alloc(0)
-        names = list(symbols) if symbols is not None else []
+        names = _names(symbols, "symbols") if symbols is not None else []
         if symbol is not None and symbol not in names:
             names.append(symbol)
         if not names:
@@ -222,12 +271,11 @@ class SeqBufferManager:
     # ---------------------------------------------------------------- storage
 
     def _alloc(self, capacity: int) -> None:
-        data, state, stamps = _ring.allocate(capacity, self._seq_len, self._n_features)
+        data, state = _ring.allocate(capacity, self._seq_len, self._n_features)
         if self._n:
             data[: self._n] = self._data
             state[: self._n] = self._state
-            stamps[: self._n] = self._stamps
-        self._cap_data, self._cap_state, self._cap_stamps = data, state, stamps
+        self._cap_data, self._cap_state = data, state
         self._cap_bad = np.full(capacity, -1, dtype=np.int64)
         self._views()
 
@@ -236,7 +284,7 @@ class SeqBufferManager:
         n = self._n
         self._data = self._cap_data[:n]
         self._state = self._cap_state[:n]
-        self._stamps = self._cap_stamps[:n]
+        self._stamps = self._state[:, _ring.STAMP]  # a view: the kernels keep it current
         self._bad = self._cap_bad[:n]
         self._all = np.arange(n, dtype=np.int64)
 
@@ -259,7 +307,7 @@ class SeqBufferManager:
 
     def add_symbols(self, symbols: Iterable[str]) -> np.ndarray:
         """Register several symbols, reallocating at most once; returns their indices (int64)."""
-        symbols = list(symbols)
+        symbols = _names(symbols, "add_symbols")
         new = [s for s in dict.fromkeys(symbols) if s not in self._index]
         if self._n + len(new) > self._cap_data.shape[0]:
             self._alloc(max(self._n + len(new), 2 * self._n))
@@ -290,7 +338,7 @@ class SeqBufferManager:
 
     def indices(self, symbols: Iterable[Any]) -> np.ndarray:
         """Indices (int64 array) of registered symbols, for the allocation-free batch path."""
-        return np.array([self._idx(s) for s in symbols], dtype=np.int64)
+        return np.array([self._idx(s) for s in _names(symbols, "symbols")], dtype=np.int64)
 
     # ---------------------------------------------------------------- push
 
@@ -303,22 +351,55 @@ class SeqBufferManager:
         if features is _MISSING:
             features = symbol
             i = self._default_idx()
-        elif type(symbol) is int or isinstance(symbol, np.integer):
-            i = self._idx(symbol)
         else:
-            i = self._index.get(symbol)
-            if i is None:
-                i = self._register(symbol)
+            i = self._push_index(symbol)
         row = self._row(i, features)
+        stamp = self._stamp(i, timestamp)
+        code = _ring.push(self._data, self._state, i, row, stamp, self._ttl)
+        if code != _ring.OK:
+            raise self._row_error(i, row, code, stamp)
+
+    def push_and_get_sequence(
+        self, symbol: Any, features: Any, out: np.ndarray | None = None, *, timestamp: Any = None
+    ) -> np.ndarray:
+        """``push(symbol, features)`` then ``get_sequence(symbol, out)`` in one jitted call.
+
+        ``symbol`` None means the default symbol. Returns ``out`` ((1, seq_len, F) or
+        (seq_len, F) float32; allocated when None). A refused row raises as ``push`` does and
+        leaves both the buffer and ``out`` untouched.
+        """
+        # The checks of push / get_sequence, with their common cases inlined: this is the per-bar
+        # call, and each Python-level call here costs about as much as copying a thousand floats.
+        i = self._index.get(symbol, -1) if type(symbol) is str else -1
+        if i < 0:
+            i = self._default_idx() if symbol is None else self._push_index(symbol)
+        row = features
+        if type(row) is not np.ndarray or row.ndim != 1 or (row.dtype is not _F32 and row.dtype is not _F64):
+            row = self._row(i, features)
+        stamp = _NO_STAMP if timestamp is None and not self._ttl else self._stamp(i, timestamp)
+        if out is None:
+            out = np.empty((1, self._seq_len, self._n_features), dtype=np.float32)
+        target = out
+        if type(out) is not np.ndarray or out.ndim != 3 or out.dtype is not _F32 or out.shape[0] != 1:
+            target = self._out3(out)
+        code = _ring.push_read(self._data, self._state, i, row, stamp, self._ttl, target, 0, self._pad)
+        if code != _ring.OK:
+            raise self._out_error(out, 1) if code == _ring.BAD_OUT else self._row_error(i, row, code, stamp)
+        return out
+
+    def _push_index(self, symbol: Any) -> int:
+        """The index a push goes to: an int is checked, an unknown name is registered."""
+        if type(symbol) is int or isinstance(symbol, np.integer):
+            return self._idx(symbol)
+        i = self._index.get(symbol)
+        return self._register(symbol) if i is None else i
+
+    def _stamp(self, i: int, timestamp: Any) -> int:
         if timestamp is None:
             if self._ttl:
                 raise InferenceError(f"symbol {self._names[i]!r}: a bar timestamp is required when ttl is set")
-            stamp = _NO_STAMP
-        else:
-            stamp = timestamp_ns(timestamp)
-        code = _ring.push(self._data, self._state, self._stamps, i, row, stamp, self._ttl)
-        if code != _ring.OK:
-            raise self._row_error(i, row, code, stamp)
+            return _NO_STAMP
+        return timestamp_ns(timestamp)
 
     def push_all(self, block: Any, *, timestamp: Any = None, strict: bool = True) -> int:
         """One bar for every registered symbol: ``block`` is (n_symbols, F) in index order.
@@ -329,6 +410,30 @@ class SeqBufferManager:
         """
         return self._push_rows(self._all, block, timestamp, strict)
 
+    def push_all_and_get_batch(
+        self, block: Any, out: np.ndarray | None = None, *, timestamp: Any = None, strict: bool = True
+    ) -> np.ndarray:
+        """``push_all(block, strict=strict)`` then ``get_batch(None, out)`` in one jitted call.
+
+        Returns ``out`` ((n_symbols, seq_len, F) float32; allocated when None). Non-strict,
+        skipped rows are in ``rejected_columns`` and their symbols read their unchanged
+        sequence; a refused block raises as ``push_all`` does and leaves the buffer and ``out``
+        untouched. This is the live predictor's one call per bar.
+        """
+        block = self._block(self._all, block)
+        stamp = self._block_stamp(timestamp)
+        if out is None:
+            out = np.empty((self._n, self._seq_len, self._n_features), dtype=np.float32)
+        elif type(out) is not np.ndarray or out.dtype is not _F32 or out.ndim != 3:
+            raise self._out_error(out, self._n)
+        code = _ring.push_block_read(
+            self._data, self._state, self._all, block, self._bad, strict, stamp, self._ttl, out, self._pad
+        )
+        if code == _ring.BAD_OUT:
+            raise self._out_error(out, self._n)
+        self._block_outcome(self._all, block, code, strict, stamp)
+        return out
+
     def push_many(self, symbols: Any, block: Any, *, timestamp: Any = None, strict: bool = True) -> int:
         """Like ``push_all`` for a subset: ``block[i]`` goes to ``symbols[i]`` (names, ints or
         an int64 index array; names must be registered)."""
@@ -336,8 +441,18 @@ class SeqBufferManager:
         return self._push_rows(idx, block, timestamp, strict)
 
     def _push_rows(self, idx: np.ndarray, block: Any, timestamp: Any, strict: bool) -> int:
+        block = self._block(idx, block)
+        stamp = self._block_stamp(timestamp)
+        code = _ring.push_block(self._data, self._state, idx, block, self._bad, strict, stamp, self._ttl)
+        return self._block_outcome(idx, block, code, strict, stamp)
+
+    def _block(self, idx: np.ndarray, block: Any) -> np.ndarray:
+        """``block`` as an (n, F) float32/float64 array, or ``InferenceError``."""
         if type(block) is not np.ndarray:
-            block = np.asarray(block)
+            try:
+                block = np.asarray(block, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise InferenceError(f"feature block is not numeric ({type(block).__name__})") from None
         n = idx.shape[0]
         if (
             block.ndim != 2
@@ -351,10 +466,15 @@ class SeqBufferManager:
             )
         if n > self._bad.shape[0]:
             raise InferenceError(f"{n} rows but only {self._n} symbols are registered")
-        stamp = self._block_stamp(timestamp)
-        code = _ring.push_block(self._data, self._state, self._stamps, idx, block, self._bad, strict, stamp, self._ttl)
+        if block.dtype is not _F32 and block.dtype is not _F64:
+            block = block.astype(np.float64)  # float16, ints, other byte orders: exact in float64
+        return block
+
+    def _block_outcome(self, idx: np.ndarray, block: np.ndarray, code: int, strict: bool, stamp: int) -> int:
+        """The kernel's status code as the rejected-row count, or the ``InferenceError`` it means."""
+        n = idx.shape[0]
         if code == _ring.BAD_INDEX:
-            raise InferenceError(f"symbol index out of range (0..{self._n - 1}) in {idx!r}")
+            raise InferenceError(f"symbol index out of range (0..{self._n - 1}) in {short_repr(idx.tolist())}")
         if code == _ring.BAD_TIME:
             raise InferenceError(
                 f"bar timestamp {stamp} ns is older than the newest row of some symbol; block rejected"
@@ -392,6 +512,8 @@ class SeqBufferManager:
         return self._bad
 
     def _row(self, i: int, features: Any) -> np.ndarray:
+        if type(features) is np.ndarray and features.ndim == 1 and (features.dtype is _F32 or features.dtype is _F64):
+            return features  # the hot path: the kernel checks the length
         if type(features) is not np.ndarray:
             try:
                 features = np.asarray(features, dtype=np.float64)
@@ -406,10 +528,17 @@ class SeqBufferManager:
                 f"symbol {self._names[i]!r}: feature row has shape {features.shape} and dtype {features.dtype}, "
                 f"expected ({self._n_features},) or (1, {self._n_features}) real numbers"
             )
+        if features.dtype is not _F32 and features.dtype is not _F64:
+            features = features.astype(np.float64)  # float16, ints, other byte orders: exact in float64
         return features
 
     def _row_error(self, i: int, row: np.ndarray, code: int, stamp: int) -> InferenceError:
         name = self._names[i]
+        if code == _ring.BAD_SHAPE:
+            return InferenceError(
+                f"symbol {name!r}: feature row has shape {row.shape} and dtype {row.dtype}, "
+                f"expected ({self._n_features},) or (1, {self._n_features}) real numbers"
+            )
         if code == _ring.BAD_TIME:
             return InferenceError(
                 f"symbol {name!r}: bar timestamp {stamp} ns is older than its newest row "
@@ -432,15 +561,24 @@ class SeqBufferManager:
         i = self._default_idx() if symbol is None else self._idx(symbol)
         if out is None:
             out = np.empty((1, self._seq_len, self._n_features), dtype=np.float32)
-        if out.dtype != np.float32 or out.ndim not in (2, 3) or (out.ndim == 3 and out.shape[0] != 1):
-            raise InferenceError(
-                f"out has shape {out.shape} and dtype {out.dtype}, "
-                f"expected (1, {self._seq_len}, {self._n_features}) float32"
-            )
-        code = _ring.read(self._data, self._state, i, out[0] if out.ndim == 3 else out, self._pad)
-        if code != _ring.OK:
-            raise InferenceError(f"out has shape {out.shape}, expected (1, {self._seq_len}, {self._n_features})")
+        if _ring.read(self._data, self._state, i, self._out3(out), 0, self._pad) != _ring.OK:
+            raise self._out_error(out, 1)
         return out
+
+    def _out3(self, out: Any) -> np.ndarray:
+        """A single sequence's ``out`` as the (1, T, F) float32 array the kernels write; the
+        kernels check T and F."""
+        if type(out) is not np.ndarray or out.dtype is not _F32 or out.ndim not in (2, 3):
+            raise self._out_error(out, 1)
+        if out.ndim == 2:
+            return out[np.newaxis]
+        if out.shape[0] != 1:
+            raise self._out_error(out, 1)
+        return out
+
+    def _out_error(self, out: Any, n: int) -> InferenceError:
+        got = f"shape {out.shape} and dtype {out.dtype}" if isinstance(out, np.ndarray) else type(out).__name__
+        return InferenceError(f"out has {got}, expected ({n}, {self._seq_len}, {self._n_features}) float32")
 
     def get_batch(self, symbols: Any = None, out: np.ndarray | None = None) -> np.ndarray:
         """Sequences of ``symbols`` (all registered if None) as (n, seq_len, F) float32.
@@ -456,18 +594,13 @@ class SeqBufferManager:
             idx = self.indices(symbols)
         if out is None:
             out = np.empty((idx.shape[0], self._seq_len, self._n_features), dtype=np.float32)
-        if out.dtype != np.float32 or out.ndim != 3:
-            raise InferenceError(
-                f"out has shape {out.shape} and dtype {out.dtype}, "
-                f"expected ({idx.shape[0]}, {self._seq_len}, {self._n_features}) float32"
-            )
+        elif type(out) is not np.ndarray or out.dtype is not _F32 or out.ndim != 3:
+            raise self._out_error(out, idx.shape[0])
         code = _ring.read_batch(self._data, self._state, idx, out, self._pad)
         if code == _ring.BAD_INDEX:
-            raise InferenceError(f"symbol index out of range (0..{self._n - 1}) in {idx!r}")
+            raise InferenceError(f"symbol index out of range (0..{self._n - 1}) in {short_repr(idx.tolist())}")
         if code != _ring.OK:
-            raise InferenceError(
-                f"out has shape {out.shape}, expected ({idx.shape[0]}, {self._seq_len}, {self._n_features})"
-            )
+            raise self._out_error(out, idx.shape[0])
         return out
 
     # ---------------------------------------------------------------- readiness, time
@@ -510,13 +643,14 @@ class SeqBufferManager:
         """
         if not self._ttl:
             return 0
-        return int(_ring.expire_before(self._state, self._stamps, max(timestamp_ns(now) - self._ttl, _NO_STAMP)))
+        return int(_ring.expire_before(self._state, max(timestamp_ns(now) - self._ttl, _NO_STAMP)))
 
     def reset(self, symbol: Any = _MISSING) -> None:
         """Empty one symbol's ring (and forget its time), or every ring when called without one."""
         sl = slice(None) if symbol is _MISSING else self._idx(symbol)
-        self._state[sl] = 0
-        self._stamps[sl] = _NO_STAMP
+        self._state[sl, _ring.POS] = 0
+        self._state[sl, _ring.COUNT] = 0
+        self._state[sl, _ring.STAMP] = _NO_STAMP
 
     # ---------------------------------------------------------------- properties
 
@@ -568,17 +702,15 @@ class SeqBufferManager:
     # ---------------------------------------------------------------- state
 
     def to_dict(self) -> dict[str, Any]:
-        """A versioned, JSON-safe snapshot; ``from_dict(to_dict())`` reads back identically.
+        """A ``fastinfer.state`` envelope (kind "seqbuffer", version 2); ``from_dict(to_dict())``
+        reads back identically.
 
         Rows are stored chronologically and end-aligned (zeros in front), so equal contents
         give equal dicts whatever the ring positions were.
         """
-        rows = np.zeros((self._n, self._seq_len, self._n_features), dtype="<f4")
+        rows = np.zeros((self._n, self._seq_len, self._n_features), dtype=np.float32)
         _ring.read_batch(self._data, self._state, self._all, rows, _ring.PAD_ZEROS)
-        raw = rows.tobytes()
-        return {
-            "format": FORMAT,
-            "version": VERSION,
+        payload = {
             "seq_len": self._seq_len,
             "n_features": self._n_features,
             "warmup_bars": self._warmup,
@@ -588,10 +720,9 @@ class SeqBufferManager:
             "default_index": self._default,
             "counts": [int(c) for c in self._state[:, _ring.COUNT]],
             "stamps": [None if s == _NO_STAMP else int(s) for s in self._stamps],
-            "dtype": "<f4",
-            "data": base64.b64encode(raw).decode("ascii"),
-            "sha256": hashlib.sha256(raw).hexdigest(),
+            "rows": _state.encode_array(rows),
         }
+        return _state.wrap(KIND, VERSION, payload)
 
     @classmethod
     def from_dict(
@@ -602,87 +733,56 @@ class SeqBufferManager:
         n_features: int | None = None,
         source: str = "buffer state",
     ) -> SeqBufferManager:
-        """Rebuild from ``to_dict()`` output; every field is checked (``StateError`` names it).
+        """Rebuild from ``to_dict()`` output (or a version 1 dict); every field is checked and a
+        bad one is a ``StateError`` naming it.
 
         ``seq_len`` / ``n_features``: what the caller expects; a state of another shape is
         a ``StateError`` rather than a silently different buffer.
         """
+        if isinstance(state, dict) and state.get("format") == LEGACY_FORMAT:
+            payload = _payload_of_version_1(state, source)
+        else:
+            _, payload = _state.unwrap(state, KIND, {VERSION}, source=source)
 
         def fail(field: str, problem: str) -> StateError:
             return StateError(f"{source}: field {field!r}: {problem}")
 
-        if not isinstance(state, dict):
-            raise StateError(f"{source}: expected a mapping, got {type(state).__name__}")
-        for key in (
-            "format",
-            "version",
-            "seq_len",
-            "n_features",
-            "warmup_bars",
-            "padding",
-            "ttl_ns",
-            "symbols",
-            "default_index",
-            "counts",
-            "stamps",
-            "dtype",
-            "data",
-            "sha256",
-        ):
-            if key not in state:
+        for key in _PAYLOAD_KEYS:
+            if key not in payload:
                 raise fail(key, "missing")
-        if state["format"] != FORMAT:
-            raise fail("format", f"{state['format']!r} is not {FORMAT!r}")
-        if state["version"] != VERSION or isinstance(state["version"], bool):
-            raise fail("version", f"unsupported version {state['version']!r} (this build reads {VERSION})")
 
-        def integer(field: str, lo: int, hi: int | None = None, value: Any = _MISSING) -> int:
-            value = state[field] if value is _MISSING else value
-            if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-                raise fail(field, f"{value!r} is not an integer in [{lo}, {hi if hi is not None else '∞'}]")
-            return value
+        def integer(field: str, lo: int, hi: int, value: Any = _MISSING) -> int:
+            return _state.integer(payload[field] if value is _MISSING else value, field, lo, hi, source=source)
 
-        t = integer("seq_len", 1)
-        f = integer("n_features", 1)
+        t = integer("seq_len", 1, MAX_SEQ_LEN)
+        f = integer("n_features", 1, MAX_FEATURES)
         if seq_len is not None and t != seq_len:
             raise fail("seq_len", f"state has {t}, expected {seq_len}")
         if n_features is not None and f != n_features:
             raise fail("n_features", f"state has {f}, expected {n_features}")
+        if t * f > MAX_WINDOW:
+            raise fail("n_features", f"seq_len x n_features = {t * f} is above the limit {MAX_WINDOW}")
         warmup = integer("warmup_bars", 0, t)
-        if state["padding"] not in PADDINGS:
-            raise fail("padding", f"{state['padding']!r} is not one of {', '.join(map(repr, PADDINGS))}")
-        ttl = None if state["ttl_ns"] is None else integer("ttl_ns", 1)
-        names = state["symbols"]
+        if not isinstance(payload["padding"], str) or payload["padding"] not in PADDINGS:
+            raise fail("padding", f"{short_repr(payload['padding'])} is not one of {', '.join(map(repr, PADDINGS))}")
+        ttl = None if payload["ttl_ns"] is None else integer("ttl_ns", 1, _MAX_STAMP)
+        names = payload["symbols"]
         if not isinstance(names, list) or not names or not all(s is None or isinstance(s, str) for s in names):
             raise fail("symbols", "expected a non-empty list of strings")
         if len(set(names)) != len(names):
             raise fail("symbols", "duplicate names")
         n = len(names)
-        default = None if state["default_index"] is None else integer("default_index", 0, n - 1)
-        counts, stamps = state["counts"], state["stamps"]
+        default = None if payload["default_index"] is None else integer("default_index", 0, n - 1)
+        counts, stamps = payload["counts"], payload["stamps"]
         if not isinstance(counts, list) or len(counts) != n:
             raise fail("counts", f"expected a list of {n} integers")
         counts = [integer("counts", 0, t, c) for c in counts]
         if not isinstance(stamps, list) or len(stamps) != n:
             raise fail("stamps", f"expected a list of {n} integers or nulls")
-        stamps = [_NO_STAMP if s is None else integer("stamps", _NO_STAMP + 1, None, s) for s in stamps]
-        if state["dtype"] != "<f4":
-            raise fail("dtype", f"{state['dtype']!r} is not '<f4'")
-        if not isinstance(state["data"], str):
-            raise fail("data", "expected a base64 string")
-        try:
-            raw = base64.b64decode(state["data"].encode("ascii"), validate=True)
-        except (binascii.Error, UnicodeEncodeError) as exc:
-            raise fail("data", f"not valid base64 ({exc})") from None
-        if len(raw) != n * t * f * 4:
-            raise fail("data", f"{len(raw)} bytes, expected {n * t * f * 4} for {n} × {t} × {f} float32")
-        if hashlib.sha256(raw).hexdigest() != state["sha256"]:
-            raise fail("data", "does not match its sha256 (corrupt state)")
-        rows = np.frombuffer(raw, dtype="<f4").reshape(n, t, f)
-        if not np.isfinite(rows).all():
-            raise fail("data", "contains NaN/inf")
+        stamps = [_NO_STAMP if s is None else integer("stamps", _NO_STAMP + 1, _MAX_STAMP, s) for s in stamps]
+        rows = _state.decode_array(payload["rows"], "rows", dtype="<f4", shape=(n, t, f), finite=True, source=source)
 
-        self = cls(t, f, warmup_bars=warmup, padding=state["padding"])
+        self = cls(t, f, warmup_bars=warmup, padding=payload["padding"])
         # Rebuild the exact registration order (an anonymous symbol included).
         self._names, self._index, self._n = [], {}, 0
         self._alloc(n)
@@ -690,8 +790,10 @@ class SeqBufferManager:
             self._register(s)
         self._ttl = ttl or 0
         self._default = default
-        self._data[:] = rows
-        self._state[:, _ring.POS] = 0  # end-aligned: the newest row is at T-1, the next goes to 0
+        # End-aligned in both halves of the mirror: the newest row is at T-1, the next goes to 0.
+        self._data[:, :t] = rows
+        self._data[:, t:] = rows
+        self._state[:, _ring.POS] = 0
         self._state[:, _ring.COUNT] = counts
         self._stamps[:] = stamps
         return self
@@ -705,8 +807,42 @@ class SeqBufferManager:
         """Read a ``save``d state; ``StateError`` naming the file (and field) if it is corrupt or
         does not match the expected ``seq_len`` / ``n_features``. A missing file raises
         ``FileNotFoundError``."""
-        try:
-            state = read_json(path)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise StateError(f"{path}: not a valid buffer state file ({exc})") from None
-        return cls.from_dict(state, seq_len=seq_len, n_features=n_features, source=str(path))
+        return cls.from_dict(_state.read_bounded(path), seq_len=seq_len, n_features=n_features, source=str(path))
+
+
+_PAYLOAD_KEYS = (
+    "seq_len",
+    "n_features",
+    "warmup_bars",
+    "padding",
+    "ttl_ns",
+    "symbols",
+    "default_index",
+    "counts",
+    "stamps",
+    "rows",
+)
+
+
+def _payload_of_version_1(state: dict[str, Any], source: str) -> dict[str, Any]:
+    """A version 1 dict (flat, sha256 over the raw rows) as a version 2 payload, its checksum checked."""
+    for key in (*_PAYLOAD_KEYS[:-1], "version", "dtype", "data", "sha256"):
+        if key not in state:
+            raise StateError(f"{source}: field {key!r}: missing")
+    if state["version"] != 1 or isinstance(state["version"], bool):
+        raise StateError(f"{source}: field 'version': {short_repr(state['version'])} is not 1 (format {LEGACY_FORMAT})")
+    if state["dtype"] != "<f4":
+        raise StateError(f"{source}: field 'dtype': {short_repr(state['dtype'])} is not '<f4'")
+    if not isinstance(state["data"], str):
+        raise StateError(f"{source}: field 'data': expected a base64 string")
+    try:
+        raw = base64.b64decode(state["data"].encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise StateError(f"{source}: field 'data': not valid base64 ({exc})") from None
+    if hashlib.sha256(raw).hexdigest() != state["sha256"]:
+        raise StateError(f"{source}: field 'data': does not match its sha256 (corrupt state)")
+    payload = {key: state[key] for key in _PAYLOAD_KEYS[:-1]}
+    n = len(state["symbols"]) if isinstance(state["symbols"], list) else 0
+    shape = [n, state["seq_len"], state["n_features"]]
+    payload["rows"] = {"dtype": "<f4", "shape": shape, "data": state["data"]}  # decode_array checks it
+    return payload

@@ -21,7 +21,6 @@ from typing import Any, Literal
 
 import yaml
 
-from . import families
 from .errors import ConfigError
 from .state import short_repr
 
@@ -175,6 +174,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
 
 def _families(where: str, names: tuple[str, ...]) -> tuple[str, ...]:
     """Canonical family names; an unknown one is refused now, not at the first prediction."""
+    from . import families  # here: the registry imports every adapter, which a config read does not need
+
     canonical = []
     for i, name in enumerate(names):
         family = families.find(name)

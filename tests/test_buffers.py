@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from fastinfer import atomic
-from fastinfer.buffers import FORMAT, SeqBufferManager, timestamp_ns
+from fastinfer import state as state_envelope
+from fastinfer.buffers import KIND, VERSION, SeqBufferManager, timestamp_ns
 from fastinfer.config import ModelSettings
 from fastinfer.errors import InferenceError, StateError
 
@@ -125,6 +126,77 @@ def test_batch_push_and_get_equal_per_symbol():
     assert batch.get_batch(idx, out=out) is out
     np.testing.assert_array_equal(out, got)
     np.testing.assert_array_equal(batch.get_batch(), single.get_batch(names))
+
+
+# ---------------------------------------------------------------- one call per bar (#19.4)
+
+
+@pytest.mark.parametrize("padding", ["repeat_first", "zeros"])
+def test_push_and_get_sequence_equals_push_then_get_sequence(padding):
+    rng = np.random.default_rng(11)
+    t, f = 7, 4
+    fused = SeqBufferManager(t, f, symbols=["A", "B"], padding=padding, warmup_bars=3, ttl=10)
+    split = SeqBufferManager(t, f, symbols=["A", "B"], padding=padding, warmup_bars=3, ttl=10)
+    out3, out2 = np.empty((1, t, f), dtype=np.float32), np.empty((t, f), dtype=np.float32)
+    stamp = 0
+    for step in range(30 * t + 3):  # many laps of the mirror, a ttl gap now and then
+        stamp += 25 if step % 37 == 36 else 1
+        s = "AB"[int(rng.integers(2))]
+        row = rng.standard_normal(f) if step % 3 else rng.standard_normal(f).astype(np.float32)
+        out = out3 if step % 2 else out2
+        assert fused.push_and_get_sequence(s, row, out, timestamp=stamp) is out
+        split.push(s, row, timestamp=stamp)
+        np.testing.assert_array_equal(out.reshape(1, t, f), split.get_sequence(s))
+        assert (fused.count(s), fused.ready(s, now=stamp)) == (split.count(s), split.ready(s, now=stamp))
+    assert fused.to_dict() == split.to_dict()
+    # Without out it allocates one; symbol None is the default symbol, as in push(features).
+    spec = SeqBufferManager(3, 2, "X", padding=padding)
+    first = [[1.0, 2.0]] * 3 if padding == "repeat_first" else [[0.0, 0.0], [0.0, 0.0], [1.0, 2.0]]
+    np.testing.assert_array_equal(spec.push_and_get_sequence(None, [1.0, 2.0]), [first])
+    # A refused row changes neither the buffer nor out.
+    before, out_before = fused.to_dict(), out3.copy()
+    with pytest.raises(InferenceError, match="non-finite value nan at column 1"):
+        fused.push_and_get_sequence(s, [0.0, np.nan, 0.0, 0.0], out3, timestamp=stamp)
+    with pytest.raises(InferenceError, match="older than its newest row"):
+        fused.push_and_get_sequence(s, np.zeros(f), out3, timestamp=stamp - 1)  # s's newest is at stamp
+    with pytest.raises(InferenceError, match=r"out has shape \(1, 6, 4\)"):
+        fused.push_and_get_sequence(s, np.zeros(f), np.empty((1, 6, f), np.float32), timestamp=stamp)
+    assert fused.to_dict() == before
+    np.testing.assert_array_equal(out3, out_before)
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_push_all_and_get_batch_equals_push_all_then_get_batch(strict):
+    rng = np.random.default_rng(12)
+    names = [f"S{i}" for i in range(9)]
+    fused = SeqBufferManager(6, 3, symbols=names, warmup_bars=2)
+    split = SeqBufferManager(6, 3, symbols=names, warmup_bars=2)
+    out = np.empty((9, 6, 3), dtype=np.float32)
+    for bar in range(40):
+        block = rng.standard_normal((9, 3))
+        if bar % 5 == 4:
+            block[int(rng.integers(9)), int(rng.integers(3))] = np.nan
+        before = out.copy()
+        if strict and bar % 5 == 4:
+            with pytest.raises(InferenceError, match="block rejected, nothing written"):
+                fused.push_all_and_get_batch(block, out, timestamp=bar, strict=True)
+            np.testing.assert_array_equal(out, before)  # a refused block reads nothing either
+            with pytest.raises(InferenceError):
+                split.push_all(block, timestamp=bar, strict=True)
+        else:
+            assert fused.push_all_and_get_batch(block, out, timestamp=bar, strict=strict) is out
+            split.push_all(block, timestamp=bar, strict=strict)
+            np.testing.assert_array_equal(fused.rejected_columns, split.rejected_columns)
+        np.testing.assert_array_equal(out, split.get_batch())
+        np.testing.assert_array_equal(fused.ready_mask(bar), split.ready_mask(bar))
+    assert fused.to_dict() == split.to_dict()
+    with pytest.raises(InferenceError, match="older than the newest row"):
+        fused.push_all_and_get_batch(np.ones((9, 3)), out, timestamp=0)
+    with pytest.raises(InferenceError, match=r"out has shape \(9, 5, 3\)"):
+        fused.push_all_and_get_batch(np.ones((9, 3)), np.empty((9, 5, 3), np.float32), timestamp=99)
+    with pytest.raises(InferenceError, match=r"out has shape \(9, 6, 3\) and dtype float64"):
+        fused.push_all_and_get_batch(np.ones((9, 3)), np.empty((9, 6, 3)), timestamp=99)
+    assert fused.to_dict() == split.to_dict()  # none of the refused calls wrote anything
 
 
 def test_symbols_register_on_first_push_and_growth_keeps_data():
@@ -325,7 +397,15 @@ def test_to_dict_from_dict_round_trip_exact():
         if k % 3 == 0:
             buffer.push("B", rng.standard_normal(3).astype(np.float32) * 1e-30, timestamp=1_000_000_000 * k)
     state = buffer.to_dict()
-    assert state["format"] == FORMAT and state["version"] == 1
+    assert (
+        (state["format"], state["kind"], state["version"])
+        == ("fastinfer.state", KIND, VERSION)
+        == (
+            state_envelope.FORMAT,
+            "seqbuffer",
+            2,
+        )
+    )
     text = json.dumps(state)
     restored = SeqBufferManager.from_dict(json.loads(text))
     assert restored.to_dict() == state
@@ -380,30 +460,57 @@ def test_crash_between_temp_write_and_rename_keeps_old_state(tmp_path, monkeypat
     assert SeqBufferManager.load(path).count("A") == 3
 
 
-def _corrupt_cases():
-    def flip_data(s):
-        raw = bytearray(s["data"].encode())
-        raw[10] = ord("A") if raw[10] != ord("A") else ord("B")
-        s["data"] = raw.decode()
+def _payload_cases():
+    """Payloads a writer could produce but that are wrong: re-wrapped, so the checksum passes
+    and each field's own check must catch them."""
+
+    def rows(change):
+        def apply(p):
+            p["rows"] = dict(p["rows"], **change(p["rows"]))
+
+        return apply
 
     return {
-        "data": flip_data,
-        "version": lambda s: s.update(version=2),
-        "format": lambda s: s.update(format="other"),
-        "counts": lambda s: s.update(counts=[99]),
-        "symbols": lambda s: s.update(symbols=[1]),
-        "padding": lambda s: s.update(padding="edge"),
-        "stamps": lambda s: s.update(stamps=["x"]),
-        "sha256": lambda s: s.pop("sha256"),
-        "seq_len": lambda s: s.update(seq_len=0),
+        "counts": lambda p: p.update(counts=[99]),
+        "symbols": lambda p: p.update(symbols=[1]),
+        "padding": lambda p: p.update(padding="edge"),
+        "stamps": lambda p: p.update(stamps=["x"]),
+        "seq_len": lambda p: p.update(seq_len=0),
+        "rows": rows(lambda r: {"dtype": "<f2"}),
     }
 
 
-@pytest.mark.parametrize("field", list(_corrupt_cases()))
-def test_corrupt_state_file_is_rejected_naming_file_and_field(tmp_path, field):
+@pytest.mark.parametrize("field", list(_payload_cases()))
+def test_bad_payload_field_is_rejected_naming_file_and_field(tmp_path, field):
+    buffer = filled(SeqBufferManager(5, 2, symbols=["A"]), np.random.default_rng(8), 6)
+    version, payload = state_envelope.unwrap(buffer.to_dict(), KIND, {VERSION})
+    _payload_cases()[field](payload)
+    path = tmp_path / "buffer.json"
+    path.write_text(json.dumps(state_envelope.wrap(KIND, version, payload)))
+    with pytest.raises(StateError, match=rf"buffer\.json: field '{field}'"):
+        SeqBufferManager.load(path)
+
+
+def _envelope_cases():
+    def flip_rows(s):
+        raw = bytearray(s["payload"]["rows"]["data"].encode())
+        raw[10] = ord("A") if raw[10] != ord("A") else ord("B")
+        s["payload"]["rows"]["data"] = raw.decode()
+
+    return {
+        "sha256": flip_rows,  # one flipped byte anywhere in the payload
+        "version": lambda s: s.update(version=3),
+        "kind": lambda s: s.update(kind="features"),
+        "format": lambda s: s.update(format="other"),
+        "payload": lambda s: s.pop("payload"),
+    }
+
+
+@pytest.mark.parametrize("field", list(_envelope_cases()))
+def test_corrupt_envelope_is_rejected_naming_file_and_field(tmp_path, field):
     buffer = filled(SeqBufferManager(5, 2, symbols=["A"]), np.random.default_rng(8), 6)
     state = buffer.to_dict()
-    _corrupt_cases()[field](state)
+    _envelope_cases()[field](state)
     path = tmp_path / "buffer.json"
     path.write_text(json.dumps(state))
     with pytest.raises(StateError, match=rf"buffer\.json: field '{field}'"):
@@ -419,13 +526,13 @@ def test_truncated_or_mismatched_file_is_rejected(tmp_path):
     with pytest.raises(StateError, match=r"field 'n_features': state has 2, expected 200"):
         SeqBufferManager.load(path, n_features=200)
     path.write_bytes(path.read_bytes()[:-40])
-    with pytest.raises(StateError, match=r"buffer\.json: not a valid buffer state file"):
+    with pytest.raises(StateError, match=r"buffer\.json: not a valid state file"):
         SeqBufferManager.load(path)
     path.write_bytes(b"\xff\xfe garbage")
     with pytest.raises(StateError, match=r"buffer\.json"):
         SeqBufferManager.load(path)
     path.write_text("[1, 2]")
-    with pytest.raises(StateError, match="expected a mapping"):
+    with pytest.raises(StateError, match="expected a state object"):
         SeqBufferManager.load(path)
 
 
@@ -441,8 +548,12 @@ def test_hot_path_allocates_nothing_per_bar():
     out_one = np.empty((1, 30, 8), dtype=np.float32)
     out_batch = np.empty((8, 30, 8), dtype=np.float32)
 
+    out_all = np.empty((16, 30, 8), dtype=np.float32)
+
     def bar(k):
         buffer.push_all(rows[k])
+        buffer.push_all_and_get_batch(rows[k], out_all)
+        buffer.push_and_get_sequence("S2", rows[k, 2], out_one)
         buffer.push("S3", rows[k, 3])
         buffer.push(5, rows[k, 5])
         buffer.get_sequence("S1", out=out_one)

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fastinfer import artifacts, config
-from fastinfer.buffers import SeqBufferManager
+from fastinfer import state as envelope
+from fastinfer.buffers import KIND, VERSION, SeqBufferManager
 from fastinfer.errors import FastInferError, InferenceError, ModelLoadError, StateError
 from fastinfer.features import FeatureBuilder, StreamingFeatures
 from fastinfer.loader import ModelLoader
@@ -196,15 +197,15 @@ def test_streaming_features_never_raise_and_bad_bars_change_nothing(bars):
         np.testing.assert_array_equal(sf.stale, bad)
 
 
+buffer_rows = hnp.arrays(
+    st.sampled_from([np.float64, np.float32, np.float16, np.int64, np.int8, np.bool_, np.complex128, ">f8"]),
+    hnp.array_shapes(min_dims=1, max_dims=3, max_side=5),
+    elements=None,
+) | st.lists(finite_or_not, max_size=6)
+
+
 @BOUNDED
-@given(
-    row=hnp.arrays(
-        st.sampled_from([np.float64, np.float32, np.int64, np.bool_, np.complex128]),
-        hnp.array_shapes(min_dims=1, max_dims=3, max_side=5),
-        elements=None,
-    )
-    | st.lists(finite_or_not, max_size=6)
-)
+@given(row=buffer_rows)
 def test_buffer_push_is_stored_or_an_inference_error_and_a_rejected_row_changes_nothing(row):
     example("sequence buffer: arbitrary rows")
     buffer = SeqBufferManager(4, 3, "S")
@@ -216,6 +217,66 @@ def test_buffer_push_is_stored_or_an_inference_error_and_a_rejected_row_changes_
         assert buffer.to_dict() == before
         return
     assert buffer.count() == 2 and np.isfinite(buffer.get_sequence()).all()
+
+
+@BOUNDED
+@given(rows=st.lists(buffer_rows, min_size=1, max_size=12), stamps=st.lists(st.integers(-5, 40), max_size=12))
+def test_push_and_get_sequence_is_push_then_get_sequence(rows, stamps):
+    """The one-call path over the mirrored ring and the two-call path agree on every row, bad
+    rows and bar times included: same outcome, same sequence, same state."""
+    example("sequence buffer: push_and_get_sequence vs push + get_sequence")
+    fused, split = (SeqBufferManager(4, 3, "S", ttl=10, padding="zeros") for _ in range(2))
+    out = np.full((1, 4, 3), 9.0, dtype=np.float32)
+    for k, row in enumerate(rows):
+        stamp = stamps[k] if k < len(stamps) else 41 + k
+        before = out.copy()
+        try:
+            fused.push_and_get_sequence("S", row, out, timestamp=stamp)
+        except InferenceError as exc:
+            np.testing.assert_array_equal(out, before)
+            with pytest.raises(InferenceError) as info:
+                split.push("S", row, timestamp=stamp)
+            assert str(info.value) == str(exc)
+            continue
+        split.push("S", row, timestamp=stamp)
+        np.testing.assert_array_equal(out, split.get_sequence("S"))
+    assert fused.to_dict() == split.to_dict()
+
+
+@pytest.fixture(scope="module")
+def buffer_state():
+    buffer = SeqBufferManager(3, 2, symbols=["A", "B"], ttl=60)
+    buffer.push_all(np.array([[1.0, 2.0], [3.0, 4.0]]), timestamp=10**18)
+    return envelope.unwrap(buffer.to_dict(), KIND, {VERSION})[1]
+
+
+@BOUNDED
+@given(edits=st.data())
+def test_any_buffer_payload_is_a_buffer_or_a_state_error(buffer_state, edits):
+    """Payloads with fields replaced, removed or added, re-wrapped so the checksum passes: only
+    the fields' own checks stand between them and the ring kernels."""
+    example("sequence buffer state: mutated payloads")
+    payload = _apply(buffer_state, edits.draw(_mutations(buffer_state)))
+    try:
+        wrapped = envelope.wrap(KIND, VERSION, payload)
+    except ValueError:  # NaN/inf: no writer produces it, but JSON's Infinity literal reads as one
+        wrapped = {"format": envelope.FORMAT, "kind": KIND, "version": VERSION, "sha256": "0", "payload": payload}
+    try:
+        restored = SeqBufferManager.from_dict(wrapped)
+    except StateError:
+        return
+    restored.push_all(np.ones((restored.n_symbols, restored.n_features)), timestamp=2 * 10**18)
+    assert np.isfinite(restored.get_batch()).all()
+
+
+@BOUNDED
+@given(doc=json_values)
+def test_any_json_as_a_state_envelope_is_a_state_error(doc):
+    example("state envelope: arbitrary JSON")
+    with pytest.raises(StateError):
+        envelope.unwrap(doc, KIND, {VERSION})
+    with pytest.raises(StateError):
+        SeqBufferManager.from_dict(doc)
 
 
 @pytest.fixture(scope="module")
