@@ -1,5 +1,6 @@
 """Faults across real processes: SIGKILL in the middle of a state write leaves a complete old or
-new file; the SPSC ring survives a consumer restart and a producer restart."""
+new file; the SPSC ring survives a consumer restart, a producer restart, and its creator's
+death or exit."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import multiprocessing as mp
 import os
 import signal
+import subprocess
+import sys
 import time
 from multiprocessing import shared_memory
 from pathlib import Path
@@ -159,13 +162,16 @@ def _consume(name: str, counts_name: str, n: int) -> None:
         ring.commit(k)
 
 
-def _produce(name: str, n: int) -> None:
-    """Child producer: attach and continue at the ring's next sequence number."""
+def _produce(name: str, n: int, limit=None) -> None:
+    """Child producer: attach and continue at the ring's next sequence number; with ``limit``
+    (a shared int) it publishes no sequence number at or past ``limit.value`` until raised."""
     ring = SPSCRing.attach(name, timeout=30.0)
     while ring.next_seq < n:
         start = ring.next_seq
-        seqs = np.arange(start, min(start + 50, n), dtype=np.int64)
-        ring.put_many(_payload(seqs), seqs)
+        stop = min(start + 50, n, n if limit is None else limit.value)
+        if stop > start:
+            seqs = np.arange(start, stop, dtype=np.int64)
+            ring.put_many(_payload(seqs), seqs)
         time.sleep(0.0005)  # a feed's pace: restarts then land mid-stream
 
 
@@ -183,36 +189,51 @@ def compiled_kernels():
     spsc.warmup()  # forked children inherit compiled kernels instead of compiling inside the kill window
 
 
+CONSUMER_KILLS = 5
+AHEAD = 200  # records the producer may publish past a kill point, so a kill lands mid-batch
+
+
 def test_consumer_restart_resumes_at_the_last_committed_sequence_number():
+    """Exactly CONSUMER_KILLS consumers are SIGKILLed, each while records it has not consumed
+    wait in the stream: the producer is held at ``limit`` (a kill point + AHEAD) until the kill,
+    so no machine is fast enough for the stream to end first (it once did, at random sleeps)."""
     ring = SPSCRing.create(256, WIDTH, timeout=30.0)
     shm, counts = _attach_counts(N)
     rng = np.random.default_rng(8)
-    kills = tails = 0
+    # Tails at which the running consumer is killed: distinct, spread over the stream, increasing.
+    kill_points = np.sort(rng.choice(np.arange(AHEAD, N - 2 * AHEAD), size=CONSUMER_KILLS, replace=False))
+    limit = CTX.Value("q", 0, lock=False)
+    killed_at = []
     try:
-        producer = CTX.Process(target=_produce, args=(ring.name, N), daemon=True)
+        producer = CTX.Process(target=_produce, args=(ring.name, N, limit), daemon=True)
         producer.start()
-        deadline = time.monotonic() + 120
-        while ring.tail < N:
-            assert time.monotonic() < deadline, (
-                f"stalled at tail {ring.tail}, head {ring.head}, producer {producer.exitcode}"
-            )
-            hostile("process restart", f"consumer SIGKILL #{kills}")
+        for k, point in enumerate(kill_points):
+            hostile("process restart", f"consumer SIGKILL #{k}")
+            limit.value = int(point) + AHEAD
             before = ring.tail
             child = CTX.Process(target=_consume, args=(ring.name, shm.name, N), daemon=True)
             child.start()
-            time.sleep(float(rng.uniform(0.02, 0.15)))
-            if child.is_alive() and ring.tail < N:
-                os.kill(child.pid, signal.SIGKILL)
-                kills += 1
+            deadline = time.monotonic() + 120
+            while ring.tail < point:  # the consumer is working through records below the limit
+                assert child.exitcode is None, f"consumer died by itself ({child.exitcode})"
+                assert time.monotonic() < deadline, f"stalled at tail {ring.tail}, head {ring.head}"
+                time.sleep(0.0002)
+            os.kill(child.pid, signal.SIGKILL)
             child.join(10)
-            assert child.exitcode in (0, -signal.SIGKILL), child.exitcode  # a consumer never fails by itself
-            tails += ring.tail > before
+            assert child.exitcode == -signal.SIGKILL
+            killed_at.append(ring.tail)
+            assert before < ring.tail < N  # it made progress, and died with the stream unfinished
+        limit.value = N
+        last = CTX.Process(target=_consume, args=(ring.name, shm.name, N), daemon=True)
+        last.start()
+        last.join(120)
         producer.join(30)
-        assert producer.exitcode == 0 and kills >= 3 and tails >= 1
+        assert last.exitcode == 0 and producer.exitcode == 0
+        assert len(killed_at) == CONSUMER_KILLS and killed_at == sorted(killed_at)
         # No record lost; a record is seen twice only if its consumer died between processing it
         # and committing it (at most one batch per kill), and the seq numbers expose exactly those.
         assert (counts >= 1).all()
-        assert int((counts - 1).sum()) <= 64 * kills
+        assert int((counts - 1).sum()) <= 64 * CONSUMER_KILLS
         assert ring.tail == ring.head == N and len(ring) == 0
     finally:
         del counts
@@ -252,3 +273,62 @@ def test_producer_restart_continues_the_sequence():
     finally:
         ring.close()
         ring.unlink()
+
+
+# ---------------------------------------------------------------- the ring outlives its creator (#16.6)
+
+CREATOR = """
+import sys, time
+import numpy as np
+from multiprocessing import resource_tracker
+from fastinfer.kernels.spsc import SPSCRing
+
+ring = SPSCRing.create(64, 4)
+seqs = np.arange(40, dtype=np.int64)
+ring.put_many(np.arange(160, dtype=np.float64).reshape(40, 4) * 1.5, seqs)
+resource_tracker.ensure_running()  # the tracker that would unlink a tracked segment at our exit
+print(ring.name, resource_tracker._resource_tracker._pid, flush=True)
+if sys.argv[1] == "exit":
+    ring.close()  # detach without unlinking, and exit normally
+    sys.exit(0)
+time.sleep(600)  # until SIGKILLed
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "exit"])
+def test_ring_outlives_its_creator_until_unlinked(how):
+    """A fresh interpreter (its own resource tracker) creates a ring, fills it and dies; once
+    its tracker has exited too, another process attaches and reads every record."""
+    hostile("process restart", f"ring creator {how}")
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    creator = subprocess.Popen(
+        [sys.executable, "-c", CREATOR, how], stdout=subprocess.PIPE, text=True, env=env, cwd=root
+    )
+    name, tracker = creator.stdout.readline().split()
+    if how == "SIGKILL":
+        creator.kill()
+    assert creator.wait(60) == (-signal.SIGKILL if how == "SIGKILL" else 0)
+    deadline = time.monotonic() + 60
+    while not _gone(int(tracker)):  # the tracker cleans up (unlinks what it tracks) as it exits
+        assert time.monotonic() < deadline, "the creator's resource tracker never exited"
+        time.sleep(0.01)
+    ring = SPSCRing.attach(name)  # FileNotFoundError if the segment died with its creator
+    try:
+        out, seqs = np.empty((64, 4)), np.empty(64, dtype=np.int64)
+        assert ring.get_many(out, seqs) == 40 and len(ring) == 0
+        np.testing.assert_array_equal(seqs[:40], np.arange(40))
+        np.testing.assert_array_equal(out[:40], np.arange(160, dtype=np.float64).reshape(40, 4) * 1.5)
+    finally:
+        ring.close()
+        ring.unlink()
+    with pytest.raises(FileNotFoundError):  # unlinked means gone
+        SPSCRing.attach(name)

@@ -41,11 +41,22 @@ Full ring: ``on_full="block"`` waits up to ``timeout`` seconds and then raises
 ``TimeoutError``; ``on_full="drop"`` drops the record and counts it in the segment
 (``dropped``), so the consumer can account for every sequence number.
 
+Lifetime (the owner rule). The segment lives until someone calls ``unlink()``, not as long as
+the process that created it: neither ``create`` nor ``attach`` registers it with Python's
+resource tracker (which would unlink it when that process exits, SIGKILL included, taking the
+unconsumed records with it). So a producer or consumer that dies, normally or not, can be
+restarted and ``attach`` by name, resuming where the counters say. The *owner* is the process
+that created the ring (``create``); it calls ``unlink()`` once both sides are done, or leaves
+the ring as a ``with`` block, which unlinks it. If the owner dies for good, any process may
+``attach`` and ``unlink()`` it (``SPSCRing.remove(name)`` does both); a ring nobody unlinks
+stays in ``/dev/shm`` until reboot.
+
 Leaf module: imports nothing from the rest of fastinfer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -243,24 +254,45 @@ def _segment_size(capacity: int, width: int, dtype: np.dtype) -> tuple[int, int]
     return payload_offset, payload_offset + capacity * width * dtype.itemsize
 
 
-def _attach_untracked(name: str) -> shared_memory.SharedMemory:
-    # Before 3.13 attaching registers the segment with this process's resource tracker,
-    # which then unlinks it when this process exits: a consumer restart would destroy the
-    # producer's ring. The creator owns the segment; attachers must not track it.
-    if sys.version_info >= (3, 13):
-        return shared_memory.SharedMemory(name=name, track=False)
+@contextlib.contextmanager
+def _untracked():
+    """Keep ``SharedMemory`` away from the resource tracker (Python < 3.13, no ``track=False``).
+
+    The tracker unlinks every segment a process registered when that process exits (SIGKILL
+    included): a ring would die with whichever side created or attached it. Registering and
+    unregistering are both suppressed, so the tracker never hears of the segment at all.
+    """
     from multiprocessing import resource_tracker
 
-    register = resource_tracker.register
-    resource_tracker.register = lambda *args, **kwargs: None
+    register, unregister = resource_tracker.register, resource_tracker.unregister
+    resource_tracker.register = resource_tracker.unregister = lambda *args, **kwargs: None
     try:
-        return shared_memory.SharedMemory(name=name)
+        yield
     finally:
-        resource_tracker.register = register
+        resource_tracker.register, resource_tracker.unregister = register, unregister
+
+
+def _open_segment(name: str | None, size: int = 0) -> shared_memory.SharedMemory:
+    """Create (``size`` > 0) or attach a segment the resource tracker does not know about."""
+    if sys.version_info >= (3, 13):
+        return shared_memory.SharedMemory(name=name, create=size > 0, size=size, track=False)
+    with _untracked():
+        return shared_memory.SharedMemory(name=name, create=size > 0, size=size)
+
+
+def _unlink_segment(shm: shared_memory.SharedMemory) -> None:
+    if sys.version_info >= (3, 13):
+        shm.unlink()  # track=False: unlink does not talk to the tracker either
+        return
+    with _untracked():
+        shm.unlink()
 
 
 class SPSCRing:
     """One side of a shared-memory SPSC ring. Build with ``create`` (owner) or ``attach``.
+
+    The segment outlives every process using it until ``unlink()`` (see the owner rule in
+    the module docstring).
 
     ``on_full``: "block" (wait, then ``TimeoutError`` after ``timeout`` seconds) or "drop"
     (drop and count). Waiting spins ``spin`` times, then yields the CPU ``yields`` times,
@@ -305,7 +337,8 @@ class SPSCRing:
     @classmethod
     def create(cls, capacity: int, width: int, dtype=np.float64, *, name: str | None = None, **options) -> SPSCRing:
         """A new segment for ``capacity`` (rounded up to a power of two) records of ``width``
-        values of ``dtype`` (float32, float64 or int64). The creator owns it: ``unlink()`` it."""
+        values of ``dtype`` (float32, float64 or int64). The creator owns it: ``unlink()`` it
+        when both sides are done; until then it survives the creator's exit or death."""
         dtype = np.dtype(dtype)
         if dtype not in _CODES:
             raise ValueError(f"dtype must be float32, float64 or int64, got {dtype}")
@@ -313,7 +346,7 @@ class SPSCRing:
             raise ValueError(f"capacity and width must be positive, got {capacity}, {width}")
         capacity = 1 << (int(capacity) - 1).bit_length()
         _, size = _segment_size(capacity, width, dtype)
-        shm = shared_memory.SharedMemory(name=name, create=True, size=size)
+        shm = _open_segment(name, size)
         ctrl = np.ndarray((_CTRL_WORDS,), dtype=np.int64, buffer=shm.buf)
         ctrl[:] = 0
         ctrl[[1, _CAPACITY, _WIDTH, _DTYPE]] = VERSION, capacity, width, _CODES[dtype]
@@ -323,13 +356,13 @@ class SPSCRing:
             return cls(shm, owner=True, **options)
         except BaseException:
             shm.close()
-            shm.unlink()
+            _unlink_segment(shm)
             raise
 
     @classmethod
     def attach(cls, name: str, **options) -> SPSCRing:
         """Open an existing ring by name (either side). Consumption resumes at ``tail``."""
-        shm = _attach_untracked(name)
+        shm = _open_segment(name)
         try:
             return cls(shm, owner=False, **options)
         except BaseException:
@@ -519,19 +552,16 @@ class SPSCRing:
         self._shm.close()
 
     def unlink(self) -> None:
-        """Remove the segment (the owner does this once both sides are done)."""
-        if self._owner:
-            self._shm.unlink()
-            return
-        # An attacher never registered the segment, so it must not unregister it either.
-        from multiprocessing import resource_tracker
+        """Remove the segment's name (the owner does this once both sides are done); processes
+        still attached keep their mapping until they ``close``."""
+        _unlink_segment(self._shm)
 
-        unregister = resource_tracker.unregister
-        resource_tracker.unregister = lambda *args, **kwargs: None
-        try:
-            self._shm.unlink()
-        finally:
-            resource_tracker.unregister = unregister
+    @classmethod
+    def remove(cls, name: str) -> None:
+        """Unlink the ring called ``name`` from any process (e.g. after its owner died for good)."""
+        ring = cls.attach(name)
+        ring.close()
+        ring.unlink()
 
     def __enter__(self) -> SPSCRing:
         return self
