@@ -380,16 +380,19 @@ def evaluate(
 
 
 def _talib_calls(talib: Any) -> dict[str, Callable[..., np.ndarray]]:
+    """Vocabulary pattern → TA-Lib call over a mapping of OHLCV arrays (a DataFrame or a dict)."""
+
     def c(f):
-        return f["close"].to_numpy(np.float64)
+        return np.asarray(f["close"], dtype=np.float64)
 
     def hlc(f):
-        return (f["high"].to_numpy(np.float64), f["low"].to_numpy(np.float64), c(f))
+        return (np.asarray(f["high"], dtype=np.float64), np.asarray(f["low"], dtype=np.float64), c(f))
 
-    def bb(part: int, ddof: int = 0):
+    def volume(f):
+        return np.asarray(f["volume"], dtype=np.float64)
+
+    def bb(part: int):
         def call(f, n, k):
-            if ddof:
-                return None  # TA-Lib's bands use the population std only
             upper, mid, lower = talib.BBANDS(c(f), n, k, k, 0)
             if part == 3:
                 return (c(f) - lower) / (upper - lower)
@@ -399,13 +402,13 @@ def _talib_calls(talib: Any) -> dict[str, Callable[..., np.ndarray]]:
 
         return call
 
-    calls = {
+    return {
         "macd": lambda f: talib.MACD(c(f), 12, 26, 9)[0],
         "macd_signal": lambda f: talib.MACD(c(f), 12, 26, 9)[1],
         "macd_hist": lambda f: talib.MACD(c(f), 12, 26, 9)[2],
         "bb_upper": lambda f: talib.BBANDS(c(f), 20, 2, 2, 0)[0],
         "bb_lower": lambda f: talib.BBANDS(c(f), 20, 2, 2, 0)[2],
-        "obv": lambda f: talib.OBV(c(f), f["volume"].to_numpy(np.float64)),
+        "obv": lambda f: talib.OBV(c(f), volume(f)),
         "mom_{n}": lambda f, n: talib.MOM(c(f), n),
         "roc_{n}": lambda f, n: talib.ROC(c(f), n),
         "sma_{n}": lambda f, n: talib.SMA(c(f), n),
@@ -431,31 +434,36 @@ def _talib_calls(talib: Any) -> dict[str, Callable[..., np.ndarray]]:
         "adx_{n}": lambda f, n: talib.ADX(*hlc(f), n),
         "plus_di_{n}": lambda f, n: talib.PLUS_DI(*hlc(f), n),
         "minus_di_{n}": lambda f, n: talib.MINUS_DI(*hlc(f), n),
-        "mfi_{n}": lambda f, n: talib.MFI(*hlc(f), f["volume"].to_numpy(np.float64), n),
+        "mfi_{n}": lambda f, n: talib.MFI(*hlc(f), volume(f), n),
     }
-    return calls
 
 
-def talib_value(
-    frame: pd.DataFrame, name: str, *, interval_minutes: float | None = None, bars_per_day: int | None = None
-) -> np.ndarray | None:
-    """TA-Lib's values of the vocabulary name ``name`` over ``frame`` (None when TA-Lib has no
-    such indicator). TA-Lib's own conventions hold: 0 on flat series where fastinfer says 50."""
+def talib_function(
+    name: str, *, interval_minutes: float | None = None, bars_per_day: int | None = None
+) -> Callable[[Any], np.ndarray] | None:
+    """TA-Lib's function for the vocabulary name ``name`` with its parameters bound: it takes a
+    mapping of OHLCV arrays (a DataFrame or a dict) and returns the whole series. None when
+    TA-Lib has no such indicator. TA-Lib's conventions hold: 0 on flat series where fastinfer
+    says 50, its MACD line starting with the signal."""
     import talib
 
     found = vocabulary.match(name, interval_minutes=interval_minutes, bars_per_day=bars_per_day)
-    if found is None:
-        return None
-    call = _talib_calls(talib).get(found.pattern.name)
+    call = None if found is None else _talib_calls(talib).get(found.pattern.name)
     if call is None:
         return None
     args = [
         int(found.values[k]) if k in vocabulary.BAR_PARAMS else float(found.values[k])
         for k in found.pattern.placeholders
     ]
-    frame = frame.reset_index(drop=True)
-    values = call(frame, *args)
-    return None if values is None else np.asarray(values, dtype=np.float64)
+    return lambda frame: np.asarray(call(frame, *args), dtype=np.float64)
+
+
+def talib_value(
+    frame: pd.DataFrame, name: str, *, interval_minutes: float | None = None, bars_per_day: int | None = None
+) -> np.ndarray | None:
+    """``talib_function(name)`` over ``frame`` (None when TA-Lib has no such indicator)."""
+    fn = talib_function(name, interval_minutes=interval_minutes, bars_per_day=bars_per_day)
+    return None if fn is None else fn(frame)
 
 
 def peer_features(
