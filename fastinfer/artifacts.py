@@ -14,7 +14,6 @@ taken from metadata may leave the run root.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 from collections.abc import Callable
@@ -23,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from . import families as fam
+from .config import MAX_SEQ_LEN
 from .errors import ModelLoadError
+from .state import JSONLimitError, parse_json, short_repr
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,8 @@ def inside(root: Path, relative: str | Path, *, what: str, loc: ModelLocation | 
     try:
         rel = Path(relative)
         candidate = (root / rel).resolve()
-    except (TypeError, ValueError, OSError) as exc:  # NUL bytes, link loops, names too long
+    except (TypeError, ValueError, OSError, RuntimeError) as exc:  # NUL bytes, link loops, names too long
+        # (Python 3.11's resolve() raises RuntimeError on a symlink loop, 3.13 an OSError.)
         raise _error(loc, f"{what} {str(relative)[:200]!r} is not a usable path ({exc})", root) from None
     if rel.is_absolute() or not candidate.is_relative_to(root.resolve()):
         raise _error(loc, f"{what} {str(relative)[:200]!r} escapes the run root", root)
@@ -151,19 +153,6 @@ def _walk(found: list[ModelLocation], target: str, view: str, folder: Path, scop
             _walk(found, target, view, child, {**scope, key: value})
 
 
-def _depth(obj: Any) -> int:
-    depth, frontier = 0, [obj]
-    while frontier:
-        depth += 1
-        frontier = [
-            v
-            for o in frontier
-            for v in (o.values() if isinstance(o, dict) else o if isinstance(o, list) else ())
-            if isinstance(v, (dict, list))
-        ]
-    return depth
-
-
 def read_json_limited(path: Path, loc: ModelLocation | None = None, *, expected_sha256: str | None = None) -> Any:
     """JSON from a file, refusing huge, deeply nested or non-JSON content with a named error.
 
@@ -194,15 +183,10 @@ def read_json_limited(path: Path, loc: ModelLocation | None = None, *, expected_
 
 def parse_json_limited(raw: bytes, path: Path, loc: ModelLocation | None = None) -> Any:
     """``read_json_limited`` on bytes already read; ``path`` names them in errors."""
-    if len(raw) > MAX_META_BYTES:
-        raise _error(loc, f"{path.name} is {len(raw)} bytes (limit {MAX_META_BYTES})", path)
     try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise _error(loc, f"{path.name} is not valid JSON ({type(exc).__name__}: {str(exc)[:80]})", path) from None
-    if _depth(data) > MAX_META_DEPTH:
-        raise _error(loc, f"{path.name} is nested deeper than {MAX_META_DEPTH} levels", path)
-    return data
+        return parse_json(raw, max_bytes=MAX_META_BYTES, max_depth=MAX_META_DEPTH)
+    except JSONLimitError as exc:
+        raise _error(loc, f"{path.name}: {exc}", path) from None
 
 
 def _names(value: Any, key: str, loc: ModelLocation, path: Path) -> tuple[str, ...]:
@@ -214,7 +198,7 @@ def _names(value: Any, key: str, loc: ModelLocation, path: Path) -> tuple[str, .
 
 
 # Upper bounds: a sequence length sizes per-symbol buffers, so a hostile 10**12 must not allocate.
-_LIMITS = {"interval_minutes": 525_600.0 * 100, "sequence_length": 100_000}
+_LIMITS = {"interval_minutes": 525_600.0 * 100, "sequence_length": MAX_SEQ_LEN}
 
 
 def _number(meta: dict, key: str, kind: type, loc: ModelLocation, path: Path) -> Any:
@@ -227,9 +211,9 @@ def _number(meta: dict, key: str, kind: type, loc: ModelLocation, path: Path) ->
         or (isinstance(value, float) and not math.isfinite(value))
         or value <= 0
     ):
-        raise _error(loc, f"{key} must be a positive number, got {str(value)[:40]}", path)
+        raise _error(loc, f"{key} must be a positive number, got {short_repr(value)}", path)
     if value > _LIMITS[key]:  # before any float(): a 400-digit JSON int must not overflow
-        raise _error(loc, f"{key} {str(value)[:40]} is above the limit {_LIMITS[key]:g}", path)
+        raise _error(loc, f"{key} {short_repr(value)} is above the limit {_LIMITS[key]:g}", path)
     if kind is int:
         if int(value) != value:
             raise _error(loc, f"{key} must be an integer, got {value!r}", path)
@@ -332,6 +316,7 @@ def read_manifest(run_root: Path, *, digest: Callable[[Path], str | None] | None
     path = run_root / "manifest.json"
     if not path.is_file():
         return {}
+    inside(run_root, "manifest.json", what="manifest.json link")  # a link may not leave the run
     data = read_json_limited(path, expected_sha256=digest(path) if digest else None)
     return data if isinstance(data, dict) else {}
 

@@ -8,6 +8,7 @@ ONNX or stays native (with the reason). Written atomically; validated on read.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from .artifacts import inside, parse_json_limited, read_json_limited
 from .atomic import write_atomic_json
 from .errors import StateError
+from .state import short_repr
 
 LOCK_FILE = "fastinfer.lock.json"
 LOCK_VERSION = 1
@@ -93,12 +95,50 @@ def _is_sha256(value: str) -> bool:
     return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
+# Numbers a lock carries, bounded so that a hostile value (a 4,000-digit int, 1e308) fails here
+# rather than as an OverflowError wherever it is formatted or compared later.
+MAX_OPSET = 1_000
+MAX_SECONDS = 1e9
+MAX_ROWS = 1 << 40
+
+
+def _number(value: Any, lo: float, hi: float) -> bool:
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and (not isinstance(value, int) or value.bit_length() <= 64)
+        and math.isfinite(value)
+        and lo <= value <= hi
+    )
+
+
+def _check_numbers(where: str, raw: dict[str, Any]) -> None:
+    if "convert_seconds" in raw and not _number(raw["convert_seconds"], 0, MAX_SECONDS):
+        seconds = short_repr(raw["convert_seconds"])
+        raise StateError(f"{where}.convert_seconds: {seconds} is not in [0, {MAX_SECONDS:g}]")
+    for domain, version in raw.get("opsets", {}).items():
+        if not isinstance(domain, str) or isinstance(version, bool) or not isinstance(version, int):
+            raise StateError(f"{where}.opsets[{short_repr(domain)}]: expected an integer opset version")
+        if not 1 <= version <= MAX_OPSET:
+            raise StateError(f"{where}.opsets[{short_repr(domain)}]: {short_repr(version)} is not in [1, {MAX_OPSET}]")
+    for name, value in raw.get("parity", {}).items():
+        hi = MAX_ROWS if name == "n_rows" else float("inf")
+        if value is not None and not _number(value, 0 if name == "n_rows" else -math.inf, hi):
+            raise StateError(f"{where}.parity[{short_repr(name)}]: {short_repr(value)} is not a finite number")
+    shape = raw.get("input", {}).get("shape", [])
+    if not isinstance(shape, list) or not all(
+        isinstance(d, str) or (_number(d, 1, MAX_ROWS) and isinstance(d, int)) for d in shape
+    ):
+        raise StateError(f"{where}.input.shape: {short_repr(shape)} is not a list of dimension names or sizes")
+
+
 def read_lock(run_root: Path) -> Lock | None:
     """The run's lock, or None when it has none; ``StateError`` naming the field when it is bad."""
     path = lock_path(run_root)
     if not path.exists():
         return None
     try:
+        inside(run_root, LOCK_FILE, what=f"{LOCK_FILE} link")  # a link may not leave the run
         data = read_json_limited(path)
     except Exception as exc:  # ModelLoadError from the limited reader: re-type as bad state
         raise StateError(f"{path}: {getattr(exc, 'reason', exc)}") from None
@@ -124,7 +164,7 @@ def _validate(run_root: Path, path: Path, data: Any) -> Lock:
         where = f"{path}: entries[{i}]"
         if not isinstance(raw, dict) or set(raw) - known:
             raise StateError(
-                f"{where}: unexpected fields {sorted(set(raw) - known) if isinstance(raw, dict) else raw!r}"
+                f"{where}: unexpected fields {short_repr(sorted(set(raw) - known) if isinstance(raw, dict) else raw)}"
             )
         for name in _STR_FIELDS:
             if not isinstance(raw.get(name), str):
@@ -145,14 +185,15 @@ def _validate(run_root: Path, path: Path, data: Any) -> Lock:
                 isinstance(spec.get("columns", []), list) and all(isinstance(c, str) for c in spec.get("columns", []))
             ):
                 raise StateError(f"{where}.{io}: name must be a string and columns a list of strings")
+        _check_numbers(where, raw)
         if raw["status"] not in ("onnx", "native"):
-            raise StateError(f"{where}.status: {raw['status']!r} is not onnx or native")
+            raise StateError(f"{where}.status: {short_repr(raw['status'])} is not onnx or native")
         for name in ("native_file", "onnx_file"):
             if raw.get(name) is not None:
                 try:
                     inside(run_root, raw[name], what=f"lock {name}")
                 except Exception:
-                    raise StateError(f"{where}.{name}: {raw[name]!r} escapes the run root") from None
+                    raise StateError(f"{where}.{name}: {short_repr(raw[name])} escapes the run root") from None
         if raw["status"] == "onnx" and not (
             isinstance(raw.get("onnx_file"), str) and isinstance(raw.get("onnx_sha256"), str)
         ):
