@@ -87,8 +87,14 @@ def _sequential_gru(keras, layers, data):
 
 def _functional_gru(keras, layers, data):
     inp = keras.Input((SEQ_LEN, N_FEATURES))
-    h = layers.GRU(8, reset_after=False)(_standardize(layers, data)(inp))  # Keras 2's default cell
+    h = layers.GRU(8, reset_after=False)(_standardize(layers, data)(inp))  # the reset-before cell variant
     return keras.Model(inp, layers.Dense(1)(layers.Dropout(0.2)(h)))
+
+
+def _sequential_simple_rnn(keras, layers, data):
+    return keras.Sequential(
+        [keras.Input((SEQ_LEN, N_FEATURES)), _standardize(layers, data), layers.SimpleRNN(8), layers.Dense(1)]
+    )
 
 
 def _sequential_cnn(keras, layers, data):
@@ -100,6 +106,23 @@ def _sequential_cnn(keras, layers, data):
             layers.BatchNormalization(),
             layers.Conv1D(8, 3, padding="same"),
             layers.GlobalAveragePooling1D(),
+            layers.Dense(1),
+        ]
+    )
+
+
+def _sequential_pooling_cnn(keras, layers, data):
+    return keras.Sequential(
+        [
+            keras.Input((SEQ_LEN, N_FEATURES)),
+            _standardize(layers, data),
+            layers.Conv1D(8, 3, padding="same", activation="relu"),
+            layers.MaxPooling1D(2),
+            layers.LeakyReLU(),
+            layers.Conv1D(8, 2, activation="elu"),
+            layers.GlobalMaxPooling1D(),
+            layers.Dense(8, activation="selu"),
+            layers.Dense(4, activation="softplus"),
             layers.Dense(1),
         ]
     )
@@ -142,8 +165,10 @@ CASES = {
     "functional_lstm": ("tab_lstm", _functional_lstm),
     "sequential_gru": ("lstm", _sequential_gru),
     "functional_gru": ("tab_lstm", _functional_gru),
+    "sequential_simple_rnn": ("lstm", _sequential_simple_rnn),
     "sequential_cnn": ("cnn1d", _sequential_cnn),
     "functional_cnn": ("tab_cnn", _functional_cnn),
+    "sequential_pooling_cnn": ("tab_cnn", _sequential_pooling_cnn),
     "functional_mha": ("transformer", _functional_mha),
     "functional_attention": ("tab_transformer", _functional_attention),
     "functional_cnn_transformer": ("cnn1d_transformer", _functional_cnn_transformer),
@@ -248,14 +273,15 @@ def test_lstm_layers_become_onnx_lstm_nodes(case, converted):
     assert all(len(n.input) <= 5 or not any(n.input[5:]) for n in nodes)
 
 
-@pytest.mark.parametrize("case", ["sequential_gru", "functional_gru"])
-def test_gru_layers_are_unrolled_on_a_copy_and_the_model_is_left_as_it_was(case, loaded, converted):
+@pytest.mark.parametrize("case", ["sequential_gru", "functional_gru", "sequential_simple_rnn"])
+def test_gru_and_simple_rnn_layers_are_unrolled_on_a_copy_and_the_model_is_left_as_it_was(case, loaded, converted):
+    """tf2onnx cannot fuse Keras 3's GRU / SimpleRNN (it would leave a Loop): traced unrolled instead."""
     model = loaded(case, "keras")
     before = KERAS_ADAPTER.predict(model, _rows(np.random.default_rng(5), 8, fam.resolve("lstm")))
     _, graph = converted(case, "keras")
     assert not {"Loop", "Scan", "Expand", "GRU"} & _ops(graph)  # steps as plain ops, states as constants
-    grus = [layer for layer in model.layers if type(layer).__name__ == "GRU"]
-    assert grus and not any(layer.unroll for layer in grus)
+    recurrent = [layer for layer in model.layers if type(layer).__name__ in ("GRU", "SimpleRNN")]
+    assert recurrent and not any(layer.unroll for layer in recurrent)
     after = KERAS_ADAPTER.predict(model, _rows(np.random.default_rng(5), 8, fam.resolve("lstm")))
     np.testing.assert_array_equal(before, after)
 

@@ -160,18 +160,27 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | None]:
     return [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]
 
 
+# Ops that broadcast a [1, ...] operand over the batch exactly as they use an [N, ...] one.
+_BROADCASTING_OPS = frozenset({"MatMul", "Mul", "Add", "Sub"})
+
+
 def broadcast_zero_states(model: onnx.ModelProto) -> int:
     """Replace ``Expand(0, [N, d1, ...])``, a recurrent layer's zero initial state that tf2onnx
     sizes from the batch at run time, with a constant zero tensor ``[1, d1, ...]``.
 
     ``check_graph`` refuses an ``Expand`` whose shape is computed at run time (its output size
-    is set by input values). Zeros of one row give the same values wherever the state is used
-    (``MatMul``, ``Mul``, ``Add`` broadcast it over the batch); ``keras_graph`` runs the graph
-    once on a batch of two to prove the shapes still work out. Returns the nodes replaced.
+    is set by input values). Only states read by broadcasting arithmetic alone (``MatMul``,
+    ``Mul``, ``Add``, ``Sub``: a GRU or SimpleRNN cell's first step) are replaced, where one row
+    of zeros gives the same values; ``keras_graph`` then runs the graph on a batch of two to
+    prove the shapes still work out. Returns the nodes replaced.
     """
     inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     shapes = {v.name: _dims(v) for v in inferred.graph.value_info}
     constants = {t.name: t for t in model.graph.initializer}
+    readers: dict[str, set[str]] = {o.name: {"graph output"} for o in model.graph.output}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type)
     replaced = []
     for node in model.graph.node:
         if node.op_type != "Expand" or node.domain not in ("", "ai.onnx") or node.input[0] not in constants:
@@ -180,6 +189,8 @@ def broadcast_zero_states(model: onnx.ModelProto) -> int:
         dims = shapes.get(node.output[0])
         # Only the batch dimension may be unknown: every other size is fixed by the signature.
         if value.any() or not dims or dims[0] is not None or any(d is None for d in dims[1:]):
+            continue
+        if not readers.get(node.output[0], set()) <= _BROADCASTING_OPS:
             continue
         zeros = np.zeros([1, *dims[1:]], dtype=value.dtype)
         model.graph.initializer.append(numpy_helper.from_array(zeros, node.output[0]))
