@@ -30,10 +30,10 @@ import onnx
 
 from ..errors import ConversionError
 from ..families import Family, resolve
+from .checks import ALLOWED_DOMAINS, ALLOWED_OPS, check_graph, iter_graphs
 
 INPUT_NAME = "features"
 OUTPUT_NAME = "prediction"
-ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 
 # The built-in converter modules, imported (in this order) the first time the registry is read.
 _BUILTIN_MODULES = ("trees", "sklearn", "keras", "ngboost", "ensemble")
@@ -167,66 +167,6 @@ def convert(native: Any, family: Family | str, n_features: int, seq_len: int | N
     return graph
 
 
-# ---------------------------------------------------------------- checks every graph passes
-
-
-def iter_graphs(graph: onnx.GraphProto):
-    """The graph and every subgraph (If / Loop / Scan bodies) inside it."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from iter_graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from iter_graphs(sub)
-
-
-def _tensors(graph: onnx.GraphProto):
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
-            elif attr.type == onnx.AttributeProto.TENSORS:
-                yield from attr.tensors
-
-
-def check_graph(model: onnx.ModelProto) -> None:
-    """Refuse a graph that is invalid, reads external data, or uses a non-standard domain.
-
-    External-data tensors would make a graph open files at load time; custom domains need
-    code (custom-op libraries) that a verified graph must not depend on.
-    """
-    if model.functions:
-        names = ", ".join(f"{f.domain}.{f.name}" for f in model.functions)
-        raise ConversionError(f"graph defines local functions ({names}): only standard operators are allowed")
-    for opset in model.opset_import:
-        if opset.domain not in ALLOWED_DOMAINS:
-            raise ConversionError(
-                f"graph imports non-standard operator domain {opset.domain!r} (allowed: {sorted(ALLOWED_DOMAINS)})"
-            )
-    for graph in iter_graphs(model.graph):
-        for node in graph.node:
-            if node.domain not in ALLOWED_DOMAINS:
-                raise ConversionError(
-                    f"node {node.name!r} ({node.op_type}) is in non-standard domain "
-                    f"{node.domain!r} (allowed: {sorted(ALLOWED_DOMAINS)})"
-                )
-        for tensor in _tensors(graph):
-            if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
-                raise ConversionError(
-                    f"tensor {tensor.name!r} stores its data externally: a graph must carry all its weights"
-                )
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        raise ConversionError(f"graph fails the ONNX checker: {exc}") from exc
-
-
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | str | None]:
     return [
         d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in value_info.type.tensor_type.shape.dim
@@ -268,6 +208,7 @@ def check_contract(graph: ConvertedGraph, family: Family, n_features: int, seq_l
 
 __all__ = [
     "ALLOWED_DOMAINS",
+    "ALLOWED_OPS",
     "INPUT_NAME",
     "OUTPUT_NAME",
     "ConvertedGraph",
@@ -275,6 +216,7 @@ __all__ = [
     "check_graph",
     "convert",
     "converter_for",
+    "iter_graphs",
     "register",
     "registered",
     "type_names",
