@@ -58,11 +58,19 @@ class ProgramState(NamedTuple):
         return self.registers[:, 3:4]
 
 
+_F64 = np.dtype(np.float64)
+
+
+def _ready(a: Any, shape: tuple[int, ...]) -> bool:
+    """Already what the kernel takes: a C-contiguous float64 ndarray of ``shape`` (the hot path)."""
+    return type(a) is np.ndarray and a.dtype is _F64 and a.shape == shape and a.flags.c_contiguous
+
+
 def check_bar_input(a: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
     """``a`` as a C-contiguous float64 array of ``shape``; ``FeatureBuildError`` naming ``name``
     for text, objects, booleans, complex numbers, times or a wrong shape."""
-    if type(a) is np.ndarray and a.dtype == np.float64 and a.shape == shape and a.flags.c_contiguous:
-        return a  # the hot path: no conversion
+    if _ready(a, shape):
+        return a
     try:
         arr = np.asarray(a)
     except (ValueError, TypeError) as e:
@@ -142,6 +150,21 @@ class StreamingFeatures:
         self._ext_index = {name: j for j, name in enumerate(self.externals)}
         self.out = np.full((n, len(self.features)), np.nan, dtype=self.dtype)
         self.stale = np.zeros(n, dtype=np.bool_)
+        # Everything update_bar takes after the bar itself: bound once (state is only ever
+        # written in place), so a bar costs one argument tuple less to build.
+        self._bar_args = (
+            program.code,
+            program.fparams,
+            program.feature_regs,
+            self._regs,
+            self._fstate,
+            self._istate,
+            self._count,
+            self._sel,
+            self.out,
+            self.stale,
+            *self._kernel_tail(),
+        )
 
     # ------------------------------------------------------------ views
 
@@ -180,6 +203,8 @@ class StreamingFeatures:
             return self._ext
         if not n_ext:
             raise FeatureBuildError("external: this program reads no external columns")
+        if _ready(external, (self._shape[0], n_ext)):
+            return external
         if isinstance(external, Mapping):
             missing = [k for k in self.externals if k not in external]
             unknown = [k for k in external if k not in self._ext_index]
@@ -201,30 +226,11 @@ class StreamingFeatures:
         state changes (``FeatureBuildError`` naming it).
         """
         s = self._shape
-        bar = (
-            check_bar_input(open, "open", s),
-            check_bar_input(high, "high", s),
-            check_bar_input(low, "low", s),
-            check_bar_input(close, "close", s),
-            check_bar_input(volume, "volume", s),
-        )
-        ext = self._external(external)
-        p = self.program
-        K.update_bar(
-            *bar,
-            ext,
-            p.code,
-            p.fparams,
-            p.feature_regs,
-            self._regs,
-            self._fstate,
-            self._istate,
-            self._count,
-            self._sel,
-            self.out,
-            self.stale,
-            *self._kernel_tail(),
-        )
+        bar = (open, high, low, close, volume)
+        if not (_ready(open, s) and _ready(high, s) and _ready(low, s) and _ready(close, s) and _ready(volume, s)):
+            bar = tuple(check_bar_input(a, name, s) for a, name in zip(bar, OHLCV))
+        ext = self._ext if external is None and not self.externals else self._external(external)
+        K.update_bar(*bar, ext, *self._bar_args)
         return self.out
 
     # ------------------------------------------------------------ warm start
