@@ -1,0 +1,354 @@
+"""Step 3: pack — the normalised forest as the flat arrays each kernel reads (``codes.py`` names
+every offset).
+
+``NodeLayout``      slots breadth-first per tree, children side by side, leaves as self-loops:
+                    a tree takes ``depth`` branch-free steps; groups of `LANES` trees of equal
+                    depth for one row. One target per tree (every converter's regressors and
+                    multiclass boosters), SUM or AVERAGE.
+``BitvectorLayout`` QuickScorer: per extended column the splits sorted by threshold with the
+                    leaves each rules out; same eligibility as the node layout.
+``GenericLayout``   ORT's modes as they are, any targets and aggregates; the reference path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import codes as C
+from .normalise import NormalForest, TreeStructure, ort_ignores_tracking
+from .read import EnsembleAttributes, OutputTail
+
+
+def _exp_variant() -> int:
+    """The ``Exp`` kernel ONNX Runtime's MLAS picks on this CPU (AVX-512F or not)."""
+    from llvmlite import binding
+
+    features = binding.get_host_cpu_features()
+    return C.EXP_SCALEF if features.get("avx512f", False) else C.EXP_TWO_SCALE
+
+
+EXP_VARIANT = _exp_variant()
+
+
+@dataclass(frozen=True)
+class Finish:
+    """What happens to a row's per-target sums: ORT's FinalizeScores, post-transform, the tail."""
+
+    fin: np.ndarray  # uint32, FIN_* fields
+    fconst: np.ndarray  # float32: n_trees, origin, base values
+
+    @classmethod
+    def build(cls, attrs: EnsembleAttributes, n_trees: int, tail: OutputTail) -> Finish:
+        K = attrs.n_targets
+        if tail.binary and K != 1:
+            raise ValueError(f"node {attrs.name!r}: the binary tail [1 - p, p] needs one target, not {K}")
+        fin = np.zeros(C.FIN_FIELDS, dtype=np.uint32)
+        fin[C.FIN_N_TARGETS] = K
+        fin[C.FIN_AGGREGATE] = C.Aggregate[attrs.aggregate]
+        fin[C.FIN_POST_TRANSFORM] = C.PostTransform[attrs.post_transform]
+        fin[C.FIN_LINK] = tail.link
+        fin[C.FIN_BINARY] = tail.binary
+        fin[C.FIN_USE_BASE] = len(attrs.base) == K
+        fin[C.FIN_EXP_VARIANT] = EXP_VARIANT
+        fconst = np.zeros(C.FCONST_BASE + K, dtype=np.float32)
+        fconst[C.FCONST_N_TREES] = n_trees
+        fconst[C.FCONST_ORIGIN] = attrs.base[0] if len(attrs.base) == 1 else 0.0
+        if len(attrs.base) == K:
+            fconst[C.FCONST_BASE :] = attrs.base
+        return cls(fin, fconst)
+
+
+def _chain_table(forest: NormalForest, words_base: int, values_base: int) -> tuple[list[int], list[int], list[float]]:
+    """(chain table rows, bitset words, list values) with offsets relative to the given bases."""
+    table, words, values = [], [], []
+    for chain in forest.chains:
+        if chain.is_bitset:
+            w = chain.bitset_words()
+            row = [chain.feature, C.CHAIN_BITSET, words_base + len(words), len(w), chain.nan_member]
+            words += w.tolist()
+        else:
+            row = [chain.feature, C.CHAIN_LIST, values_base + len(values), len(chain.values), chain.nan_member]
+            values += list(chain.values)
+        table += row
+    return table, words, values
+
+
+def _tree_targets(structure: TreeStructure, forest: NormalForest) -> np.ndarray | None:
+    """The target each tree adds to, when every tree adds to one target (else None).
+
+    One target: a leaf adds its first weight (ORT's 1-output path reads ``weights[0]``). Several:
+    every leaf must carry exactly one weight, the same target throughout its tree.
+    """
+    K = structure.attrs.n_targets
+    targets = np.zeros(len(forest.trees), dtype=np.uint32)
+    for t, tree in enumerate(forest.trees):
+        seen = set()
+        for src in tree.source:
+            if src < 0:
+                continue
+            ws = structure.leaf_weights[src]
+            if K > 1 and len(ws) != 1:
+                return None
+            seen.add(ws[0][0] if K > 1 else 0)
+        if len(seen) != 1:
+            return None
+        targets[t] = seen.pop()
+    return targets
+
+
+def _leaf_value(structure: TreeStructure, src: int) -> np.float32:
+    return np.float32(structure.leaf_weights[src][0][1])
+
+
+def _has_flags(targets: np.ndarray, K: int) -> np.ndarray:
+    has = np.zeros(K, dtype=np.uint32)
+    has[np.unique(targets)] = 1
+    return has
+
+
+def single_target_trees_reason(attrs: EnsembleAttributes, structure: TreeStructure, forest: NormalForest) -> str:
+    """Why the node/bitvector layouts cannot take this ensemble ("" when they can)."""
+    if attrs.aggregate not in ("SUM", "AVERAGE"):
+        return f"aggregate_function {attrs.aggregate} (the node and bitvector layouts take SUM and AVERAGE)"
+    if _tree_targets(structure, forest) is None:
+        return "leaves with several weights or trees adding to several targets"
+    if C.n_ext_columns(forest.n_features, len(forest.chains)) > C.NODE_COLUMN_MASK:
+        return f"{forest.n_features} features and {len(forest.chains)} categorical chains exceed 16-bit columns"
+    return ""
+
+
+@dataclass
+class NodeLayout:
+    prog: np.ndarray  # uint32
+    nodes: np.ndarray  # uint32, NODE_WORDS per slot
+    consts: np.ndarray  # float32: fconst, then chain list values
+    n_ext: int
+    n_trees: int
+    n_targets: int
+    max_depth: int
+
+    def one_row_scratch(self) -> np.ndarray:
+        """ext + one leaf value per tree (+1 for padding lanes) + per-target sums."""
+        return np.empty(self.n_ext + self.n_trees + 1 + self.n_targets, dtype=np.float32)
+
+    def block_scratch(self) -> np.ndarray:
+        """ext and per-target sums for each row of a block."""
+        return np.empty((self.n_ext + self.n_targets) * C.BLOCK, dtype=np.float32)
+
+
+def pack_nodes(structure: TreeStructure, forest: NormalForest, finish: Finish) -> NodeLayout | None:
+    """The node layout, or None when a tree is too wide for 16-bit child offsets."""
+    targets = _tree_targets(structure, forest)
+    F, n_chains, T = forest.n_features, len(forest.chains), len(forest.trees)
+    K = int(finish.fin[C.FIN_N_TARGETS])
+    slots_per_tree, roots, depths = [], np.empty(T, np.int64), np.empty(T, np.int64)
+    n_slots = 0
+    for k, tree in enumerate(forest.trees):
+        order, left, depth, q = [0], {}, [0], 0
+        while q < len(order):  # breadth-first, children [gt, le] side by side
+            i = order[q]
+            if tree.le[i] >= 0:
+                left[q] = len(order)
+                if left[q] - q > C.NODE_MAX_OFFSET:
+                    return None
+                order += [tree.gt[i], tree.le[i]]
+                depth += [depth[q] + 1] * 2
+            q += 1
+        slots_per_tree.append((order, left))
+        roots[k], depths[k] = n_slots, max(depth)
+        n_slots += len(order)
+    nodes = np.zeros((n_slots, C.NODE_WORDS), dtype=np.uint32)
+    values = nodes.view(np.float32)
+    nan_low = False
+    for k, (tree, (order, left)) in enumerate(zip(forest.trees, slots_per_tree)):
+        base = roots[k]
+        for q, i in enumerate(order):
+            s = base + q
+            if tree.le[i] < 0:
+                nodes[s, C.NODE_WORD] = C.leaf_column(F)
+                values[s, C.NODE_THRESHOLD] = _leaf_value(structure, tree.source[i])
+            else:
+                column = tree.column[i]
+                nan_low |= F <= column < 2 * F
+                nodes[s, C.NODE_WORD] = column | ((left[q] - q) << C.NODE_OFFSET_SHIFT)
+                values[s, C.NODE_THRESHOLD] = tree.threshold[i]
+    # Groups of LANES trees of equal depth for one row; padded with a leaf whose value lands
+    # in vals[n_trees], outside the sum.
+    order = np.argsort(depths, kind="stable")
+    order = np.concatenate([order, np.full((-T) % C.LANES, -1)])
+    groups = []
+    for g in range(0, len(order), C.LANES):
+        idx = order[g : g + C.LANES]
+        real = idx[idx >= 0]
+        groups += [depths[real].max()]
+        groups += [roots[i] if i >= 0 else roots[real[0]] for i in idx]
+        groups += [i if i >= 0 else T for i in idx]
+    chains_at = C.NODE_HEADER + 3 * T + len(groups)
+    words_at = chains_at + C.CHAIN_FIELDS * n_chains
+    table, words, list_values = _chain_table(forest, words_at, len(finish.fconst))
+    fin_at = words_at + len(words)
+    has_at = fin_at + C.FIN_FIELDS
+    header = np.zeros(C.NODE_HEADER, dtype=np.int64)
+    header[C.NODE_N_TREES], header[C.NODE_N_FEATURES], header[C.NODE_N_TARGETS] = T, F, K
+    header[C.NODE_N_CHAINS], header[C.NODE_NAN_LOW] = n_chains, nan_low
+    header[C.NODE_N_GROUPS] = len(order) // C.LANES
+    header[C.NODE_ROOTS_AT] = C.NODE_HEADER
+    header[C.NODE_DEPTHS_AT] = C.NODE_HEADER + T
+    header[C.NODE_TARGETS_AT] = C.NODE_HEADER + 2 * T
+    header[C.NODE_GROUPS_AT] = C.NODE_HEADER + 3 * T
+    header[C.NODE_CHAINS_AT], header[C.NODE_FIN_AT], header[C.NODE_HAS_AT] = chains_at, fin_at, has_at
+    prog = np.concatenate(
+        [header, roots, depths, targets, groups, table, words, finish.fin, _has_flags(targets, K)]
+    ).astype(np.uint32)
+    consts = np.concatenate([finish.fconst, np.asarray(list_values, dtype=np.float32)]).astype(np.float32)
+    return NodeLayout(prog, nodes.ravel(), consts, C.n_ext_columns(F, n_chains), T, K, int(depths.max()))
+
+
+@dataclass
+class BitvectorLayout:
+    prog: np.ndarray  # uint32
+    words: np.ndarray  # uint64: per sorted split its mask (one word) or lo | hi << 32; then init
+    consts: np.ndarray  # float32: fconst, chain list values, thresholds, leaf values
+    n_ext: int
+    n_trees: int
+    n_targets: int
+    n_words: int
+
+    def scratch(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ext + per-target sums, one leaf bitvector per tree) for one row at a time."""
+        return (
+            np.empty(self.n_ext + self.n_targets, dtype=np.float32),
+            np.empty(self.n_trees * self.n_words, dtype=np.uint64),
+        )
+
+
+def pack_bitvectors(structure: TreeStructure, forest: NormalForest, finish: Finish) -> BitvectorLayout:
+    targets = _tree_targets(structure, forest)
+    F, n_chains, T = forest.n_features, len(forest.chains), len(forest.trees)
+    K = int(finish.fin[C.FIN_N_TARGETS])
+    leaf_orders = [tree.leaves_in_order() for tree in forest.trees]
+    W = max(1, max((len(o) + 63) // 64 for o in leaf_orders))
+    leaves = np.zeros((T, 64 * W), dtype=np.float32)
+    init = np.zeros((T, W), dtype=np.uint64)
+    col, thr, tree_of, lo_hi = [], [], [], []
+    for t, (tree, order) in enumerate(zip(forest.trees, leaf_orders)):
+        position = {leaf: k for k, leaf in enumerate(order)}
+        for k, leaf in enumerate(order):
+            leaves[t, k] = _leaf_value(structure, tree.source[leaf])
+            init[t, k // 64] |= np.uint64(1) << np.uint64(k % 64)
+        # The leaves under each node: a contiguous [first, last] range in left-to-right order.
+        first, last = {}, {}
+        for i in reversed(range(len(tree.column))):  # children are added after their parent
+            if tree.le[i] < 0:
+                first[i] = last[i] = position[i]
+            else:
+                first[i], last[i] = first[tree.le[i]], last[tree.gt[i]]
+        for i in range(len(tree.column)):
+            if tree.le[i] < 0:
+                continue
+            lo, hi = first[tree.le[i]], last[tree.le[i]] + 1  # false: the <= subtree is out
+            if np.isnan(tree.threshold[i]):  # x <= NaN never holds: always false
+                init[t] &= ~_range_mask(lo, hi, W)
+                continue
+            col.append(tree.column[i])
+            thr.append(tree.threshold[i])
+            tree_of.append(t)
+            lo_hi.append((lo, hi))
+    col, thr = np.asarray(col, np.int64), np.asarray(thr, np.float32)
+    order = np.lexsort((thr, col))  # by column, then threshold
+    col, thr = col[order], thr[order]
+    tree_of = np.asarray(tree_of, np.int64)[order]
+    lo_hi = np.asarray(lo_hi, np.int64).reshape(-1, 2)[order]
+    active = np.unique(col)
+    starts = [*np.searchsorted(col, active).tolist(), len(col)]
+    if W == 1:
+        split_words = np.array([~_range_mask(lo, hi, 1)[0] for lo, hi in lo_hi], dtype=np.uint64)
+    else:
+        split_words = (lo_hi[:, 0] | (lo_hi[:, 1] << 32)).astype(np.uint64)
+    n = len(col)
+    active_at = C.BV_HEADER
+    starts_at = active_at + len(active)
+    tree_of_at = starts_at + len(starts)
+    targets_at = tree_of_at + n
+    chains_at = targets_at + T
+    words_at = chains_at + C.CHAIN_FIELDS * n_chains
+    table, words, list_values = _chain_table(forest, words_at, len(finish.fconst))
+    fin_at = words_at + len(words)
+    has_at = fin_at + C.FIN_FIELDS
+    thresholds_at = len(finish.fconst) + len(list_values)
+    header = np.zeros(C.BV_HEADER, dtype=np.int64)
+    header[C.BV_N_TREES], header[C.BV_N_FEATURES], header[C.BV_N_TARGETS] = T, F, K
+    header[C.BV_N_CHAINS] = n_chains
+    header[C.BV_NAN_LOW] = bool(np.any((col >= F) & (col < 2 * F)))
+    header[C.BV_WORDS], header[C.BV_N_ACTIVE] = W, len(active)
+    header[C.BV_ACTIVE_AT], header[C.BV_STARTS_AT], header[C.BV_TREE_OF_AT] = active_at, starts_at, tree_of_at
+    header[C.BV_TARGETS_AT], header[C.BV_CHAINS_AT] = targets_at, chains_at
+    header[C.BV_FIN_AT], header[C.BV_HAS_AT] = fin_at, has_at
+    header[C.BV_THRESHOLDS_AT], header[C.BV_LEAVES_AT] = thresholds_at, thresholds_at + n
+    header[C.BV_INIT_AT] = n
+    prog = np.concatenate(
+        [header, active, starts, tree_of, targets, table, words, finish.fin, _has_flags(targets, K)]
+    ).astype(np.uint32)
+    consts = np.concatenate([finish.fconst, np.asarray(list_values, np.float32), thr, leaves.ravel()]).astype(
+        np.float32
+    )
+    return BitvectorLayout(
+        prog, np.concatenate([split_words, init.ravel()]), consts, C.n_ext_columns(F, n_chains), T, K, W
+    )
+
+
+def _range_mask(lo: int, hi: int, n_words: int) -> np.ndarray:
+    """Bits lo..hi-1 set, over n_words uint64 words."""
+    bits = (1 << int(hi)) - (1 << int(lo))
+    return np.array([(bits >> (64 * w)) & 0xFFFFFFFFFFFFFFFF for w in range(n_words)], dtype=np.uint64)
+
+
+@dataclass
+class GenericLayout:
+    gi: np.ndarray  # int32 (slots, GEN_FIELDS)
+    thr: np.ndarray  # float32 thresholds
+    wt: np.ndarray  # int32 weight targets
+    wv: np.ndarray  # float32 weight values
+    roots: np.ndarray  # int32
+    fin: np.ndarray
+    fconst: np.ndarray
+
+
+def pack_generic(structure: TreeStructure, finish: Finish) -> GenericLayout:
+    a = structure.attrs
+    wt, wv, roots, base = [], [], [], 0
+    packed = structure.pack()
+    n_slots = sum(len(slots) for slots, _, _ in packed)
+    gi = np.zeros((n_slots, C.GEN_FIELDS), dtype=np.int32)
+    thr = np.zeros(n_slots, dtype=np.float32)
+    for slots, _, left in packed:
+        roots.append(base)
+        parent = {child: q for q, first in left.items() for child in (first, first + 1)}
+        for q, i in enumerate(slots):
+            s = base + q
+            gi[s, C.GEN_FEATURE] = a.featureids[i]
+            gi[s, C.GEN_MODE] = a.modes[i]
+            if a.modes[i] == C.LEAF:
+                ws = structure.leaf_weights[i][:1] if a.n_targets == 1 else structure.leaf_weights[i]
+                gi[s, C.GEN_FIRST_WEIGHT] = len(wt)
+                for tid, w in ws:
+                    wt.append(0 if a.n_targets == 1 else tid)
+                    wv.append(w)
+                gi[s, C.GEN_END_WEIGHT] = len(wt)
+            else:
+                gi[s, C.GEN_CHILDREN] = base + left[q]
+                folded = q in parent and ort_ignores_tracking(structure, slots[parent[q]], i)
+                gi[s, C.GEN_TRACKS] = a.is_tracking(i) and not folded
+                thr[s] = a.values[i]
+        base += len(slots)
+    return GenericLayout(
+        gi,
+        thr,
+        np.asarray(wt, dtype=np.int32),
+        np.asarray(wv, dtype=np.float32),
+        np.asarray(roots, dtype=np.int32),
+        finish.fin,
+        finish.fconst,
+    )
