@@ -76,7 +76,7 @@ def _functional_lstm(keras, layers, data):
 def _sequential_gru(keras, layers, data):
     return keras.Sequential(
         [
-            keras.Input((SEQ_LEN, N_FEATURES)),
+            keras.Input((None, N_FEATURES)),  # any length: traced at the run's sequence length
             _standardize(layers, data),
             layers.GRU(8, return_sequences=True),
             layers.GRU(4),
@@ -95,6 +95,12 @@ def _sequential_simple_rnn(keras, layers, data):
     return keras.Sequential(
         [keras.Input((SEQ_LEN, N_FEATURES)), _standardize(layers, data), layers.SimpleRNN(8), layers.Dense(1)]
     )
+
+
+def _functional_around_sequential(keras, layers, data):
+    block = keras.Sequential([keras.Input((SEQ_LEN, N_FEATURES)), layers.GRU(6, return_sequences=True)], name="block")
+    inp = keras.Input((SEQ_LEN, N_FEATURES))
+    return keras.Model(inp, layers.Dense(1)(layers.LSTM(4)(block(_standardize(layers, data)(inp)))))
 
 
 def _sequential_cnn(keras, layers, data):
@@ -166,6 +172,7 @@ CASES = {
     "sequential_gru": ("lstm", _sequential_gru),
     "functional_gru": ("tab_lstm", _functional_gru),
     "sequential_simple_rnn": ("lstm", _sequential_simple_rnn),
+    "functional_around_sequential": ("tab_lstm", _functional_around_sequential),
     "sequential_cnn": ("cnn1d", _sequential_cnn),
     "functional_cnn": ("tab_cnn", _functional_cnn),
     "sequential_pooling_cnn": ("tab_cnn", _sequential_pooling_cnn),
