@@ -5,11 +5,17 @@ XGBoost ``model.json``, CatBoost ``model.cbm``, sklearn / NGBoost / ensembles / 
 sets ``model.joblib``, Keras ``model.keras``. Meta carries the sorted ``feature_list``,
 the training-order ``feature_names``, the sha256 ``model_checksum``, ``interval_minutes``
 and, for sequence models, ``sequence_length``.
+
+Targets are regressions unless ``task`` says otherwise (per target): ``binary`` learns the sign of
+the target (1 when > 0), ``multiclass`` its terciles (0, 1, 2); the families' trainers then fit their
+classifiers. ``categorical`` names feature columns holding integer category codes (0, 1, ...): the
+libraries that read categories (``Adapter.reads_categories``) train on them as categories, the
+others as numbers. ``write_model`` adds one model trained elsewhere to a run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +65,69 @@ def family_dir_name(family: fam.Family, style: str) -> str:
     return display.get(family.name, "".join(part.capitalize() for part in family.name.split("_")))
 
 
+TASKS = ("regression", "binary", "multiclass")
+
+
+def labels(y: np.ndarray, task: str) -> np.ndarray:
+    """What a trainer fits for ``task``: the target itself, its sign (binary: 1 when > 0) or its
+    terciles (multiclass: 0, 1, 2 by the 1/3 and 2/3 quantiles); NaN targets stay NaN (dropped)."""
+    y = np.asarray(y, dtype=np.float64)
+    if task == "regression":
+        return y
+    if task == "binary":
+        return np.where(np.isfinite(y), y > 0, np.nan)
+    if task == "multiclass":
+        cuts = np.nanquantile(y, [1 / 3, 2 / 3])
+        return np.where(np.isfinite(y), np.digitize(y, cuts), np.nan)
+    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+
+
+def _as_categories(X: pd.DataFrame, categorical: Sequence[str]) -> pd.DataFrame:
+    """``X`` with the ``categorical`` columns as pandas categories whose codes are the values."""
+    X = X.copy()
+    for name in categorical:
+        values = X[name].to_numpy(dtype=np.float64)
+        if not (np.isfinite(values) & (values >= 0) & (values == np.round(values))).all():
+            raise ValueError(f"categorical column {name!r} must hold integer codes >= 0")
+        X[name] = pd.Categorical(values.astype(np.int64), categories=np.arange(int(values.max()) + 1))
+    return X
+
+
+def write_model(
+    root: str | Path,
+    target: str,
+    family: str | fam.Family,
+    file_name: str,
+    save: Callable[[Path], Any],
+    training_order: Sequence[str],
+    n_train: int,
+    *,
+    interval_minutes: float = 1440.0,
+    sequence_length: int | None = None,
+    dir_style: str = "canonical",
+) -> Path:
+    """Write one model (``save(path)`` writes ``file_name``) and its meta into a run; returns its folder."""
+    family = fam.resolve(family)
+    view = artifacts.SEQUENTIAL if family.sequential else artifacts.CROSS_SECTIONAL
+    folder = (
+        Path(root) / "targets" / target / "models" / f"view={view}" / f"family={family_dir_name(family, dir_style)}"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    save(folder / file_name)
+    meta = {
+        "family": family_dir_name(family, dir_style),
+        "feature_list": sorted(training_order),
+        "feature_names": list(training_order),
+        "metrics": {"n_train": int(n_train)},
+        "model_checksum": sha256_file(folder / file_name),
+        "interval_minutes": interval_minutes,
+    }
+    if family.sequential:
+        meta["sequence_length"] = sequence_length
+    write_atomic_json(folder / artifacts.META_FILE, meta)
+    return folder
+
+
 def write_training_run(
     out_dir: str | Path,
     features: pd.DataFrame,
@@ -73,49 +142,57 @@ def write_training_run(
     seed: int = 0,
     dir_style: str = "canonical",
     progress: Callable[[str, str], None] | None = None,
+    task: str | Mapping[str, str] = "regression",
+    categorical: Sequence[str] = (),
 ) -> Path:
     """Train every family on every target and write ``out_dir/run_id/timestamp``; returns that run root.
 
     ``features`` is in time order, its column order is the training order (TRAINING's meta
     lists the names sorted). Sequence families train on sliding windows of ``sequence_length``
     rows and go under ``view=SEQUENTIAL``; the others under ``view=CROSS_SECTIONAL``.
-    ``progress(target, family)`` is called after each model is written.
+    ``progress(target, family)`` is called after each model is written. ``task`` (one for all
+    targets, or per target) and ``categorical`` as in the module docstring.
     """
     root = Path(out_dir) / run_id / timestamp
     training_order = [str(c) for c in features.columns]
+    unknown = sorted(set(categorical) - set(training_order))
+    if unknown:
+        raise ValueError(f"categorical columns {unknown} are not features")
     values = features.to_numpy(dtype=np.float64)
+    with_categories = _as_categories(features, categorical) if categorical else features
     index: dict[str, Any] = {}
     for target, y in targets.items():
-        y = np.asarray(y, dtype=np.float64)
+        target_task = task if isinstance(task, str) else task.get(target, "regression")
+        y = labels(y, target_task)
         ok = np.isfinite(y)
+        if target_task != "regression":
+            y = np.where(ok, y, 0).astype(np.int64)
         written = []
         for name in families:
             family = fam.resolve(name)
+            if target_task not in family.adapter.tasks:
+                raise ValueError(f"family {family.name!r} does not train {target_task} models here")
             if family.sequential:
                 X = windows(values, sequence_length)
                 Y = y[sequence_length - 1 :]
                 keep = ok[sequence_length - 1 :]
                 X, Y = X[keep], Y[keep]
-                view = artifacts.SEQUENTIAL
             else:
-                X, Y, view = features[ok], y[ok], artifacts.CROSS_SECTIONAL
+                X = with_categories if family.adapter.reads_categories else features
+                X, Y = X[ok], y[ok]
             file_name, save = family.adapter.train(family, X, Y, size, seed)
-            folder = (
-                root / "targets" / target / "models" / f"view={view}" / f"family={family_dir_name(family, dir_style)}"
+            write_model(
+                root,
+                target,
+                family,
+                file_name,
+                save,
+                training_order,
+                len(Y),
+                interval_minutes=interval_minutes,
+                sequence_length=sequence_length if family.sequential else None,
+                dir_style=dir_style,
             )
-            folder.mkdir(parents=True, exist_ok=True)
-            save(folder / file_name)
-            meta = {
-                "family": family_dir_name(family, dir_style),
-                "feature_list": sorted(training_order),
-                "feature_names": training_order,
-                "metrics": {"n_train": len(Y)},
-                "model_checksum": sha256_file(folder / file_name),
-                "interval_minutes": interval_minutes,
-            }
-            if family.sequential:
-                meta["sequence_length"] = sequence_length
-            write_atomic_json(folder / artifacts.META_FILE, meta)
             written.append(family.name)
             if progress is not None:
                 progress(target, family.name)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,10 @@ KERAS_H5 = "model.h5"
 
 # A trainer returns the file name it writes and a function writing the model there.
 Trained = tuple[str, Callable[[Path], Any]]
+
+# What a trainer may be asked to learn: ``y`` holds floats (regression) or integer class labels 0..K-1
+# (binary: K = 2). An adapter lists the tasks its trainer takes in ``Adapter.tasks``.
+REGRESSION, BINARY, MULTICLASS = "regression", "binary", "multiclass"
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,36 @@ def as_output(out: Any) -> np.ndarray:
     return out[:, 0] if out.ndim == 2 and out.shape[1] == 1 else out
 
 
+def class_columns(labels: Iterable[Any]) -> tuple[str, ...]:
+    """Output columns of a classifier: ``p_<label>`` per class, in the model's class order."""
+    return tuple(f"p_{label}" for label in labels)
+
+
+def task_of(y: np.ndarray) -> str:
+    """The task a trainer gets: integer labels are classes (binary for two), floats are regression."""
+    if np.asarray(y).dtype.kind not in "iub":
+        return REGRESSION
+    return BINARY if len(np.unique(y)) <= 2 else MULTICLASS
+
+
+_MEMO: dict[tuple[int, str], Any] = {}
+
+
+def memo(obj: Any, key: str, compute: Callable[[Any], Any]) -> Any:
+    """``compute(obj)``, once per live object (dropped when it is collected): what a loaded model
+    says about itself (objective, categorical columns) is read once, not on every predict."""
+    slot = (id(obj), key)
+    if slot in _MEMO:
+        return _MEMO[slot]
+    value = compute(obj)
+    try:
+        weakref.finalize(obj, _MEMO.pop, slot, None)
+    except TypeError:  # not weak-referenceable: computed each time
+        return value
+    _MEMO[slot] = value
+    return value
+
+
 def predict_quietly(model: Any, X: np.ndarray) -> Any:
     """``model.predict(X)`` without sklearn's warning that a model fitted on a DataFrame got an
     array: the loader has already placed the columns in the model's order."""
@@ -109,6 +144,8 @@ class Adapter:
     name: str = ""
     accepts: tuple[str, ...] = ()
     formats: tuple[FileFormat, ...] = ()
+    tasks: tuple[str, ...] = (REGRESSION,)  # what ``train`` can learn (``task_of(y)``)
+    reads_categories: bool = False  # ``train`` takes pandas category columns as categorical features
     # Relative parity tolerance of the converted graph: max |onnx - native| / output scale.
     tolerance: float = 1e-4
     libraries: tuple[str, ...] = ()  # converter libraries whose versions the lock records
@@ -143,7 +180,13 @@ class Adapter:
         return None if generic_names(names) else names
 
     def output_columns(self, model: Any) -> tuple[str, ...]:
+        """Names of ``predict``'s columns: ``("prediction",)`` for one, ``p_<label>`` per class."""
         return ("prediction",)
+
+    def categorical_features(self, model: Any) -> dict[int, tuple[int, ...]]:
+        """Column index -> the integer codes the model saw, for columns the model reads as
+        categories (integer codes: see the adapters that have them); empty when none."""
+        return {}
 
     # -- conversion and training
 

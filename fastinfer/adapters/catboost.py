@@ -1,8 +1,18 @@
-"""CatBoost: ``model.cbm`` (and pickled CatBoost models).
+"""CatBoost: ``model.cbm`` (and pickled CatBoost models: regressors, classifiers, any loss).
 
-Files are opened from their verified bytes (``load_model(blob=...)``). Graphs come from
-CatBoost's own ONNX export; its output is declared (N) but returned (N, 1) (NOTES.md), which
-``conform`` reshapes to the contract's [N, 1].
+Files are opened from their verified bytes (``CatBoost.load_model(blob=...)``) as the generic
+``catboost.CatBoost``; ``predict`` names the prediction type each loss serves natively: class
+probabilities for Logloss / CrossEntropy / MultiClass (``p_<label>``, binary [1 - p, p]),
+``Exponent`` for Poisson / Tweedie, the raw formula value otherwise.
+
+Categorical features: the model gets them as CatBoost wants them, integer codes as ints (a float
+column of codes ``3.0`` is passed as ``3``; NaN as the string ``"nan"``, a category the model has
+not seen unless it was trained with it); a non-integer value in a categorical column is refused.
+CatBoost exports no ONNX graph for such models, so they stay native with that reason.
+
+Graphs come from CatBoost's own ONNX export; its tree ensemble is rebuilt in the contract form
+(``trees.exported_trees``): regressors as they are (an ``Exp`` tail for Poisson / Tweedie), Logloss
+as K = 2 with LOGISTIC on [-s, s] (= [1 - p, p]), MultiClass as K with SOFTMAX.
 """
 
 from __future__ import annotations
@@ -10,11 +20,25 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 
-from ..converters.graph import conform, finish
+from ..converters.graph import finish
 from ..errors import ConversionError
-from .base import CATBOOST_CBM, PICKLES, Adapter, FileFormat, Trained, generic_names
+from .base import (
+    BINARY,
+    CATBOOST_CBM,
+    MULTICLASS,
+    PICKLES,
+    REGRESSION,
+    Adapter,
+    FileFormat,
+    Trained,
+    as_output,
+    class_columns,
+    generic_names,
+    memo,
+    task_of,
+)
+from .trees import EXP, exported_trees, tree_graph
 
 if TYPE_CHECKING:
     from ..converters import ConvertedGraph
@@ -24,7 +48,7 @@ if TYPE_CHECKING:
 def _load(data: bytes) -> Any:
     import catboost
 
-    model = catboost.CatBoostRegressor()
+    model = catboost.CatBoost()
     model.load_model(blob=data)
     return model
 
@@ -32,46 +56,124 @@ def _load(data: bytes) -> Any:
 # CatBoost's binary parser was not fuzzed: probed when unverified, to be safe.
 CBM = FileFormat(CATBOOST_CBM, _load, crash_probe=True)
 
+_CLASSIFIER_LOSSES = ("Logloss", "CrossEntropy", "MultiClass")
+_EXP_LOSSES = ("Poisson", "Tweedie")
+_MULTI_OUTPUT_LOSSES = ("MultiQuantile", "MultiRMSE", "MultiClassOneVsAll", "MultiLogloss", "MultiCrossEntropy")
 
-def catboost_graph(native: Any, n_features: int) -> onnx.ModelProto:
-    from catboost.utils import convert_to_onnx_object
 
-    if native.get_cat_feature_indices():
-        raise ConversionError("CatBoost models with categorical features have no ONNX export here")
-    model = convert_to_onnx_object(native)
-    return conform(model, n_features, 1, output="predictions")
+def _described(model: Any) -> tuple[str, tuple[int, ...]]:
+    """(loss function name without parameters, categorical column indices), read once per model."""
+
+    def read(m: Any) -> tuple[str, tuple[int, ...]]:
+        loss = str(m.get_all_params().get("loss_function", "RMSE")).split(":")[0]
+        return loss, tuple(int(i) for i in m.get_cat_feature_indices())
+
+    return memo(model, "catboost.description", read)
+
+
+def _prediction_type(loss: str) -> str:
+    if loss in _CLASSIFIER_LOSSES:
+        return "Probability"
+    return "Exponent" if loss in _EXP_LOSSES else "RawFormulaVal"
+
+
+def _rows(X: np.ndarray, categorical: tuple[int, ...]) -> Any:
+    """The rows as CatBoost takes them: categorical columns as int codes (NaN as ``"nan"``)."""
+    if not categorical:
+        return X
+    import catboost
+
+    data = np.asarray(X, dtype=object)
+    for c in categorical:
+        column = np.asarray(X[:, c], dtype=np.float64)
+        finite = np.isfinite(column)
+        bad = finite & (column != np.round(column))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"categorical column {c} holds {column[row]!r} (row {row}): categorical columns carry integer codes"
+            )
+        data[:, c] = [int(v) if ok else "nan" for v, ok in zip(column.tolist(), finite.tolist())]
+    return catboost.Pool(data, cat_features=list(categorical))
 
 
 class CatBoostAdapter(Adapter):
     name = "catboost"
-    accepts = ("catboost.CatBoostRegressor", "catboost.CatBoost")
+    accepts = ("catboost.CatBoostRegressor", "catboost.CatBoostClassifier", "catboost.CatBoost")
     formats = (CBM, *PICKLES)
-    tolerance = 1e-4  # float32 borders like CatBoost itself; float32 leaf sums
+    tasks = (REGRESSION, BINARY, MULTICLASS)
+    reads_categories = True
+    # float32 borders like CatBoost itself; leaf sums in float32 (CatBoost: double), then the link
+    # (exp, sigmoid, softmax), each within the raw score's error relative to the column's scale.
+    tolerance = 1e-4
     libraries = ("catboost",)
+
+    def predict(self, model: Any, X: np.ndarray) -> np.ndarray:
+        loss, categorical = _described(model)
+        return as_output(model.predict(_rows(X, categorical), prediction_type=_prediction_type(loss)))
 
     def feature_names(self, model: Any) -> list[str] | None:
         names = model.feature_names_
         names = None if names is None else [str(n) for n in names]
         return None if names is None or generic_names(names) else names
 
+    def output_columns(self, model: Any) -> tuple[str, ...]:
+        loss, _ = _described(model)
+        if loss in _CLASSIFIER_LOSSES:
+            return class_columns(model.classes_)
+        return ("prediction",)
+
+    def categorical_features(self, model: Any) -> dict[int, tuple[int, ...]]:
+        """Categorical columns; the codes CatBoost saw are hashed in the model, so none are listed."""
+        return {c: () for c in _described(model)[1]}
+
     def convert(self, model: Any, family: Family | None, n_features: int, seq_len: int | None) -> ConvertedGraph:
-        loss = str(model.get_all_params().get("loss_function", "RMSE"))
-        if loss.startswith(("MultiQuantile", "MultiRMSE", "Logloss", "CrossEntropy", "MultiClass")):
+        from catboost.utils import convert_to_onnx_object
+
+        loss, categorical = _described(model)
+        if categorical:
             raise ConversionError(
-                f"CatBoost loss {loss!r} is not supported (single-output regression only; train one model per quantile)"
+                f"CatBoost cannot export models with categorical features to ONNX (columns {list(categorical)}): "
+                "served natively"
             )
-        return finish(catboost_graph(model, n_features), ("prediction",), self.converter, self.libraries)
+        if loss.startswith(_MULTI_OUTPUT_LOSSES):
+            raise ConversionError(
+                f"CatBoost loss {loss!r} is not supported (multi-output; train one model per quantile or target)"
+            )
+        if model.feature_names_ is not None and len(model.feature_names_) != n_features:
+            raise ConversionError(f"CatBoost model has {len(model.feature_names_)} features, expected {n_features}")
+        attrs, objective, base, aggregate = exported_trees(convert_to_onnx_object(model))
+        if loss in _CLASSIFIER_LOSSES and objective.name == "regression":
+            raise ConversionError(f"CatBoost exported a regressor graph for the classifier loss {loss!r}")
+        graph = tree_graph(
+            attrs,
+            n_features,
+            objective.n_scores,
+            aggregate=aggregate,
+            post_transform=objective.post_transform,
+            base_values=base,
+            link=EXP if loss in _EXP_LOSSES else objective.link,
+            name="catboost",
+        )
+        return finish(graph, self.output_columns(model), self.converter, self.libraries)
 
     def train(self, family: Family, X: Any, y: np.ndarray, size, seed: int) -> Trained:
         import catboost
 
-        model = catboost.CatBoostRegressor(
+        categorical = [i for i, t in enumerate(getattr(X, "dtypes", [])) if str(t) == "category"]
+        if categorical:  # CatBoost takes categorical values as ints or strings
+            X = X.copy()
+            for i in categorical:
+                X.isetitem(i, X.iloc[:, i].astype(int))
+        estimator = catboost.CatBoostRegressor if task_of(y) == REGRESSION else catboost.CatBoostClassifier
+        model = estimator(
             iterations=size.trees,
             depth=size.depth,
             random_seed=seed,
             verbose=0,
             thread_count=1,
             allow_writing_files=False,
+            cat_features=categorical or None,
         ).fit(X, y)
         return CATBOOST_CBM, lambda p: model.save_model(str(p), format="cbm")
 

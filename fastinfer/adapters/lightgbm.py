@@ -1,8 +1,29 @@
-"""LightGBM: ``model.txt`` (and pickled boosters / LGBMRegressor), and quantile sets of them.
+"""LightGBM: ``model.txt`` (and pickled boosters / LGBMRegressor / LGBMClassifier / LGBMRanker), and
+quantile sets of them.
 
-Graphs go through onnxmltools (ai.onnx.ml ``TreeEnsembleRegressor``), then the split
-thresholds and missing-value routing are made exact (``fix_lightgbm_splits``) and LightGBM's
-reading of |x| <= 1e-35 as 0 is folded into the thresholds (``fold_zero_snap``).
+Graphs are built from LightGBM's own dump (``Booster.dump_model``) into the tree-graph contract
+(``fastinfer.adapters.trees``), one gadget per split reproducing LightGBM's decision for every float32
+input: ``double(x) <= threshold`` with |x| <= 1e-35 read as 0, each ``missing_type``, and categorical
+splits by LightGBM's rule (NaN, negative codes and unseen codes go right; a float is truncated to its
+code). Objectives (``objective_of``):
+
+======================================  =====  ==============  ==========================
+objective                               K      post_transform  tail
+======================================  =====  ==============  ==========================
+regression, regression_l1, huber, fair,  1     NONE            -
+quantile, mape, lambdarank, rank_xendcg
+poisson, gamma, tweedie                  1     NONE            Exp
+binary (sigmoid s: leaves * s)           2     SOFTMAX         - (class 0's score is 0)
+cross_entropy                            1     NONE            Sigmoid
+multiclass                               K     SOFTMAX         -
+multiclassova (sigmoid s)                K     LOGISTIC        - (K independent sigmoids)
+======================================  =====  ==============  ==========================
+
+``boosting=rf`` (``average_output``) averages: aggregate AVERAGE when one tree grows per iteration
+(ONNX divides by all trees), leaves / iterations otherwise.
+DART models are stored as plain trees. Linear trees, ``sqrt`` targets and other objectives are refused
+with the objective named. Classifiers predict one probability per class (binary: [1 - p, p]), named
+``p_<label>``; categorical columns carry the integer codes the model was trained on.
 
 A quantile set (``quantile_lightgbm``) is the artifact ``{"quantiles": [...], "models": [...]}``:
 one LightGBM model per quantile, one output column each (``q0.1``, ...), in artifact order.
@@ -10,23 +31,44 @@ one LightGBM model per quantile, one output column each (``q0.1``, ...), in arti
 
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
-from ..converters.graph import (
-    ONNXMLTOOLS_OPSET,
-    concat_columns,
-    conform,
-    finish,
-    node_attr,
-    onnxmltools_input,
-    tree_node,
-)
+from ..converters.graph import concat_columns, finish, node_attr, tree_node
 from ..errors import ConversionError
-from .base import JOBLIB, LIGHTGBM_TXT, PICKLES, Adapter, FileFormat, Trained, dump_joblib, generic_names
+from .base import (
+    BINARY,
+    JOBLIB,
+    LIGHTGBM_TXT,
+    MULTICLASS,
+    PICKLES,
+    REGRESSION,
+    Adapter,
+    FileFormat,
+    Trained,
+    as_output,
+    class_columns,
+    dump_joblib,
+    generic_names,
+    memo,
+    task_of,
+)
+from .lightgbm_file import Malformed, read_model_text
+from .trees import (
+    EXP,
+    LEFT,
+    LEQ,
+    RIGHT,
+    SIGMOID,
+    Forest,
+    Objective,
+    binary_objective,
+    lightgbm_numeric,
+    membership,
+    tree_graph,
+)
 
 if TYPE_CHECKING:
     from ..converters import ConvertedGraph
@@ -35,89 +77,91 @@ if TYPE_CHECKING:
 # ---------------------------------------------------------------- the file format
 
 
-def check_lightgbm_text(text: str) -> str | None:
-    """Why a LightGBM model.txt is malformed, or None.
-
-    LightGBM's C++ parser trusts the file: a truncated model.txt segfaults the process and a
-    damaged key aborts it (std::terminate), so the structure is checked here first: the
-    header, ``tree_sizes`` against the tree blocks, and every tree's arrays (lengths, numbers,
-    child and feature indices in range).
-    """
-    head, sep, rest = text.partition("\nTree=")
-    if not text.startswith("tree\n") or not sep:
-        return "no LightGBM header or no trees"
-    trees_text, sep, _ = ("Tree=" + rest).partition("\nend of trees")
-    if not sep:
-        return "truncated: no 'end of trees' marker"
-    header = dict(line.partition("=")[::2] for line in head.splitlines()[1:] if "=" in line)
-    try:
-        n_features = int(header["max_feature_idx"]) + 1
-        sizes = [int(x) for x in header["tree_sizes"].split()] if "tree_sizes" in header else None
-    except (KeyError, ValueError):
-        return "header lacks a valid max_feature_idx / tree_sizes"
-    blocks = [b for b in trees_text.split("\n\n") if b.strip()]
-    if sizes is not None and (len(sizes) != len(blocks) or sum(sizes) != len(trees_text.encode()) + 1):
-        return f"tree_sizes lists {len(sizes)} trees of {sum(sizes)} bytes, the file has {len(blocks)}"
-    for k, block in enumerate(blocks):
-        fields = dict(line.partition("=")[::2] for line in block.splitlines())
-        try:
-            leaves, n_cat = int(fields["num_leaves"]), int(fields.get("num_cat", "0"))
-            arrays = (
-                {
-                    name: fields[name].split()
-                    for name in ("split_feature", "threshold", "decision_type", "left_child", "right_child")
-                }
-                if leaves > 1
-                else {}
-            )
-            leaf_value = [float(x) for x in fields["leaf_value"].split()]
-            float(fields.get("shrinkage", "1"))
-            nums = {name: [float(x) for x in values] for name, values in arrays.items()}
-        except (KeyError, ValueError):
-            return f"tree {k}: missing or non-numeric fields"
-        if leaves < 1 or n_cat < 0 or len(leaf_value) != leaves:
-            return f"tree {k}: num_leaves={leaves} but {len(leaf_value)} leaf values"
-        if any(len(v) != leaves - 1 for v in nums.values()):
-            return f"tree {k}: split arrays are not num_leaves - 1 long"
-        for name in ("left_child", "right_child"):
-            if any(not (-leaves <= c < leaves - 1) or c != int(c) for c in nums.get(name, ())):
-                return f"tree {k}: {name} index out of range"
-        if any(not (0 <= f < n_features) or f != int(f) for f in nums.get("split_feature", ())):
-            return f"tree {k}: split_feature out of range"
-        if n_cat and len(fields.get("cat_boundaries", "").split()) != n_cat + 1:
-            return f"tree {k}: cat_boundaries do not match num_cat"
-    # A parameters block cut short makes the parser read past the text: a crash or not,
-    # depending on what lies beyond (so a probe alone cannot be relied on for it).
-    _, params, tail = text.partition("\nparameters:\n")
-    if params and "\nend of parameters" not in tail:
-        return "truncated: 'parameters:' without 'end of parameters'"
-    return None
-
-
-def _lightgbm_text(data: bytes) -> tuple[str | None, str | None]:
-    """(text, None) for a well-formed LightGBM model.txt, else (None, why)."""
+def _model_text(data: bytes) -> str:
+    """The text LightGBM is given: checked (``lightgbm_file``), repaired where that is safe."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return None, f"not a LightGBM text model (byte {exc.start} is not UTF-8)"
-    problem = check_lightgbm_text(text)
-    return (None, f"malformed LightGBM model ({problem})") if problem else (text, None)
+        raise Malformed(f"not a LightGBM text model (byte {exc.start} is not UTF-8)") from None
+    return read_model_text(text).text
 
 
 def _load_text(data: bytes) -> Any:
     import lightgbm
 
-    text, problem = _lightgbm_text(data)
-    if problem:
-        raise ValueError(problem)
+    try:
+        text = _model_text(data)
+    except Malformed as exc:
+        raise ValueError(f"malformed LightGBM model ({exc})") from None
     return lightgbm.Booster(model_str=text)  # the very text that was checked
 
 
 def _check_text(data: bytes) -> str | None:
-    return _lightgbm_text(data)[1]
+    try:
+        _model_text(data)
+    except Malformed as exc:
+        return f"malformed LightGBM model ({exc})"
+    return None
 
 
 TEXT = FileFormat(LIGHTGBM_TXT, _load_text, check=_check_text, crash_probe=True)
+
+
+# ---------------------------------------------------------------- objectives
+
+_IDENTITY = ("regression", "regression_l1", "huber", "fair", "quantile", "mape", "lambdarank", "rank_xendcg")
+_LOG_LINK = ("poisson", "gamma", "tweedie")
+
+
+def parse_objective(objective: str, num_class: int) -> Objective:
+    """LightGBM's objective line (``binary sigmoid:1``, ``multiclassova num_class:3 sigmoid:1``, ...)
+    in contract terms; ``ConversionError`` naming it when the contract cannot express it."""
+    name, *params = str(objective).split()
+    flags = {p for p in params if ":" not in p}
+    options = dict(p.split(":", 1) for p in params if ":" in p)
+    try:
+        sigmoid = float(options.get("sigmoid", 1.0))
+    except ValueError:
+        sigmoid = float("nan")
+    if "sqrt" in flags:
+        raise ConversionError(f"LightGBM objective {objective!r} (sqrt-transformed target) is not converted")
+    if name in _IDENTITY:
+        return Objective(name)
+    if name in _LOG_LINK:
+        return Objective(name, link=EXP)
+    if name == "binary" and np.isfinite(sigmoid):
+        return binary_objective(name, sigmoid)
+    if name in ("cross_entropy", "xentropy"):
+        return Objective(name, link=SIGMOID)
+    if name == "multiclass" and num_class > 1:
+        return Objective(name, num_class, "SOFTMAX")
+    if name == "multiclassova" and num_class > 1 and np.isfinite(sigmoid):
+        return Objective(name, num_class, "LOGISTIC", scale=sigmoid)
+    raise ConversionError(
+        f"LightGBM objective {objective!r} is not supported (supported: {', '.join(_IDENTITY + _LOG_LINK)}, "
+        "binary, cross_entropy, multiclass, multiclassova)"
+    )
+
+
+def _booster(model: Any) -> Any:
+    return model if hasattr(model, "model_to_string") else model.booster_
+
+
+def _header(booster: Any) -> dict[str, str]:
+    """The model text's header lines (objective, num_class, feature_infos, ...)."""
+    text = booster.model_to_string(num_iteration=1)
+    head = text.partition("\nTree=")[0]
+    return dict(line.partition("=")[::2] for line in head.splitlines() if "=" in line)
+
+
+def objective_of(model: Any) -> Objective:
+    """The model's objective in contract terms (read once per loaded model)."""
+
+    def read(booster: Any) -> Objective:
+        header = _header(booster)
+        return parse_objective(header.get("objective", "custom"), int(header.get("num_class", "1")))
+
+    return memo(_booster(model), "lightgbm.objective", read)
 
 
 # ---------------------------------------------------------------- the graph
@@ -144,7 +188,8 @@ def _walk(native: dict, index: int, by_id: dict[int, int], true_ids: list[int], 
 
 
 def fix_lightgbm_splits(model: onnx.ModelProto, booster: Any) -> int:
-    """Make float32 split thresholds and missing-value routing match LightGBM exactly.
+    """Make the float32 split thresholds and missing-value routing of a graph *onnxmltools* made
+    from a LightGBM regressor match LightGBM (``lightgbm_graph`` builds exact graphs itself).
 
     LightGBM compares ``double(x) <= threshold`` (a double); onnxmltools stores the threshold
     rounded to the nearest float32, so an input equal to a threshold that was rounded *up*
@@ -213,55 +258,73 @@ def fix_lightgbm_splits(model: onnx.ModelProto, booster: Any) -> int:
     return changed
 
 
-# LightGBM reads |x| <= kZeroThreshold (1e-35f) as 0.0 (its row parsers skip such values).
-_LIGHTGBM_ZERO = float(np.float32(1e-35))
-
-
-def fold_zero_snap(model: onnx.ModelProto, eps: float) -> int:
-    """Fold LightGBM's ``x = 0 if |x| <= eps`` into the split thresholds it would change.
-
-    Only a split whose threshold lies within eps of 0 can route a snapped value unlike the
-    raw one; for those the float32 threshold that gives the raw value the snapped value's
-    branch is exact: ``snap(x) <= t`` is ``x <= eps`` when ``0 <= t``, else ``x < -eps``;
-    ``snap(x) < t`` is ``x <= eps`` when ``0 < t``, else ``x < -eps`` (GT and GTE are the
-    negations). NaN is not snapped, so its routing is unchanged. The graph stays a bare
-    tree ensemble (which the forest kernel can serve). Returns the splits rewritten.
-    """
-    node = tree_node(model)
-    modes = [m.decode() for m in node_attr(node, "nodes_modes").strings]
-    values_attr = node_attr(node, "nodes_values")
-    values = list(values_attr.floats)
-    e = np.float32(eps)
-    above_eps, below_minus_eps = np.nextafter(e, np.float32(np.inf)), np.nextafter(-e, np.float32(-np.inf))
-    changed = 0
-    for i, (mode, t) in enumerate(zip(modes, values)):
-        if mode in ("BRANCH_LEQ", "BRANCH_GT") and -e <= t < e:
-            values[i] = float(e if t >= 0 else below_minus_eps)
-        elif mode in ("BRANCH_LT", "BRANCH_GTE") and -e < t <= e:
-            values[i] = float(above_eps if t > 0 else -e)
+def _add_tree(forest: Forest, root: dict, target: int, scale: float) -> None:
+    """One dumped tree as gadgets (depth-first, root first); leaves add ``leaf_value * scale``."""
+    forest.new_tree()
+    stack: list[tuple[dict, list, str]] = [(root, [], LEFT)]
+    while stack:
+        node, exits, side = stack.pop()
+        if "split_index" in node:
+            f = int(node["split_feature"])
+            if node["decision_type"] == "==":
+                codes = [int(c) for c in str(node["threshold"]).split("||")]
+                gadget = membership(f, codes, inside=LEFT, zero_floor=(LEQ, -1.0), nan_inside=False)
+            elif node["decision_type"] == "<=":
+                gadget = lightgbm_numeric(f, float(node["threshold"]), node["missing_type"], bool(node["default_left"]))
+            else:
+                raise ConversionError(f"LightGBM split decision {node['decision_type']!r} is not converted")
+            head, open_exits = forest.add(gadget)
+            stack.append((node["right_child"], open_exits, RIGHT))
+            stack.append((node["left_child"], open_exits, LEFT))
+        elif "leaf_coeff" in node or "leaf_features" in node:
+            raise ConversionError("LightGBM linear trees (linear_tree=true) are not converted")
         else:
-            continue
-        changed += 1
-    del values_attr.floats[:]
-    values_attr.floats.extend(values)
-    return changed
+            head = forest.leaf({target: float(node["leaf_value"]) * scale})
+        forest.connect([e for e in exits if e[2] == side], {side: head})
 
 
 def lightgbm_graph(native: Any, n_features: int) -> onnx.ModelProto:
-    """A contract graph (K = 1) for one LightGBM regressor or booster."""
-    from onnxmltools import convert_lightgbm
-
+    """The contract graph of one LightGBM model (any objective in ``parse_objective``)."""
     booster = _lightgbm_booster(native)
     if booster.num_feature() != n_features:
         raise ConversionError(f"LightGBM model has {booster.num_feature()} features, expected {n_features}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = convert_lightgbm(
-            booster, initial_types=onnxmltools_input(n_features), target_opset=ONNXMLTOOLS_OPSET, zipmap=False
-        )
-    fix_lightgbm_splits(model, booster)
-    fold_zero_snap(model, _LIGHTGBM_ZERO)
-    return conform(model, n_features, 1)
+    dump = booster.dump_model()
+    objective = parse_objective(dump.get("objective", "custom"), int(dump.get("num_class", 1)))
+    per_iteration = int(dump["num_tree_per_iteration"])
+    if per_iteration != objective.raw_scores:
+        raise ConversionError(f"LightGBM model grows {per_iteration} trees per iteration for {objective.name!r}")
+    trees = dump["tree_info"]
+    average = bool(dump.get("average_output"))
+    # rf boosting averages each score over the iterations: ONNX's AVERAGE divides by all trees,
+    # which is that for one score; with K scores the leaves are divided instead.
+    divide = max(1, len(trees) // per_iteration) if average and per_iteration > 1 else 1
+    forest = Forest(objective.n_scores)
+    for i, info in enumerate(trees):
+        _add_tree(forest, info["tree_structure"], objective.target(i % per_iteration), objective.scale / divide)
+    return tree_graph(
+        forest.attrs,
+        n_features,
+        objective.n_scores,
+        aggregate="AVERAGE" if average and per_iteration == 1 else "SUM",
+        post_transform=objective.post_transform,
+        link=objective.link,
+        name="lightgbm",
+    )
+
+
+def categorical_codes(model: Any) -> dict[int, tuple[int, ...]]:
+    """Column -> the category codes LightGBM saw (its ``feature_infos``: ``1:0:4`` for a categorical
+    column, ``[min:max]`` or ``none`` otherwise); negative codes (LightGBM's missing) left out."""
+
+    def read(booster: Any) -> dict[int, tuple[int, ...]]:
+        infos = _header(booster).get("feature_infos", "").split()
+        out = {}
+        for i, info in enumerate(infos):
+            if info != "none" and not info.startswith("["):
+                out[i] = tuple(sorted(int(c) for c in info.split(":") if int(c) >= 0))
+        return out
+
+    return memo(_booster(model), "lightgbm.categorical", read)
 
 
 # ---------------------------------------------------------------- adapters
@@ -281,25 +344,48 @@ def _params(size, seed: int) -> dict:
 
 class LightGBMAdapter(Adapter):
     name = "lightgbm"
-    accepts = ("lightgbm.Booster", "lightgbm.LGBMRegressor")
+    # LGBMModel: the base of LGBMRegressor, LGBMClassifier and LGBMRanker.
+    accepts = ("lightgbm.Booster", "lightgbm.LGBMRegressor", "lightgbm.LGBMClassifier", "lightgbm.LGBMModel")
     formats = (TEXT, *PICKLES)
-    # Same branches (thresholds made exact), leaf values and sums in float32 instead of
-    # float64: relative error ~ n_trees * eps32 (6e-8), ~3e-5 at 500 trees.
+    tasks = (REGRESSION, BINARY, MULTICLASS)
+    reads_categories = True
+    # Same branches (every split exact for float32 inputs), leaf values and sums in float32 instead of
+    # float64: the raw score's error ~ n_trees * eps32 * |score| (6e-8 per tree, ~3e-5 at 500 trees).
+    # The links keep that bound relative to the column's scale: exp(s) moves by |exp(s)| * err; a
+    # sigmoid or softmax by at most err / 4 resp. err / 2 on probabilities <= 1.
     tolerance = 1e-4
-    libraries = ("onnxmltools", "lightgbm")
+    libraries = ("lightgbm",)
+
+    def predict(self, model: Any, X: np.ndarray) -> np.ndarray:
+        """What LightGBM's ``Booster.predict`` gives (best iteration, its own output transform), as
+        one probability per class for binary models ([1 - p, p])."""
+        out = _booster(model).predict(X)
+        if objective_of(model).binary:
+            out = np.column_stack([1.0 - out, out])
+        return as_output(out)
 
     def feature_names(self, model: Any) -> list[str] | None:
-        booster = model if hasattr(model, "feature_name") else getattr(model, "booster_", None)
-        names = [str(n) for n in booster.feature_name()] if booster is not None else None
-        return None if names is None or generic_names(names) else names
+        names = [str(n) for n in _booster(model).feature_name()]
+        return None if generic_names(names) else names
+
+    def output_columns(self, model: Any) -> tuple[str, ...]:
+        objective = objective_of(model)
+        if not objective.classifier:
+            return ("prediction",)
+        labels = getattr(model, "classes_", None)
+        return class_columns(labels if labels is not None else range(objective.width))
+
+    def categorical_features(self, model: Any) -> dict[int, tuple[int, ...]]:
+        return categorical_codes(model)
 
     def convert(self, model: Any, family: Family | None, n_features: int, seq_len: int | None) -> ConvertedGraph:
-        return finish(lightgbm_graph(model, n_features), ("prediction",), self.converter, self.libraries)
+        return finish(lightgbm_graph(model, n_features), self.output_columns(model), self.converter, self.libraries)
 
     def train(self, family: Family, X: Any, y: np.ndarray, size, seed: int) -> Trained:
         import lightgbm
 
-        model = lightgbm.LGBMRegressor(**_params(size, seed)).fit(X, y)
+        estimator = lightgbm.LGBMRegressor if task_of(y) == REGRESSION else lightgbm.LGBMClassifier
+        model = estimator(**_params(size, seed)).fit(X, y)
         return LIGHTGBM_TXT, lambda p: model.booster_.save_model(str(p))
 
 

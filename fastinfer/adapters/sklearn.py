@@ -1,22 +1,46 @@
-"""scikit-learn forests and linear models (and Pipelines of scalers in front of a linear model).
+"""scikit-learn forests and linear models (and Pipelines of scalers in front of a linear model),
+regressors and classifiers.
 
 Graphs go through skl2onnx. Trees are converted with float32 inputs (a float64 tree graph is
 one ONNX Runtime refuses, NOTES.md); skl2onnx then adjusts each threshold so that
 ``float32(x) <= t`` keeps scikit-learn's branch. A scaler is accepted in front of a linear
 model only: in front of trees, float32 scaling moves rows across split thresholds.
+
+Classifiers predict ``predict_proba`` (one column per class, ``p_<label>``). A forest classifier's
+``TreeEnsembleClassifier`` is rebuilt as the tree-graph contract's regressor (``trees.exported_trees``):
+K class-probability targets summed over trees whose weights skl2onnx already divided by the number
+of trees (SUM, NONE); a binary forest is one P(class 1) column and the [1 - p, p] tail.
+LogisticRegression (``zipmap=False``) is its linear graph: ``LinearClassifier`` (LOGISTIC, or
+SOFTMAX then an L1 ``Normalizer``), its probabilities output.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
-from ..converters.graph import OPSETS, conform, finish
+from ..converters.graph import OPSETS, conform, finish, prune_dead_nodes
 from ..errors import ConversionError
-from .base import JOBLIB, PICKLES, Adapter, Trained, dump_joblib, type_names
+from .base import (
+    BINARY,
+    JOBLIB,
+    MULTICLASS,
+    PICKLES,
+    REGRESSION,
+    Adapter,
+    Trained,
+    as_output,
+    class_columns,
+    dump_joblib,
+    predict_quietly,
+    task_of,
+    type_names,
+)
+from .trees import exported_trees, tree_graph
 
 if TYPE_CHECKING:
     from ..converters import ConvertedGraph
@@ -27,6 +51,10 @@ TREES = (
     "sklearn.ExtraTreesRegressor",
     "sklearn.DecisionTreeRegressor",
     "sklearn.ExtraTreeRegressor",
+    "sklearn.RandomForestClassifier",
+    "sklearn.ExtraTreesClassifier",
+    "sklearn.DecisionTreeClassifier",
+    "sklearn.ExtraTreeClassifier",
 )
 LINEAR = (
     "sklearn.Ridge",
@@ -36,6 +64,7 @@ LINEAR = (
     "sklearn.RidgeCV",
     "sklearn.LassoCV",
     "sklearn.ElasticNetCV",
+    "sklearn.LogisticRegression",
 )
 SCALERS = ("sklearn.StandardScaler", "sklearn.MinMaxScaler", "sklearn.RobustScaler", "sklearn.MaxAbsScaler")
 PIPELINE = "sklearn.Pipeline"
@@ -63,8 +92,19 @@ def _check_supported(native: Any) -> None:
                 )
 
 
+def _final(native: Any) -> Any:
+    """The estimator that predicts (a Pipeline's last step)."""
+    return native.steps[-1][1] if _is(native, (PIPELINE,)) else native
+
+
+def _classes(native: Any) -> Any:
+    """The class labels of a classifier (None for a regressor)."""
+    final = _final(native)
+    return getattr(final, "classes_", None) if hasattr(final, "predict_proba") else None
+
+
 def sklearn_graph(native: Any, n_features: int) -> onnx.ModelProto:
-    """A contract graph (K = 1) for a supported scikit-learn regressor."""
+    """A contract graph for a supported scikit-learn regressor (K = 1) or classifier (K classes)."""
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
 
@@ -72,10 +112,30 @@ def sklearn_graph(native: Any, n_features: int) -> onnx.ModelProto:
     seen = getattr(native, "n_features_in_", n_features)
     if seen != n_features:
         raise ConversionError(f"{type(native).__name__} was fitted on {seen} features, expected {n_features}")
+    classes = _classes(native)
     model = convert_sklearn(
-        native, initial_types=[("features", FloatTensorType([None, n_features]))], target_opset=dict(OPSETS)
+        native,
+        initial_types=[("features", FloatTensorType([None, n_features]))],
+        target_opset=dict(OPSETS),
+        options={id(_final(native)): {"zipmap": False}} if classes is not None else None,
     )
-    return conform(model, n_features, 1)
+    if classes is None:
+        return conform(model, n_features, 1)
+    if _is(_final(native), TREES):
+        attrs, objective, base, aggregate = exported_trees(model)
+        return tree_graph(
+            attrs,
+            n_features,
+            objective.n_scores,
+            aggregate=aggregate,
+            post_transform=objective.post_transform,
+            base_values=base,
+            link=objective.link,
+            name="sklearn_forest",
+        )
+    model = conform(model, n_features, len(classes), output="probabilities")
+    prune_dead_nodes(model)  # the label output's nodes
+    return model
 
 
 def _forest(cls_name: str) -> Callable:
@@ -98,7 +158,8 @@ def _linear(cls_name: str, **kwargs: Any) -> Callable:
     return factory
 
 
-# The estimator the test writer trains for each family the adapter serves.
+# The estimator the test writer trains for each family the adapter serves, per task: classifiers
+# are the forests' classifiers and, for every linear family, LogisticRegression.
 _TRAINERS: dict[str, Callable] = {
     "random_forest": _forest("RandomForestRegressor"),
     "extra_trees": _forest("ExtraTreesRegressor"),
@@ -107,12 +168,17 @@ _TRAINERS: dict[str, Callable] = {
     "elastic_net": _linear("ElasticNet", alpha=1e-4),
     "linear_regression": _linear("LinearRegression"),
 }
+_CLASSIFIERS: dict[str, Callable] = {
+    "random_forest": _forest("RandomForestClassifier"),
+    "extra_trees": _forest("ExtraTreesClassifier"),
+}
 
 
 class SklearnAdapter(Adapter):
     name = "sklearn"
     accepts = (*TREES, *LINEAR, PIPELINE + f"({' | '.join(SCALERS)} ..., linear model)")
     formats = PICKLES
+    tasks = (REGRESSION, BINARY, MULTICLASS)
     # Forests: float32 leaves averaged; linear: a float32 dot product against float64 — the
     # error is relative to |coef|·|x|, which exceeds |output| when terms cancel, hence 1e-4.
     tolerance = 1e-4
@@ -121,11 +187,26 @@ class SklearnAdapter(Adapter):
     def handles(self, obj: Any) -> bool:
         return _is(obj, (*TREES, *LINEAR, PIPELINE))
 
+    def predict(self, model: Any, X: np.ndarray) -> np.ndarray:
+        """``predict_proba`` for classifiers (one column per class), ``predict`` for regressors."""
+        if _classes(model) is not None:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="X does not have valid feature names")
+                return as_output(model.predict_proba(X))
+        return as_output(predict_quietly(model, X))
+
+    def output_columns(self, model: Any) -> tuple[str, ...]:
+        classes = _classes(model)
+        return ("prediction",) if classes is None else class_columns(classes)
+
     def convert(self, model: Any, family: Family | None, n_features: int, seq_len: int | None) -> ConvertedGraph:
-        return finish(sklearn_graph(model, n_features), ("prediction",), self.converter, self.libraries)
+        return finish(sklearn_graph(model, n_features), self.output_columns(model), self.converter, self.libraries)
 
     def train(self, family: Family, X: Any, y: np.ndarray, size, seed: int) -> Trained:
-        return JOBLIB, dump_joblib(_TRAINERS[family.name](size, seed).fit(X, y))
+        if task_of(y) == REGRESSION:
+            return JOBLIB, dump_joblib(_TRAINERS[family.name](size, seed).fit(X, y))
+        classifier = _CLASSIFIERS.get(family.name, _linear("LogisticRegression", max_iter=1000))
+        return JOBLIB, dump_joblib(classifier(size, seed).fit(X, y))
 
 
 SKLEARN = SklearnAdapter()

@@ -1,21 +1,29 @@
-"""The parity gate: every converted graph against its native model, on probe rows.
+"""The parity gate: every converted graph against its native model, on probe rows that look like
+the data.
 
-``probe_rows`` draws deterministic float32 rows at realistic scales, zeros, extremes,
-NaN rows (only for families whose native model routes NaN itself) and rows placed exactly
-on the split thresholds of the graph's trees (``tree_thresholds``), and just above them,
-where a float32 graph is most likely to take another branch than a float64 native model.
+``probe_rows`` draws deterministic float32 rows at realistic scales, zeros, extremes, NaN rows (only
+for families whose native model routes NaN itself), and rows that put the features on the split
+thresholds of the graph's trees (``tree_thresholds``) and on both float32 neighbours of each, where a
+float32 graph is most likely to take another branch than a float64 native model. Those rows are
+packed: row r puts *every* feature on its r-th threshold value, so every threshold of every feature
+and both its neighbours are probed in 3 x (most thresholds of one feature) rows (up to
+``max_threshold_rows``). Columns the model reads as categories (``categorical``: column -> codes the
+model saw) carry integer codes in every row instead: seen codes, unseen ones (above the largest,
+in gaps, large), negative codes and NaN; categorical columns carry integer codes (see the adapters).
 
 ``check_parity`` runs the graph in ONNX Runtime (CPU, one thread) and the adapter's ``predict``
 on the same rows. The error is measured per output column relative to that column's
 scale, ``max_i |native[i, k]|`` over the probes (floored at ``SCALE_FLOOR``), so that a
 model whose outputs are all near zero is judged against its own magnitude and a
 two-column NGBoost output is not judged by the larger column. A failed gate is a
-report with ``passed=False`` and a reason, never an exception.
+report with ``passed=False`` and a reason, never an exception; where a feature sitting on a split
+threshold explains the disagreement (moving it off the threshold removes it), the reason names
+that feature (by name with ``feature_names``) and the threshold.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +96,33 @@ def _scale(feature_scale: Any, n_features: int) -> np.ndarray:
     return scale
 
 
+def _neighbours(values: np.ndarray) -> np.ndarray:
+    """Each float32 value and the float32 values just below and above it, the finite ones."""
+    v = np.asarray(values, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        out = np.concatenate([v, np.nextafter(v, np.float32(-np.inf)), np.nextafter(v, np.float32(np.inf))]).reshape(
+            3, -1
+        )
+    out = out.T.ravel()  # t, below, above for each threshold in turn
+    return out[np.isfinite(out)]
+
+
+def category_codes(seen: Sequence[int]) -> np.ndarray:
+    """Codes to probe a categorical column with: the codes the model saw (0..9 when it lists none),
+    unseen ones (just above the largest, a gap between seen ones, a large one), negative ones."""
+    seen = sorted({int(c) for c in seen}) or list(range(10))
+    gaps = sorted(set(range(seen[0], seen[-1] + 1)) - set(seen))[:2]
+    extra = [seen[-1] + 1, seen[-1] + 2, *gaps, 1 << 20, -1, -2]
+    return np.asarray(seen + extra, dtype=np.float32)
+
+
+def _codes(categorical: Mapping[int, Sequence[int]] | Sequence[int] | None) -> dict[int, np.ndarray]:
+    if categorical is None:
+        return {}
+    items = categorical.items() if isinstance(categorical, Mapping) else ((int(c), ()) for c in categorical)
+    return {int(c): category_codes(seen) for c, seen in items}
+
+
 def probe_rows(
     family: Family | str,
     n_features: int,
@@ -95,19 +130,24 @@ def probe_rows(
     seq_len: int | None = None,
     thresholds: Mapping[int, np.ndarray] | None = None,
     feature_scale: Any = None,
-    max_threshold_rows: int = 512,
+    max_threshold_rows: int = 1536,
+    *,
+    categorical: Mapping[int, Sequence[int]] | Sequence[int] | None = None,
 ) -> np.ndarray:
     """Deterministic float32 probes, [N, F] (or [N, T, F] for sequential families).
 
     Blocks: 64 Gaussian rows and 16 heavy-tailed (Student t, 3 dof) rows at
     ``feature_scale`` (per feature or scalar; default 1), 8 rows at ±10x scale, 2 all-zero
     rows; with ``family.handles_nan`` an all-NaN row, one NaN per feature and 16 rows with
-    20 % NaN; with ``thresholds`` (see ``tree_thresholds``) rows with one feature exactly
-    on a finite threshold and rows just above it (up to ``max_threshold_rows``, evenly sampled).
+    20 % NaN; with ``thresholds`` (see ``tree_thresholds``) the packed threshold rows (module
+    docstring; at most ``max_threshold_rows``, each feature's values evenly sampled beyond that).
+    ``categorical`` (column -> codes seen, or just the columns): those columns hold integer codes
+    in every row, each code of ``category_codes`` in turn in one block (NaN too where handled).
     """
     family = resolve(family)
     rng = np.random.default_rng(rng_seed)
     scale = _scale(feature_scale, n_features)
+    codes = {c: v for c, v in _codes(categorical).items() if 0 <= c < n_features}
     blocks = [
         rng.normal(size=(64, n_features)) * scale,
         rng.standard_t(3, size=(16, n_features)) * scale,
@@ -121,31 +161,33 @@ def probe_rows(
         sparse[rng.random(size=sparse.shape) < 0.2] = np.nan
         blocks += [np.full((1, n_features), np.nan), single, sparse]
     if thresholds and family.input_rank == 2:
-        # Finite rows only: a threshold at float32 max (LightGBM's "all finite values go
-        # left" split) has +inf just above it, and non-finite inputs are refused upstream.
-        pairs = [
-            (f, v)
-            for f, vals in sorted(thresholds.items())
-            if 0 <= f < n_features
-            for v in vals
-            if np.isfinite(np.nextafter(np.float32(v), np.float32(np.inf)))
-        ]
-        pairs = (
-            [
-                pairs[i]
-                for i in np.unique(np.linspace(0, len(pairs) - 1, min(len(pairs), max_threshold_rows // 2)).astype(int))
-            ]
-            if pairs
-            else []
-        )
-        if pairs:
-            base = rng.normal(size=(2 * len(pairs), n_features)) * scale
-            for r, (f, v) in enumerate(pairs):
-                v32 = np.float32(v)
-                base[2 * r, f] = v32
-                base[2 * r + 1, f] = np.nextafter(v32, np.float32(np.inf))
-            blocks.append(base)
-    rows = np.vstack(blocks).astype(np.float32)
+        # Finite values only: a threshold at float32 max (LightGBM's "all finite values go left"
+        # split) has +inf just above it, and non-finite inputs are refused upstream.
+        values = {f: _neighbours(v) for f, v in sorted(thresholds.items()) if 0 <= f < n_features and f not in codes}
+        values = {f: v for f, v in values.items() if len(v)}
+        if values:
+            n_rows = min(max(len(v) for v in values.values()), max_threshold_rows)
+            packed = rng.normal(size=(n_rows, n_features)) * scale
+            for f, v in values.items():
+                pick = (
+                    np.arange(n_rows) % len(v) if len(v) <= n_rows else np.linspace(0, len(v) - 1, n_rows).astype(int)
+                )
+                packed[:, f] = v[pick]
+            blocks.append(packed)
+    rows = np.vstack(blocks)
+    if codes:
+        for c, pool in codes.items():  # codes in every block instead of scaled values
+            column = rng.choice(pool, size=len(rows))
+            if family.handles_nan:
+                column[np.isnan(rows[:, c])] = np.nan
+            rows[:, c] = column
+        longest = max(len(p) for p in codes.values()) + int(family.handles_nan)
+        each = rng.normal(size=(longest, n_features)) * scale
+        for c, pool in codes.items():
+            cycle = np.concatenate([pool, [np.nan]]) if family.handles_nan else pool
+            each[:, c] = cycle[np.arange(longest) % len(cycle)]
+        rows = np.vstack([rows, each])
+    rows = rows.astype(np.float32)
     if family.input_rank == 3:
         if not seq_len:
             raise ValueError(f"family {family.name!r} is sequential: probe_rows needs seq_len")
@@ -172,10 +214,55 @@ def _fail(
     return ParityReport(max_abs, max_rel, tolerance, False, n_rows, reason)
 
 
+def _where_on(value: np.float32, values: np.ndarray) -> tuple[int, str] | None:
+    """(index of the threshold, "on" / "just below" / "just above") when ``value`` is a threshold in
+    sorted ``values`` or one of its float32 neighbours."""
+    k = int(np.searchsorted(values, value))
+    for i in (k - 1, k):
+        if 0 <= i < len(values):
+            t = values[i]
+            if value == t:
+                return i, "on"
+            if value == np.nextafter(t, np.float32(-np.inf)):
+                return i, "just below"
+            if value == np.nextafter(t, np.float32(np.inf)):
+                return i, "just above"
+    return None
+
+
+def _culprit(row: np.ndarray, thresholds: Mapping[int, np.ndarray], agrees) -> tuple[int, float, str] | None:
+    """The feature of a failing row whose sitting on a split threshold explains the disagreement:
+    moving it half way to the next threshold (or by 1) makes graph and native agree."""
+    for f, values in sorted(thresholds.items()):
+        if not 0 <= f < len(row) or not np.isfinite(row[f]):
+            continue
+        hit = _where_on(np.float32(row[f]), values)
+        if hit is None:
+            continue
+        i, where = hit
+        t = float(values[i])
+        if where == "just below":
+            other = float(values[i - 1]) if i > 0 else t - 1.0
+        else:
+            other = float(values[i + 1]) if i + 1 < len(values) else t + 1.0
+        moved = row.copy()
+        moved[f] = np.float32((t + other) / 2)
+        if agrees(moved):
+            return f, t, where
+    return None
+
+
 def check_parity(
-    native: Any, graph: ConvertedGraph | onnx.ModelProto, probes: np.ndarray, family: Family | str
+    native: Any,
+    graph: ConvertedGraph | onnx.ModelProto,
+    probes: np.ndarray,
+    family: Family | str,
+    *,
+    feature_names: Sequence[str] | None = None,
 ) -> ParityReport:
-    """Compare the graph (ONNX Runtime, CPU, 1 thread) with the native model on ``probes``."""
+    """Compare the graph (ONNX Runtime, CPU, 1 thread) with the native model on ``probes``.
+
+    ``feature_names`` (the graph's column order) name the feature a refusal blames."""
     family = resolve(family)
     tolerance = tolerance_for(family)
     model = graph.model if isinstance(graph, ConvertedGraph) else graph
@@ -183,12 +270,14 @@ def check_parity(
     n = int(probes.shape[0]) if probes.ndim else 0
     if n == 0:
         return _fail("no probe rows", tolerance, 0)
+    adapter = adapter_of(native, family)
     try:
-        got = _session(model).run([OUTPUT_NAME], {INPUT_NAME: probes})[0]
+        session = _session(model)
+        got = session.run([OUTPUT_NAME], {INPUT_NAME: probes})[0]
     except Exception as exc:  # ORT raises its own types for refused graphs and bad inputs
         return _fail(f"ONNX Runtime could not run the graph: {type(exc).__name__}: {exc}", tolerance, n)
     try:
-        want = adapter_of(native, family).predict(native, probes.astype(np.float64))
+        want = adapter.predict(native, probes.astype(np.float64))
     except Exception as exc:  # the native library's own errors
         return _fail(f"native prediction failed: {type(exc).__name__}: {exc}", tolerance, n)
     got = np.asarray(got, dtype=np.float64)
@@ -196,21 +285,46 @@ def check_parity(
     want = want.reshape(n, -1) if want.ndim == 1 else want
     if got.shape != want.shape:
         return _fail(f"shape mismatch: graph {got.shape}, native {want.shape}", tolerance, n)
-    both_nan = np.isnan(got) & np.isnan(want)
-    diff = np.where(both_nan, 0.0, np.abs(got - want))
-    diff[np.isnan(diff)] = np.inf  # NaN on one side only
     finite_want = np.where(np.isfinite(want), np.abs(want), 0.0)
     scale = np.maximum(finite_want.max(axis=0), SCALE_FLOOR)
-    rel = diff / scale
-    max_abs, max_rel = float(diff.max()), float(rel.max())
+    rel = _difference(got, want) / scale
+    max_abs, max_rel = float(_difference(got, want).max()), float(rel.max())
     if max_rel <= tolerance:
         return ParityReport(max_abs, max_rel, tolerance, True, n, f"max relative error {max_rel:.3g} <= {tolerance:g}")
     row, col = np.unravel_index(int(np.argmax(rel)), rel.shape)
-    return _fail(
+    reason = (
         f"max relative error {max_rel:.3g} > {tolerance:g} (scale {scale[col]:.3g}) at probe row {row}, "
-        f"column {col}: graph {got[row, col]!r}, native {want[row, col]!r}",
-        tolerance,
-        n,
-        max_abs,
-        max_rel,
+        f"column {col}: graph {got[row, col]!r}, native {want[row, col]!r}"
     )
+    if probes.ndim == 2:
+
+        def agrees(moved: np.ndarray) -> bool:
+            x = moved[None, :]
+            g = np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], dtype=np.float64).reshape(1, -1)
+            w = np.asarray(adapter.predict(native, x.astype(np.float64)), dtype=np.float64).reshape(1, -1)
+            return bool((_difference(g, w) / scale <= tolerance).all())
+
+        try:
+            found = _culprit(probes[row], tree_thresholds(model), agrees)
+        except Exception:  # a diagnosis must not turn a report into an exception
+            found = None
+        if found is not None:
+            f, t, where = found
+            name = (
+                f"{feature_names[f]!r} (column {f})"
+                if feature_names is not None and f < len(feature_names)
+                else f"column {f}"
+            )
+            reason += (
+                f"; feature {name} = {float(probes[row, f])!r} sits {where} split threshold {t!r} "
+                "(moving it off the threshold removes the disagreement)"
+            )
+    return _fail(reason, tolerance, n, max_abs, max_rel)
+
+
+def _difference(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """|got - want|, 0 where both are NaN, inf where only one is."""
+    both_nan = np.isnan(got) & np.isnan(want)
+    diff = np.where(both_nan, 0.0, np.abs(got - want))
+    diff[np.isnan(diff)] = np.inf
+    return diff
