@@ -88,13 +88,15 @@ def convert(run_root: Path, targets: str | None, families: str | None, config_pa
 def verify(run_root: Path, public_key: Path | None, config_path: Path | None) -> None:
     """Re-check every checksum of RUN_ROOT (meta, lock, graphs; the signature with --public-key).
 
-    Exits 1 on any mismatch."""
+    Exits 1 on any mismatch, on a model that failed at conversion, and (with --public-key) on any
+    model the loader would open that the signature does not cover."""
     from .artifacts import resolve_run_root
     from .integrity import sha256_file
     from .loader import ModelLoader
 
     root = resolve_run_root(run_root)
     problems = 0
+    signed = None
     if public_key is not None:
         from .signing import verify_run
 
@@ -106,23 +108,36 @@ def verify(run_root: Path, public_key: Path | None, config_path: Path | None) ->
             problems += 1
     # With --config turning verify_signature on, the loader refuses a run whose signature fails.
     loader = ModelLoader(root, prefer_onnx=False, config_path=config_path)
-    lock = loader.lock
+    lock = signed.lock() if signed is not None else loader.lock
     for loc in loader.locations():
         name = f"{loc.target}/{loc.family.name}"
+        entry = lock.find(loc.key) if lock else None
+        if signed is not None and (entry is None or entry.status == "failed"):
+            click.echo(
+                f"FAIL {name}: not covered by the signature (a signed loader refuses it, an unsigned one opens it)"
+            )
+            problems += 1
+            continue
         try:
             spec = loader.spec_of(loc)
         except FastInferError as exc:
             click.echo(f"FAIL {name}: {exc}")
             problems += 1
             continue
+        if entry is not None and entry.status == "failed":
+            click.echo(f"FAIL {name}: {entry.reason} (left out when the run is served)")
+            problems += 1
+            continue
         actual = sha256_file(spec.model_path)
         checks = [("model_checksum", spec.model_checksum == actual if spec.model_checksum else None)]
-        entry = lock.find(loc.key) if lock else None
         if entry is not None:
             checks.append(("lock native", entry.native_sha256 == actual))
             if entry.status == "onnx":
                 graph = root / entry.onnx_file
                 checks.append(("lock graph", graph.is_file() and sha256_file(graph) == entry.onnx_sha256))
+        if signed is not None:
+            checks.append(("signed meta", signed.digest(spec.meta_path) == sha256_file(spec.meta_path)))
+            checks.append(("signed model", signed.digest(spec.model_path) == actual))
         bad = [what for what, ok in checks if ok is False]
         unsigned = [what for what, ok in checks if ok is None]
         problems += bool(bad)

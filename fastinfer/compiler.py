@@ -23,7 +23,7 @@ from .converters import parity
 from .errors import ConversionError, ModelLoadError
 from .integrity import sha256_file
 from .loader import LoadedModel, ModelLoader
-from .lock import ONNX_FILE, Lock, LockEntry, write_lock
+from .lock import LOCK_FILE, ONNX_FILE, Lock, LockEntry, write_lock
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,35 @@ def compile_model(
     return entry
 
 
+def _stale_temp_files(run_root: Path, folders: Iterable[Path]) -> list[Path]:
+    """Temp files a killed ``convert`` left behind (``write_atomic_bytes`` names them
+    ``.<name>.<random>.tmp``): this compiler's own, the graph's and the lock's, nothing else."""
+    found = [p for folder in folders for p in folder.glob(f".{ONNX_FILE}.*.tmp")]
+    return found + list(run_root.glob(f".{LOCK_FILE}.*.tmp"))
+
+
+def _failed_entry(loc, run_root: Path, reason: str) -> LockEntry:
+    """A model that could not be opened: recorded with its reason, so every other model of the run
+    stays servable and ``verify`` reports it (its file's sha256 where the file can be read)."""
+    files = [loc.path / f for f in loc.family.formats if (loc.path / f).is_file() and not (loc.path / f).is_symlink()]
+    native = files[0] if files else loc.path
+    try:
+        digest = sha256_file(native) if files else ""
+    except OSError:
+        digest = ""
+    return LockEntry(
+        loc.target,
+        loc.view,
+        loc.family.name,
+        loc.universe,
+        loc.symbol,
+        native_file=str(native.relative_to(run_root)),
+        native_sha256=digest,
+        status="failed",
+        reason=reason,
+    )
+
+
 def compile_run(
     run_root: str | Path,
     targets: Iterable[str] | None = None,
@@ -108,7 +137,9 @@ def compile_run(
 ) -> Lock:
     """Compile every model of the run (or the targets × families asked for) and write the lock.
 
-    Models that fail to load natively are recorded as native with the loader's reason.
+    A model that fails to load is recorded as ``failed`` with the loader's reason (every other
+    model stays servable); one whose conversion fails stays ``native`` with the reason. Temp
+    files a killed ``convert`` left are removed first.
     ``feature_scale`` (feature name → typical magnitude) makes probes realistic.
     """
     loader = loader or ModelLoader(run_root, prefer_onnx=False)
@@ -121,26 +152,24 @@ def compile_run(
         if (wanted_targets is None or loc.target in wanted_targets)
         and (wanted_families is None or loc.family.name in wanted_families)
     ]
+    for stale in _stale_temp_files(run_root, {loc.path for loc in locations}):
+        stale.unlink(missing_ok=True)
+        log.info("removed %s, left by a convert that did not finish", stale)
     entries: list[LockEntry] = []
     for i, loc in enumerate(locations, 1):
         try:
             model = loader.load(loc.target, loc.family.name, loc.view, universe=loc.universe, symbol=loc.symbol)
+        except ModelLoadError as exc:
+            entry = _failed_entry(loc, run_root, f"failed to load: {exc.reason}")
+        else:
             scale = None
             if feature_scale:
                 scale = np.array([feature_scale.get(name, 1.0) for name in model.feature_order])
-            entry = compile_model(model, run_root, feature_scale=scale)
-        except ModelLoadError as exc:
-            entry = LockEntry(
-                loc.target,
-                loc.view,
-                loc.family.name,
-                loc.universe,
-                loc.symbol,
-                native_file=str(loc.path.relative_to(run_root)),
-                native_sha256="",
-                status="native",
-                reason=f"failed to load: {exc.reason}",
-            )
+            try:
+                entry = compile_model(model, run_root, feature_scale=scale)
+            except Exception as exc:  # a converter or the gate failing unexpectedly: the model stays native
+                entry = _base_entry(model, run_root)
+                entry.reason = f"conversion failed: {type(exc).__name__}: {str(exc)[:300]}"
         entries.append(entry)
         log.info("%s/%s: %s %s", loc.target, loc.family.name, entry.status, entry.reason)
         if progress:

@@ -26,15 +26,17 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .atomic import read_json, write_atomic_json
+from .bartime import BarClock
 from .config import Settings
 from .errors import InferenceError
+from .layout import OutputLayout
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +87,10 @@ class _Shard:
         if self.error is not None:
             raise self.error
 
-    def columns(self) -> list[tuple[str, str, str]]:
+    def describe(self) -> dict[str, Any]:
+        """The predictor's output layout and declared external columns (the same on every shard)."""
         self._check()
-        return list(self.predictor.columns)
+        return {"layout": self.predictor.layout.to_dict(), "externals": list(self.predictor.externals)}
 
     def restore(self, state: dict[str, Any]) -> int:
         self._check()
@@ -101,9 +104,10 @@ class _Shard:
         self.replay(bars, False)
         return self.predictor.bars
 
-    def on_bar(self, block: np.ndarray, timestamp, snapshot: bool):
-        """``block``: this shard's (5, n) open, high, low, close, volume (one argument: one transfer)."""
-        out = self.predictor.on_bar(*block, timestamp=timestamp)
+    def on_bar(self, block: np.ndarray, timestamp, external, snapshot: bool):
+        """``block``: this shard's (5, n) open, high, low, close, volume (one argument: one transfer);
+        ``external``: its (n, n_external) external columns, or None."""
+        out = self.predictor.on_bar(*block, timestamp=timestamp, external=external)
         return out, (self.predictor.state_dict() if snapshot else None)
 
     def replay(self, bars: list[tuple], snapshot_last: bool):
@@ -181,19 +185,21 @@ class ShardedPredictor:
         self.restarts = [0] * shards  # actors started again, per shard
         self._checkpoints: list[dict[str, Any] | Path | None] = [None] * shards  # each shard's last state (or its file)
         self._since: list[tuple] = []  # full bars since the last checkpoint, for replay
-        self._last_stamp: int | None = None  # newest bar time sent (ns)
+        self._clock = BarClock()  # the newest bar time sent
         self.actors: list[Any] = []
         try:  # a failure here stops the actors already started
             self._remote = ray.remote(_Shard).options(**(actor_options or {}))
             for i in range(shards):
                 self.actors.append(self._start(i))
-            columns = self._get([a.columns.remote() for a in self.actors], "starting the shards")
-            if any(c != columns[0] for c in columns):
+            described = self._get([a.describe.remote() for a in self.actors], "starting the shards")
+            if any(d != described[0] for d in described):
                 raise ShardFailedError("shards built different models (a run changed while they started?)")
         except BaseException:
             self.shutdown()
             raise
-        self.columns = [tuple(c) for c in columns[0]]
+        self.layout = OutputLayout.from_dict(described[0]["layout"])  # every shard's: same models and columns
+        self.externals = tuple(described[0]["externals"])
+        self.columns = self.layout.columns
         self.column_index = {col: j for j, col in enumerate(self.columns)}
         self.out = np.full((len(self.symbols), len(self.columns)), np.nan, dtype=np.float32)
 
@@ -234,9 +240,32 @@ class ShardedPredictor:
         held = self._checkpoints[i]
         return read_json(held) if isinstance(held, Path) else held
 
-    def _slice(self, bar: tuple[np.ndarray, Any], i: int) -> tuple[np.ndarray, Any]:
-        block, timestamp = bar
-        return np.ascontiguousarray(block[:, self.slices[i]]), timestamp
+    def _slice(self, bar: tuple, i: int) -> tuple:
+        block, timestamp, external = bar
+        sl = self.slices[i]
+        return np.ascontiguousarray(block[:, sl]), timestamp, None if external is None else external[sl].copy()
+
+    def _external(self, external: Any) -> np.ndarray | None:
+        """The external columns as an (n_symbols, n_external) float64 copy, or None; checked here,
+        before any shard sees the bar (the shards check the values again)."""
+        n, names = len(self.symbols), self.externals
+        if external is None:
+            if names:
+                raise InferenceError(f"external: the run reads external column(s) {list(names)}; pass them")
+            return None
+        if isinstance(external, Mapping):
+            if set(external) != set(names):
+                raise InferenceError(f"external: expected exactly {list(names)}, got {sorted(map(str, external))}")
+            external = np.column_stack([np.asarray(external[k], dtype=np.float64).reshape(-1) for k in names])
+        try:
+            matrix = np.array(external, dtype=np.float64)  # a copy: kept for replay
+        except (TypeError, ValueError) as exc:
+            raise InferenceError(f"external: not numbers ({exc})") from None
+        if matrix.shape != (n, len(names)):
+            raise InferenceError(
+                f"external: expected shape {(n, len(names))} in {list(names)} order, got {matrix.shape}"
+            )
+        return matrix
 
     def _recover(self, i: int, snapshot: bool, current: tuple | None = None):
         """A new actor for shard ``i``: last checkpoint restored, kept bars replayed (then ``current``)."""
@@ -280,24 +309,13 @@ class ShardedPredictor:
             except ray.exceptions.RayTaskError as exc:
                 raise ShardFailedError(f"{self._who(i)}: could not be rewound: {_cause(exc)!r}") from _cause(exc)
 
-    def _check_timestamp(self, timestamp: Any) -> int | None:
-        """The bar time as int ns (None for none), or the ``InferenceError`` every shard would raise."""
-        from .buffers import timestamp_ns
-
-        if timestamp is None:
-            return None
-        stamp = timestamp_ns(timestamp)
-        if self._last_stamp is not None and stamp < self._last_stamp:
-            raise InferenceError(
-                f"bar timestamp {stamp} ns is older than the previous bar's "
-                f"({self._last_stamp} ns); bar refused, nothing changed"
-            )
-        return stamp
-
     # ------------------------------------------------------------ the bar
 
-    def on_bar(self, open: Any, high: Any, low: Any, close: Any, volume: Any, timestamp: Any = None) -> np.ndarray:
+    def on_bar(
+        self, open: Any, high: Any, low: Any, close: Any, volume: Any, timestamp: Any = None, external: Any = None
+    ) -> np.ndarray:
         """One bar for every symbol (arrays in ``symbols`` order); returns (n_symbols, n_columns) float32.
+        ``external``: the run's declared external columns (``externals``), as ``LivePredictor.on_bar``.
 
         A bar of the wrong shape, with a timestamp that is not a time or is older than the
         previous bar's, is an ``InferenceError`` raised before any shard sees it. An error a
@@ -316,8 +334,8 @@ class ShardedPredictor:
             if a.shape != (n,):
                 raise InferenceError(f"{name}: expected shape ({n},) (one value per symbol), got {a.shape}")
             row[:] = a
-        stamp = self._check_timestamp(timestamp)
-        bar = (block, stamp)
+        stamp = self._clock.check(timestamp)
+        bar = (block, stamp, self._external(external))
         snapshot = (self.bars + 1) % self.checkpoint_every == 0
         refs = [actor.on_bar.remote(*self._slice(bar, i), snapshot) for i, actor in enumerate(self.actors)]
         results: list[Any] = [None] * len(refs)
@@ -354,8 +372,7 @@ class ShardedPredictor:
             self._since.clear()
         else:
             self._since.append(bar)
-        if stamp is not None:
-            self._last_stamp = stamp
+        self._clock.accept(stamp)
         self.bars += 1
         return self.out
 
@@ -365,21 +382,11 @@ class ShardedPredictor:
 
     def as_dict(self, symbol: str) -> dict[str, dict[str, float]]:
         """The spec's ``{horizon: {family: value}}`` for one symbol, as ``LivePredictor.as_dict``."""
-        from .predictor import horizon_of, point_column
-
         try:
             i = self.symbols.index(symbol)
         except ValueError:
             raise InferenceError(f"unknown symbol {symbol!r}") from None
-        result: dict[str, dict[str, float]] = {}
-        seen: set[tuple[str, str]] = set()
-        for j, (target, family, _) in enumerate(self.columns):
-            if (target, family) in seen:
-                continue
-            seen.add((target, family))
-            names = [c for t, f, c in self.columns if (t, f) == (target, family)]  # one model's columns, in a row
-            result.setdefault(horizon_of(target), {})[family] = float(self.out[i, j + point_column(names)])
-        return result
+        return self.layout.view(self.out[i])
 
     def latency(self) -> list[dict[str, float]]:
         """Each shard's own on_bar latency summary (inside the actor, without Ray's round trip)."""

@@ -25,6 +25,7 @@ from .config import ExecutorSettings
 from .converters import INPUT_NAME  # the graph contract every converter keeps
 from .converters.graph import FuseMember, fuse
 from .errors import ConfigError
+from .layout import OutputLayout
 
 log = logging.getLogger(__name__)
 
@@ -125,17 +126,22 @@ class Plan:
     Inputs are filled by the caller into ``tabular_input`` and ``sequence_inputs[T]``.
     """
 
-    def __init__(self, models: Sequence, union: Sequence[str], batch: int, settings: ExecutorSettings):
+    def __init__(
+        self,
+        models: Sequence,
+        union: Sequence[str],
+        batch: int,
+        settings: ExecutorSettings,
+        *,
+        layout: OutputLayout | None = None,
+    ):
         self.models = list(models)
         self.union = list(union)
         self.batch = batch
         width = len(self.union)
-        self.columns: list[tuple[str, str, str]] = []
-        self.model_slices: list[slice] = []
-        for m in self.models:
-            start = len(self.columns)
-            self.columns += [(m.target, m.family.name, c) for c in m.columns]
-            self.model_slices.append(slice(start, len(self.columns)))
+        self.layout = layout if layout is not None else OutputLayout.from_models(self.models, self.union)
+        self.columns = self.layout.columns
+        self.model_slices = [slice(s.start, s.stop) for s in self.layout.slots]
         self.out = np.full((batch, len(self.columns)), np.nan, dtype=np.float32)
         self.tabular_input = np.zeros((batch, width), dtype=np.float32)
         seq_lens = sorted({m.spec.sequence_length for m in self.models if m.family.sequential})

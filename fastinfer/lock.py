@@ -3,7 +3,8 @@
 One entry per model: where its native file and ONNX graph are (relative to the run root),
 their sha256, how the graph was made (converter, opsets, library versions), its I/O
 contract, the feature order it reads, the parity figures, and whether it is served from
-ONNX or stays native (with the reason). Written atomically; validated on read.
+ONNX, stays native (with the reason) or failed to open (with the reason: every other model of the
+run stays servable). Written atomically; validated on read.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .state import short_repr
 
 LOCK_FILE = "fastinfer.lock.json"
 LOCK_VERSION = 1
+STATUSES = ("onnx", "native", "failed")
 ONNX_FILE = "model.onnx"
 
 
@@ -32,7 +34,7 @@ class LockEntry:
     symbol: str | None
     native_file: str  # relative to the run root
     native_sha256: str
-    status: str  # "onnx" or "native"
+    status: str  # "onnx", "native", or "failed" (could not be opened; ``reason`` says why)
     reason: str = ""  # why it stays native
     onnx_file: str | None = None
     onnx_sha256: str | None = None
@@ -175,6 +177,8 @@ def _validate(run_root: Path, path: Path, data: Any) -> Lock:
                     f"{where}.{name}: expected {' or '.join(k.__name__ for k in kinds)}, got {type(raw[name]).__name__}"
                 )
         for name in ("native_sha256", "onnx_sha256"):
+            if raw.get(name) == "" and name == "native_sha256" and raw.get("status") == "failed":
+                continue  # a model that failed because its file could not be read has no digest
             if raw.get(name) is not None and not _is_sha256(raw[name]):
                 raise StateError(f"{where}.{name}: not a 64-hex-digit sha256")
         if not all(isinstance(f, str) for f in raw.get("feature_order", [])):
@@ -186,8 +190,8 @@ def _validate(run_root: Path, path: Path, data: Any) -> Lock:
             ):
                 raise StateError(f"{where}.{io}: name must be a string and columns a list of strings")
         _check_numbers(where, raw)
-        if raw["status"] not in ("onnx", "native"):
-            raise StateError(f"{where}.status: {short_repr(raw['status'])} is not onnx or native")
+        if raw["status"] not in STATUSES:
+            raise StateError(f"{where}.status: {short_repr(raw['status'])} is not one of {', '.join(STATUSES)}")
         for name in ("native_file", "onnx_file"):
             if raw.get(name) is not None:
                 try:

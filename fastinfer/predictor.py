@@ -1,17 +1,18 @@
 """LivePredictor: OHLCV bars in, predictions for every horizon × family out.
 
-Per bar: ``StreamingFeatures`` updates every symbol's indicators in one jitted call; the
-feature rows go into the sequence buffers; the executor's plan runs one fused ONNX graph
-per input kind (plus any native fallbacks) over all symbols at once; a jitted pass marks
-outputs NaN where a model's inputs were not ready. Nothing is allocated per bar on the
-ONNX path.
+Per bar: the bar is checked (``predictor.bar_check``); ``StreamingFeatures`` updates every
+symbol's features — the run's own, compiled from its ``feature_definitions.yaml`` and the
+vocabulary — in one jitted call; the feature rows go into the sequence buffers; the executor's
+plan runs one fused ONNX graph per input kind (plus forest kernels and native fallbacks) over
+all symbols at once; a jitted pass marks outputs NaN where a model's inputs were not ready.
+Nothing is allocated per bar on the ONNX path.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,32 +20,46 @@ import numpy as np
 from numba import njit
 
 from . import executor
-from .buffers import SeqBufferManager, timestamp_ns
+from . import state as _state
+from .bartime import BarClock
+from .buffers import SeqBufferManager
 from .config import Settings, load_config
-from .errors import InferenceError, ModelLoadError
-from .features import KNOWN_FEATURES, StreamingFeatures
+from .errors import FeatureBuildError, InferenceError, ModelLoadError, StateError
+from .features import FeatureDefinitionError, FeatureDefinitions, StreamingFeatures, compile_features
+from .features.runs import read_run_definitions
+from .features.streaming import check_bar_input
 from .latency import LatencyHistogram
+from .layout import OutputLayout, feature_union, horizon_of, point_column
 from .loader import LoadedModel, ModelLoader
 
 log = logging.getLogger(__name__)
 
-POINT_COLUMNS = ("prediction", "loc", "q0.5")  # the column a {horizon: {family: value}} view shows
-# state_dict / load_state_dict. Version 2 added "last_timestamp"; version 1 states are still read.
-_STATE_KIND, _STATE_VERSION, _STATE_READS = "fastinfer.LivePredictor", 2, (1, 2)
+__all__ = ["MAX_PRICE", "LivePredictor", "horizon_of", "point_column"]
+
+# state_dict / load_state_dict: a fastinfer.state envelope. Version 3: features and buffers in
+# their own envelopes, rejected-bar counters; older versions (no checksum) are refused.
+_STATE_KIND, _STATE_VERSION = "predictor", 3
+# predictor.bar_check "reject": prices must lie in (0, MAX_PRICE] (no instrument trades above
+# 1e12 in any currency unit; 1e300 would overflow every sum of squares downstream).
+MAX_PRICE = 1e12
+MAX_VOLUME = 1e18
 
 
-def point_column(columns: Sequence[str]) -> int:
-    """Which of a model's output ``columns`` a ``{horizon: {family: value}}`` view shows: the
-    first of ``POINT_COLUMNS`` it has (``prediction``, else a distribution's ``loc``, else the
-    median quantile ``q0.5``), else its first column. The one rule for every such view
-    (``LivePredictor``, ``ShardedPredictor``, ``TritonPredictor``, the seed path)."""
-    names = list(columns)
-    return next((names.index(c) for c in POINT_COLUMNS if c in names), 0)
-
-
-def horizon_of(target: str) -> str:
-    """``fwd_ret_15m`` → ``15m``: the spec keys predictions by horizon."""
-    return target[len("fwd_ret_") :] if target.startswith("fwd_ret_") else target
+@njit(cache=True)
+def _check_bars(o, h, l, c, v, max_price, max_volume, bars, rejected):
+    """bars[k] = the bar, or NaN for a symbol whose finite bar is nonsense: a price <= 0 or above
+    max_price, negative or huge volume, high < low, open or close outside [low, high].
+    rejected[i] tells which symbols' bars were refused (a missing bar is not a refused one)."""
+    for i in range(c.shape[0]):
+        oi, hi, li, ci, vi = o[i], h[i], l[i], c[i], v[i]
+        finite = np.isfinite(oi) and np.isfinite(hi) and np.isfinite(li) and np.isfinite(ci) and np.isfinite(vi)
+        bad = finite and not (0.0 < li <= oi <= hi <= max_price and li <= ci <= hi and 0.0 <= vi <= max_volume)
+        rejected[i] = bad
+        if bad:
+            for k in range(5):
+                bars[k, i] = np.nan
+        else:
+            bars[0, i], bars[1, i], bars[2, i], bars[3, i], bars[4, i] = oi, hi, li, ci, vi
 
 
 @njit(cache=True)
@@ -85,13 +100,44 @@ def _mask_not_ready(features, needs, pass_nan, stale, ready, ready_of_model, mod
                 out[i, c] = np.nan
 
 
+def compile_run_features(
+    models: Sequence[LoadedModel],
+    run_root: Path,
+    *,
+    definitions: FeatureDefinitions | Mapping | None = None,
+    interval_minutes: float | None = None,
+    bars_per_day: int | None = None,
+):
+    """The feature program serving ``models``: the union of their features, compiled from the
+    run's ``feature_definitions.yaml`` (or ``definitions``) and the vocabulary. A feature neither
+    knows is a ``ModelLoadError`` naming the model, the feature, what the vocabulary understood
+    of it and how to define it or pass it in as an external column."""
+    defs = definitions if definitions is not None else read_run_definitions(run_root)
+    union = feature_union(models)
+    try:
+        return compile_features(union, defs, interval_minutes=interval_minutes, bars_per_day=bars_per_day)
+    except FeatureDefinitionError as exc:
+        who = next((m for m in models if exc.feature in m.feature_order), models[0])
+        raise ModelLoadError(
+            who.family.name,
+            who.target,
+            f"feature {exc.feature!r} cannot be computed: {exc}. Define it in the run's "
+            "feature_definitions.yaml (or pass definitions=...), or declare it `external` and pass "
+            "it per bar (on_bar(..., external={name: values}))",
+            who.spec.meta_path,
+        ) from None
+
+
 class LivePredictor:
     """Built from a run root and the data's bar interval; ``on_bar`` once per bar for all symbols.
 
     ``symbols``: the universe, in the order of the arrays given to ``on_bar``.
     ``interval_minutes``: the bar interval of the data; models trained on another interval
     are an error at construction (or, with ``predictor.on_interval_mismatch: skip``, left out
-    with a warning).
+    with a warning). ``definitions`` / ``bars_per_day``: feature definitions beyond the run's
+    own ``feature_definitions.yaml`` and the vocabulary, and the session length for ``d``
+    durations on intraday bars. Models that failed to load (or were left out) are listed with
+    their reason in ``unavailable`` (``predictor.on_model_error: error`` refuses instead).
     """
 
     def __init__(
@@ -105,69 +151,61 @@ class LivePredictor:
         settings: Settings | None = None,
         config_path: str | Path | None = None,
         loader: ModelLoader | None = None,
+        definitions: FeatureDefinitions | Mapping | None = None,
+        bars_per_day: int | None = None,
     ):
         self.settings = settings if settings is not None else load_config(config_path)
         self.loader = loader or ModelLoader(run_root, settings=self.settings)
-        self.symbols = tuple(symbols)
-        self.interval_minutes = float(interval_minutes)
+        self.symbols = _symbols(symbols)
+        self.interval_minutes = _interval(interval_minutes)
         self.unavailable: dict[tuple[str, str], str] = {}
         self.fallback_log: dict[str, list[tuple[str, str]]] = {}
         models = self.loader.load_all(targets, families)
         for key, err in self.loader.errors.items():
+            if self.settings.predictor.on_model_error == "error":
+                raise err
             self.unavailable[key] = f"failed to load: {err.reason}"
         self.models: list[LoadedModel] = [m for m in models.values() if self._interval_ok(m)]
         if not self.models:
             raise ModelLoadError(
                 None, None, "no usable model in the run for these targets/families", self.loader.run_root
             )
-        self.union = self._union_features()
-        self.features = StreamingFeatures(self.symbols, self.union)
+        program = compile_run_features(
+            self.models,
+            self.loader.run_root,
+            definitions=definitions,
+            interval_minutes=self.interval_minutes,
+            bars_per_day=bars_per_day,
+        )
+        self.features = StreamingFeatures(self.symbols, program=program)
+        self.union = list(program.features)
+        self.externals = program.externals
+        self.layout = OutputLayout.from_models(self.models, self.union, self.settings.predictor.nan_policy)
         n = len(self.symbols)
-        seq_lens = sorted({m.spec.sequence_length for m in self.models if m.family.sequential})
         self.buffers = {
             t: SeqBufferManager(t, len(self.union), symbols=self.symbols, settings=self.settings.models)
-            for t in seq_lens
+            for t in self.layout.sequence_lengths
         }
-        self.plan = executor.Plan(self.models, self.union, n, self.settings.executor)
-        self.columns = self.plan.columns
+        self.plan = executor.Plan(self.models, self.union, n, self.settings.executor, layout=self.layout)
+        self.columns = self.layout.columns
         self.column_index = {col: j for j, col in enumerate(self.columns)}
-        self._point_column = {}
-        for m, sl in zip(self.models, self.plan.model_slices):
-            self._point_column[(m.target, m.family.name)] = sl.start + point_column(m.columns)
-
-        # Readiness inputs of the masking kernel, allocated once.
-        n_models = len(self.models)
-        self._needs = np.zeros((n_models, len(self.union)), dtype=np.bool_)
-        self._pass_nan = np.zeros(n_models, dtype=np.bool_)
         # Row 0: always ready (tabular models); row 1 + k: whether buffer k (one per sequence
         # length, shared by its models) is full, computed once per bar.
-        self._ready = np.ones((1 + len(seq_lens), n), dtype=np.bool_)
-        self._ready_of_model = np.zeros(n_models, dtype=np.int64)
-        nan_pass = self.settings.predictor.nan_policy == "pass"
-        for i, m in enumerate(self.models):
-            if m.family.sequential:
-                self._ready_of_model[i] = 1 + seq_lens.index(m.spec.sequence_length)
-            else:
-                self._needs[i, [self.union.index(f) for f in m.feature_order]] = True
-                self._pass_nan[i] = nan_pass and m.family.handles_nan
-        self._model_of_column = np.repeat(np.arange(n_models), [sl.stop - sl.start for sl in self.plan.model_slices])
+        self._ready = np.ones((1 + len(self.layout.sequence_lengths), n), dtype=np.bool_)
         self._bind_buffers()
         self._seq_rows = np.empty_like(self.features.out)  # this bar's rows for the sequence buffers
+        self._bars = np.empty((5, n))  # the bar as the features see it (refused bars as NaN)
+        self._refused = np.zeros(n, dtype=np.bool_)
+        self.rejected_bars = np.zeros(n, dtype=np.int64)  # per symbol: bars refused by bar_check
+        self._check_bars = self.settings.predictor.bar_check == "reject"
         self.latency = LatencyHistogram()
         self.bars = 0
-        self._last_stamp: int | None = None  # newest bar time accepted (ns), None before the first stamped bar
+        self._clock = BarClock()
         # Compile (or load from numba's cache) now, not on the first bar; out is all NaN here.
+        nan = np.full(n, np.nan)
+        _check_bars(nan, nan, nan, nan, nan, MAX_PRICE, MAX_VOLUME, self._bars, self._refused)
         _copy_finite(self.features.out, self.plan.tabular_input)
-        _mask_not_ready(
-            self.features.out,
-            self._needs,
-            self._pass_nan,
-            self.features.stale,
-            self._ready,
-            self._ready_of_model,
-            self._model_of_column,
-            self.plan.out,
-        )
+        self._mask(self.features.out)
         _rows_for_sequences(self.features.out, self.features.stale, self._seq_rows)
 
     # ------------------------------------------------------------ construction checks
@@ -186,75 +224,74 @@ class LivePredictor:
         self.unavailable[(m.target, m.family.name)] = f"interval mismatch: {reason}"
         return False
 
-    def _union_features(self) -> list[str]:
-        used = {f for m in self.models for f in m.feature_order}
-        unknown = sorted(used - set(KNOWN_FEATURES))
-        if unknown:
-            who = next(m for m in self.models if set(m.feature_order) & set(unknown))
-            raise ModelLoadError(
-                who.family.name,
-                who.target,
-                f"features {unknown[:5]} cannot be computed from OHLCV bars (known: {', '.join(KNOWN_FEATURES)})",
-                who.spec.meta_path,
-            )
-        return [f for f in KNOWN_FEATURES if f in used]
-
     # ------------------------------------------------------------ the hot path
 
-    def on_bar(self, open: Any, high: Any, low: Any, close: Any, volume: Any, timestamp: Any = None) -> np.ndarray:
+    def on_bar(
+        self, open: Any, high: Any, low: Any, close: Any, volume: Any, timestamp: Any = None, external: Any = None
+    ) -> np.ndarray:
         """One bar for every symbol (arrays in ``symbols`` order; NaN = no bar for that symbol).
 
         Returns the (n_symbols, n_columns) float32 prediction matrix (the same array every
         bar; ``columns`` names its columns, NaN where a model's inputs were not ready).
 
-        ``timestamp``: the bar time (see ``fastinfer.buffers.timestamp_ns``), or None. A bar
-        older than the newest one accepted (an equal one is accepted), or one whose
-        timestamp is not a time, is an ``InferenceError`` raised before anything changes
-        (with or without sequence models); so is an array of the wrong shape
-        (``FeatureBuildError``).
+        ``timestamp``: the bar time (see ``fastinfer.bartime.timestamp_ns``), or None. A bar
+        older than the newest one accepted (an equal one is accepted), or one whose timestamp
+        is not a time, is an ``InferenceError`` raised before anything changes (with or without
+        sequence models); so is an array of the wrong shape or dtype, or a missing/misshapen
+        ``external`` column (``FeatureBuildError``). ``external``: the run's declared external
+        columns (``externals``), a dict name → (n_symbols,) array or one (n_symbols, n_external)
+        matrix in declared order. With ``predictor.bar_check: reject`` (the default) a symbol's
+        nonsense bar (a price <= 0 or above ``MAX_PRICE``, negative volume, high < low, open or
+        close outside [low, high]) is treated as missing and counted in ``rejected_bars``.
         """
         start = time.perf_counter_ns()
         stamp = self.check_timestamp(timestamp)  # refuse a bad bar time before any state moves
-        feats = self.features.update(open, high, low, close, volume)
+        shape = self._refused.shape
+        o, h, l, c, v = (
+            check_bar_input(a, name, shape)
+            for a, name in zip((open, high, low, close, volume), ("open", "high", "low", "close", "volume"))
+        )
+        if self._check_bars:
+            _check_bars(o, h, l, c, v, MAX_PRICE, MAX_VOLUME, self._bars, self._refused)
+            o, h, l, c, v = self._bars
+        feats = self.features.update(o, h, l, c, v, external=external)  # checks externals before any change
+        if self._check_bars:
+            self.rejected_bars += self._refused
         _copy_finite(feats, self.plan.tabular_input)  # +/-inf reaches no model: NaN, then the nan_policy
         if self._seq_inputs:
             _rows_for_sequences(feats, self.features.stale, self._seq_rows)
         for buf, seq_input in self._seq_inputs:
             buf.push_all(self._seq_rows, timestamp=stamp, strict=False)  # warming-up (NaN) and missing rows stay out
             buf.get_batch(None, out=seq_input)
-        if stamp is not None:
-            self._last_stamp = stamp
+        self._clock.accept(stamp)
         for buf, row in self._ready_rows:
             buf.ready_mask(stamp, out=row)
-        out = self.plan.run()
-        _mask_not_ready(
-            feats,
-            self._needs,
-            self._pass_nan,
-            self.features.stale,
-            self._ready,
-            self._ready_of_model,
-            self._model_of_column,
-            out,
-        )
+        self.plan.run()
+        out = self._mask(feats)
         self.bars += 1
         self.latency.record(time.perf_counter_ns() - start)
+        return out
+
+    def _mask(self, feats: np.ndarray) -> np.ndarray:
+        lay = self.layout
+        out = self.plan.out
+        _mask_not_ready(
+            feats,
+            lay.needs,
+            lay.pass_nan,
+            self.features.stale,
+            self._ready,
+            lay.ready_of_model,
+            lay.model_of_column,
+            out,
+        )
         return out
 
     def check_timestamp(self, timestamp: Any = None) -> int | None:
         """The bar time ``on_bar`` would use (int ns, or None), or the ``InferenceError`` it would
         raise for it: not a time, older than the newest bar accepted, older than a sequence
         buffer's newest row, or missing where a buffer has a time-to-live. Changes nothing."""
-        if timestamp is None:
-            for buf, _ in self._seq_inputs:
-                buf.check_timestamp(None)  # raises only when a buffer has a ttl
-            return None
-        stamp = timestamp_ns(timestamp)
-        if self._last_stamp is not None and stamp < self._last_stamp:
-            raise InferenceError(
-                f"bar timestamp {stamp} ns is older than the previous bar's "
-                f"({self._last_stamp} ns); bar refused, nothing changed"
-            )
+        stamp = self._clock.check(timestamp)
         for buf, _ in self._seq_inputs:
             buf.check_timestamp(stamp)
         return stamp
@@ -262,97 +299,88 @@ class LivePredictor:
     @property
     def last_timestamp(self) -> int | None:
         """The newest bar time accepted by ``on_bar`` (ns since the epoch), None before any."""
-        return self._last_stamp
+        return self._clock.last
 
     # ------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything the next ``on_bar`` output depends on, JSON-safe: the feature state (stale
-        flags included), every sequence buffer (rows, counts, last timestamps), the bar count
-        and the newest bar time accepted (``last_timestamp``: which bars are refused next).
+        """Everything the next ``on_bar`` output depends on, JSON-safe, in a checksummed
+        ``fastinfer.state`` envelope: the feature state (stale flags included), every sequence
+        buffer (rows, counts, last timestamps), the bar count, the newest bar time accepted
+        (``last_timestamp``: which bars are refused next) and the rejected-bar counters.
 
         Restoring it into a predictor of the same run and symbols and replaying the same bars
         gives bit-identical outputs to never having stopped (the plan's buffers are rewritten
         in full on every bar, so they carry no state).
         """
-        return {
-            "kind": _STATE_KIND,
-            "version": _STATE_VERSION,
+        payload = {
             "symbols": list(self.symbols),
             "union": list(self.union),
             "columns": [list(c) for c in self.columns],
             "bars": self.bars,
-            "last_timestamp": self._last_stamp,
+            "last_timestamp": self._clock.last,
+            "rejected_bars": [int(x) for x in self.rejected_bars],
             "features": self.features.state_dict(),
             "buffers": {str(t): buf.to_dict() for t, buf in self.buffers.items()},
         }
+        return _state.wrap(_STATE_KIND, _STATE_VERSION, payload)
 
-    def load_state_dict(self, state: Any) -> None:
-        """Restore a ``state_dict()``. A state of other symbols, features or models, or a corrupt
-        one, is a ``StateError`` naming the field, and leaves this predictor as it was."""
-        from collections.abc import Mapping
-
-        from .errors import StateError
-
-        if not isinstance(state, Mapping) or state.get("kind") != _STATE_KIND:
-            raise StateError("predictor state: not a LivePredictor state")
-        version = state.get("version")
-        if isinstance(version, bool) or version not in _STATE_READS:
-            raise StateError(
-                f"predictor state: version {version!r}, this fastinfer reads {', '.join(map(str, _STATE_READS))}"
-            )
+    def load_state_dict(self, state: Any, *, source: str = "predictor state") -> None:
+        """Restore a ``state_dict()``. A state of other symbols, features or models, an edited or
+        corrupt one (checksum), or one of an older version, is a ``StateError`` naming the field,
+        and leaves this predictor as it was."""
+        _, payload = _state.unwrap(state, _STATE_KIND, {_STATE_VERSION}, source=source)
         for key, mine in (
             ("symbols", list(self.symbols)),
             ("union", list(self.union)),
             ("columns", [list(c) for c in self.columns]),
         ):
-            if state.get(key) != mine:
-                raise StateError(f"predictor state: field {key!r} differs from this predictor's")
-        bars = state.get("bars")
-        if isinstance(bars, bool) or not isinstance(bars, int) or bars < 0:
-            raise StateError(f"predictor state: field 'bars': {bars!r} is not a count")
-        features = StreamingFeatures.from_state_dict(state.get("features"))
+            if payload.get(key) != mine:
+                raise StateError(f"{source}: field {key!r} differs from this predictor's")
+        bars = payload.get("bars")
+        if isinstance(bars, bool) or not isinstance(bars, int) or not 0 <= bars < 2**62:
+            raise StateError(f"{source}: field 'bars': {_state.short_repr(bars)} is not a count")
+        rejected = payload.get("rejected_bars")
         if (
-            features.symbols != self.symbols
-            or list(features.features) != self.union
-            or features.dtype != self.features.dtype
+            not isinstance(rejected, list)
+            or len(rejected) != len(self.symbols)
+            or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= bars for x in rejected)
         ):
-            raise StateError("predictor state: field 'features' is for other symbols, features or dtype")
-        raw = state.get("buffers")
+            raise StateError(f"{source}: field 'rejected_bars': expected one count <= bars per symbol")
+        features = StreamingFeatures.from_state_dict(payload.get("features"), source=f"{source} features")
+        if features.symbols != self.symbols or features.program.hash != self.features.program.hash:
+            raise StateError(f"{source}: field 'features' is for other symbols or another feature program")
+        raw = payload.get("buffers")
         if not isinstance(raw, Mapping) or set(raw) != {str(t) for t in self.buffers}:
-            raise StateError(f"predictor state: field 'buffers' must hold sequence lengths {sorted(self.buffers)}")
+            raise StateError(f"{source}: field 'buffers' must hold sequence lengths {sorted(self.buffers)}")
         buffers = {
             t: SeqBufferManager.from_dict(
-                raw[str(t)], seq_len=t, n_features=len(self.union), source=f"predictor state buffers[{t}]"
+                raw[str(t)], seq_len=t, n_features=len(self.union), source=f"{source} buffers[{t}]"
             )
             for t in self.buffers
         }
         if any(buf.symbols != list(self.symbols) for buf in buffers.values()):
-            raise StateError("predictor state: field 'buffers' is for other symbols")
+            raise StateError(f"{source}: field 'buffers' is for other symbols")
+        last = payload.get("last_timestamp")
+        if last is not None:
+            try:
+                last = BarClock().check(last) if isinstance(last, int) and not isinstance(last, bool) else None
+            except InferenceError as exc:
+                raise StateError(f"{source}: field 'last_timestamp': {exc}") from None
+            if last is None:
+                raise StateError(f"{source}: field 'last_timestamp': not an int of ns or null")
         newest = max(
             (s for buf in buffers.values() for s in map(buf.last_timestamp, range(len(buf))) if s is not None),
             default=None,
         )
-        if version == 1:  # before "last_timestamp": the buffers' newest row is the best known
-            last = newest
-        else:
-            if "last_timestamp" not in state:
-                raise StateError("predictor state: field 'last_timestamp' missing")
-            last = state["last_timestamp"]
-            if last is not None:
-                if isinstance(last, bool) or not isinstance(last, int):
-                    raise StateError(f"predictor state: field 'last_timestamp': {last!r} is not an int of ns or null")
-                try:
-                    timestamp_ns(last)
-                except InferenceError as exc:
-                    raise StateError(f"predictor state: field 'last_timestamp': {exc}") from None
-            if newest is not None and (last is None or last < newest):
-                raise StateError(
-                    f"predictor state: field 'last_timestamp' ({last!r}) is older than a buffer's "
-                    f"newest row ({newest} ns)"
-                )
+        if newest is not None and (last is None or last < newest):
+            raise StateError(
+                f"{source}: field 'last_timestamp' ({last!r}) is older than a buffer's newest row ({newest} ns)"
+            )
         # Everything checked: swap in, and re-point the per-bar references at the new objects.
-        self.features, self.buffers, self.bars, self._last_stamp = features, buffers, bars, last
+        self.features, self.buffers, self.bars = features, buffers, bars
+        self.rejected_bars[:] = rejected
+        self._clock = BarClock(last)
         self._bind_buffers()
 
     def _bind_buffers(self) -> None:
@@ -368,11 +396,7 @@ class LivePredictor:
 
     def as_dict(self, symbol: str | None = None) -> dict[str, dict[str, float]]:
         """The spec's ``{horizon: {family: value}}`` for one symbol (the only one if None)."""
-        i = self._symbol_index(symbol)
-        result: dict[str, dict[str, float]] = {}
-        for (target, family), j in self._point_column.items():
-            result.setdefault(horizon_of(target), {})[family] = float(self.plan.out[i, j])
-        return result
+        return self.layout.view(self.plan.out[self._symbol_index(symbol)])
 
     def predict_with_fallback(
         self, target: str, families: Iterable[str] | None = None, symbol: str | None = None
@@ -390,7 +414,7 @@ class LivePredictor:
         self.fallback_log[target] = skipped
         for name in order:
             family = resolve(name).name
-            j = self._point_column.get((target, family))
+            j = self.layout.points.get((target, family))
             if j is None:
                 skipped.append((family, self.unavailable.get((target, family), "not in the run")))
                 continue
@@ -411,3 +435,30 @@ class LivePredictor:
             return self.symbols.index(symbol)
         except ValueError:
             raise InferenceError(f"unknown symbol {symbol!r}") from None
+
+
+def _symbols(symbols: Any) -> tuple[str, ...]:
+    """The universe as a tuple of distinct names; one string is an error (not its letters)."""
+    if isinstance(symbols, (str, bytes)):
+        raise FeatureBuildError(f"symbols must be a list of names, not the string {symbols!r}")
+    try:
+        names = tuple(symbols)
+    except TypeError:
+        raise FeatureBuildError(f"symbols must be a list of names, got {type(symbols).__name__}") from None
+    bad = [s for s in names if not isinstance(s, str) or not s]
+    if not names or bad:
+        raise FeatureBuildError(
+            f"symbols must be a non-empty list of non-empty strings, got {_state.short_repr(names)}"
+        )
+    if len(set(names)) != len(names):
+        raise FeatureBuildError(f"symbol(s) listed twice: {sorted({s for s in names if names.count(s) > 1})}")
+    return names
+
+
+def _interval(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise FeatureBuildError(f"interval_minutes must be a number of minutes, got {_state.short_repr(value)}")
+    minutes = float(value)
+    if not 0 < minutes <= 525_600.0 * 100:
+        raise FeatureBuildError(f"interval_minutes must be in (0, 52,560,000] minutes, got {minutes:g}")
+    return minutes

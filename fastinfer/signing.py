@@ -172,6 +172,8 @@ def _signed_paths(run_root: Path, lock: Lock) -> list[str]:
     paths = {LOCK_FILE}
     folders = {loc.key: loc.path for loc in artifacts.discover(run_root)}
     for e in lock.entries:
+        if e.status == "failed":  # not servable, not signed: a signed loader refuses it
+            continue
         artifacts.inside(run_root, e.native_file, what="lock native_file")
         paths.add(e.native_file)
         folder = folders.get(e.key)
@@ -217,6 +219,8 @@ def sign_run(run_root: str | Path, private_key: str | Path | Ed25519PrivateKey, 
         raise _fail("run has no fastinfer.lock.json to sign: run `fastinfer convert` first", lock_path) from None
     lock = parse_lock(root, lock_bytes)
     for e in lock.entries:
+        if e.status == "failed":
+            continue
         for rel, want in ((e.native_file, e.native_sha256), (e.onnx_file, e.onnx_sha256)):
             if rel and _hash_confined(root, rel) != want:
                 raise _fail("file differs from the sha256 the lock recorded; refusing to sign", root / rel)
@@ -330,6 +334,8 @@ def verify_run(run_root: str | Path, public_key: str | Path | bytes | Ed25519Pub
     except StateError as exc:
         raise _fail(f"signed lock does not parse ({exc})", root / LOCK_FILE) from None
     for e in lock.entries:  # the lock's own records must agree with what was signed
+        if e.status == "failed":
+            continue
         for rel, want in ((e.native_file, e.native_sha256), (e.onnx_file, e.onnx_sha256)):
             if rel and files.get(Path(rel).as_posix()) != want:
                 raise _fail("lock lists a file the signature does not cover with the same sha256", root / rel)

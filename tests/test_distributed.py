@@ -74,7 +74,7 @@ def test_state_round_trip_then_replay_is_bit_identical(market_run, bars, referen
     for b in bars[:at]:
         first.on_bar(*b[:5], timestamp=b[5])
     state = json.loads(json.dumps(first.state_dict()))  # JSON-safe: it survives a file
-    assert state["bars"] == at
+    assert state["payload"]["bars"] == at
     second = LivePredictor(market_run, SYMBOLS, DAILY)
     second.load_state_dict(state)
     assert second.bars == at
@@ -87,19 +87,27 @@ def test_bad_state_is_refused_and_leaves_the_predictor_as_it_was(market_run, bar
     predictor = LivePredictor(market_run, SYMBOLS, DAILY)
     for b in bars[:60]:
         predictor.on_bar(*b[:5], timestamp=b[5])
+    from fastinfer.state import wrap
+
     good = predictor.state_dict()
     other = LivePredictor(market_run, SYMBOLS[:2], DAILY).state_dict()
     corrupt = json.loads(json.dumps(good))
-    buffers = next(iter(corrupt["buffers"].values()))
-    mid = len(buffers["data"]) // 2
-    buffers["data"] = buffers["data"][:mid] + ("B" if buffers["data"][mid] != "B" else "C") + buffers["data"][mid + 1 :]
+    buffers = next(iter(corrupt["payload"]["buffers"].values()))
+    text = json.dumps(buffers)
+    mid = len(text) // 2  # one character of the buffer state changed
+    corrupt["payload"]["buffers"] = {
+        k: json.loads(text[:mid] + ("B" if text[mid] != "B" else "C") + text[mid + 1 :]) if text[mid].isalnum() else v
+        for k, v in corrupt["payload"]["buffers"].items()
+    }
+    if corrupt == good:  # the middle character was punctuation: change a count instead
+        corrupt["payload"]["bars"] += 1
     wrong_kind = dict(good, kind="something else")
     for bad, match in (
         (other, "symbols"),
         (corrupt, "sha256"),
-        (wrong_kind, "not a LivePredictor"),
-        (dict(good, bars=-1), "bars"),
-        ("nope", "not a LivePredictor"),
+        (wrong_kind, "kind"),
+        (wrap("predictor", 3, dict(good["payload"], bars=-1)), "bars"),
+        ("nope", "state object"),
     ):
         with pytest.raises(StateError, match=match):
             predictor.load_state_dict(bad)
@@ -150,8 +158,8 @@ def test_killed_actors_recover_with_nothing_lost(cluster, market_run, bars, refe
         assert all(a not in sharded.actors for a in killed)
         for i in range(2):  # the on-disk checkpoints are the newest, written atomically
             state = json.loads((tmp_path / "ckpt" / f"shard-{i}.json").read_text())
-            assert state["kind"] == "fastinfer.LivePredictor" and state["bars"] == (N_BARS // every) * every
-            assert state["symbols"] == SYMBOLS[4 * i : 4 * i + 4]
+            assert state["kind"] == "predictor" and state["payload"]["bars"] == (N_BARS // every) * every
+            assert state["payload"]["symbols"] == SYMBOLS[4 * i : 4 * i + 4]
 
 
 def test_bad_bar_time_is_refused_before_any_shard_and_replay_stays_identical(cluster, market_run, bars, reference):
@@ -189,7 +197,7 @@ def test_bad_bar_time_is_refused_before_any_shard_and_replay_stays_identical(clu
 
 def _break_shard_clock(actor) -> None:
     """Make one shard alone refuse the next bar: its predictor believes it saw a bar in 2116."""
-    ray.get(actor.__ray_call__.remote(lambda shard: setattr(shard.predictor, "_last_stamp", 2**62)))
+    ray.get(actor.__ray_call__.remote(lambda shard: setattr(shard.predictor._clock, "last", 2**62)))
 
 
 def test_error_inside_one_shard_rewinds_every_shard_and_raises_the_typed_error(cluster, market_run, bars, reference):
@@ -255,7 +263,7 @@ def test_failing_construction_stops_every_actor_it_started(cluster, market_run, 
     assert len(started) == 4
     for actor in started:  # killed: a call on them reports a dead actor, not the build error
         with pytest.raises(ray.exceptions.RayActorError):
-            ray.get(actor.columns.remote(), timeout=60)
+            ray.get(actor.describe.remote(), timeout=60)
 
 
 def test_bad_arguments(cluster, market_run):

@@ -579,7 +579,8 @@ def test_inf_features_never_reach_a_model(market_run, goog, policy):
 
     hostile("live bar", f"inf features, nan_policy {policy}")
     settings = Settings()
-    settings = replace(settings, predictor=replace(settings.predictor, nan_policy=policy))
+    # bar_check "pass": the zero close must reach the features (bar_check "reject" would refuse the bar).
+    settings = replace(settings, predictor=replace(settings.predictor, nan_policy=policy, bar_check="pass"))
     both = LivePredictor(market_run, ["A", "B"], DAILY, settings=settings, families=["lightgbm", "ridge"])
     alone = LivePredictor(market_run, ["A"], DAILY, settings=settings, families=["lightgbm", "ridge"])
     bars = _bars(goog, 1000, 90)
@@ -618,20 +619,20 @@ def test_non_finite_bar_leaves_the_symbols_state_unchanged(market_run, goog):
         predictor.on_bar(*(np.array([x[t], x[t]]) for x in bars))
     for k, bad in enumerate([np.nan, np.inf, -np.inf]):
         hostile("live bar", f"OHLCV value {bad!r}")
-        feats = predictor.features.state_dict()
-        seq = next(iter(predictor.buffers.values())).to_dict()
+        feats = predictor.features.state_dict()["payload"]
+        seq = next(iter(predictor.buffers.values())).to_dict()["payload"]
         row = [np.array([x[79], x[79]]) for x in bars]
         row[1 + k][1] = bad  # B's high, low or close
         out = predictor.on_bar(*row)
         assert np.isnan(out[1]).all() and np.isfinite(out[0]).all()
-        after = predictor.features.state_dict()
+        after = predictor.features.state_dict()["payload"]
         for name, arr in after["arrays"].items():  # A advanced, B is bit-identical
             old = np.frombuffer(
                 __import__("base64").b64decode(feats["arrays"][name]["data"]), dtype=arr["dtype"]
             ).reshape(arr["shape"])
             new = np.frombuffer(__import__("base64").b64decode(arr["data"]), dtype=arr["dtype"]).reshape(arr["shape"])
             np.testing.assert_array_equal(new[1], old[1], err_msg=name)
-        seq_after = next(iter(predictor.buffers.values())).to_dict()
+        seq_after = next(iter(predictor.buffers.values())).to_dict()["payload"]
         assert seq_after["counts"][1] == seq["counts"][1]
 
 

@@ -278,35 +278,40 @@ def test_without_sequence_models_a_decreasing_timestamp_is_refused_too(market_ru
     )
 
 
-def test_state_last_timestamp_is_validated_and_version_1_states_still_load(market_run, goog):
+def test_state_last_timestamp_is_validated_and_older_or_edited_states_are_refused(market_run, goog):
+    from fastinfer.state import unwrap, wrap
+
     bars = _stamped(goog.iloc[1000:1075])  # the LSTM buffer holds stamped rows from bar 60
     predictor = LivePredictor(market_run, ["A", "B"], DAILY)
     for bar in bars:
         predictor.on_bar(*bar[:5], timestamp=bar[5])
     state = json.loads(json.dumps(predictor.state_dict()))
     last = timestamp_ns(bars[-1][5])
-    assert state["version"] == 2 and state["last_timestamp"] == last
+    version, payload = unwrap(state, "predictor", {3})
+    assert version == 3 and payload["last_timestamp"] == last
     fresh = LivePredictor(market_run, ["A", "B"], DAILY)
-    version_1 = {k: v for k, v in state.items() if k != "last_timestamp"} | {"version": 1}
-    fresh.load_state_dict(version_1)  # before "last_timestamp": taken from the buffers' newest row
-    assert fresh.last_timestamp == last
-    missing = {k: v for k, v in state.items() if k != "last_timestamp"}
+    fresh.load_state_dict(state)
+    assert fresh.last_timestamp == last and fresh.bars == len(bars)
+    missing = {k: v for k, v in payload.items() if k != "last_timestamp"}
     for bad in (
         missing,
-        dict(state, last_timestamp="yesterday"),
-        dict(state, last_timestamp=True),
-        dict(state, last_timestamp=1.5e18),
-        dict(state, last_timestamp=10**30),
-        dict(state, last_timestamp=last - 1),
-        dict(state, last_timestamp=None),
-    ):  # older than a buffer row
+        dict(payload, last_timestamp="yesterday"),
+        dict(payload, last_timestamp=True),
+        dict(payload, last_timestamp=1.5e18),
+        dict(payload, last_timestamp=2**63),
+        dict(payload, last_timestamp=last - 1),  # older than a buffer row
+        dict(payload, last_timestamp=None),
+    ):  # each re-wrapped with a valid checksum: a consistent writer's mistake, not corruption
         other = LivePredictor(market_run, ["A", "B"], DAILY)
         with pytest.raises(StateError, match="last_timestamp"):
-            other.load_state_dict(bad)
+            other.load_state_dict(wrap("predictor", 3, bad))
         assert other.last_timestamp is None and other.bars == 0  # left as it was
-    for version in (3, True, None):
-        with pytest.raises(StateError, match="version"):
-            fresh.load_state_dict(dict(state, version=version))
+    edited = json.loads(json.dumps(state))
+    edited["payload"]["bars"] += 1  # one field changed after the checksum was taken
+    for bad_state in (edited, dict(state, version=2), dict(payload, kind="fastinfer.LivePredictor", version=2)):
+        with pytest.raises(StateError):
+            fresh.load_state_dict(bad_state)
+        assert fresh.bars == len(bars)
 
 
 # ---------------------------------------------------------------- the point column
@@ -318,6 +323,8 @@ def test_point_column_is_the_one_rule_for_a_horizon_family_view(market_run, goog
     assert point_column(["q0.1", "q0.5", "q0.9"]) == 1  # quantiles: the median
     assert point_column(["q0.5", "loc", "prediction"]) == 2  # prediction first, then loc, then q0.5
     assert point_column(["a", "b"]) == 0
+    assert point_column(["p_0", "p_1"]) == 1  # a binary classifier: P(class 1)
+    assert point_column(["p_down", "p_flat", "p_up"]) == 2  # classes: the last one's probability
     predictor = LivePredictor(market_run, ["GOOG"], DAILY)
     for m, sl in zip(predictor.models, predictor.plan.model_slices):
-        assert predictor._point_column[(m.target, m.family.name)] == sl.start + point_column(m.columns)
+        assert predictor.layout.points[(m.target, m.family.name)] == sl.start + point_column(m.columns)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import pickle
+import shutil
 import stat
 from pathlib import Path
 from types import SimpleNamespace
@@ -488,3 +489,23 @@ def test_signed_loader_hashes_each_native_file_once(signed, keys, monkeypatch):
         made.clear()
         assert loader.load(TARGET, family).integrity == "verified"
         assert len(made) == 1, family
+
+
+def test_verify_with_a_public_key_fails_on_a_model_the_signature_does_not_cover(signed, keys):
+    """A model folder added after signing: the default (unsigned) loader would open it, so
+    ``verify --public-key`` must not pass the run (it used to say "verified (not in lock)")."""
+    from click.testing import CliRunner
+
+    from fastinfer.cli import main
+
+    hostile("signature", "signed run holding an unsigned model, verify --public-key")
+    ok = CliRunner().invoke(main, ["verify", str(signed), "--public-key", str(keys[1])])
+    assert ok.exit_code == 0, ok.output
+    src = _dir(signed, "ridge")
+    extra = signed / "targets" / "fwd_ret_extra" / "models" / "view=CROSS_SECTIONAL" / "family=ridge"
+    shutil.copytree(src, extra)
+    (extra / "model.onnx").unlink()
+    assert ModelLoader(signed).load("fwd_ret_extra", "ridge") is not None  # an unsigned loader opens it
+    result = CliRunner().invoke(main, ["verify", str(signed), "--public-key", str(keys[1])])
+    assert result.exit_code == 1
+    assert "FAIL fwd_ret_extra/ridge: not covered by the signature" in result.output

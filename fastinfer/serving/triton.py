@@ -26,7 +26,7 @@ import importlib
 import json
 import re
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from .. import artifacts
 from ..atomic import write_atomic_bytes, write_atomic_json
 from ..config import Settings, load_config
 from ..errors import ConfigError, InferenceError, IntegrityError, ModelLoadError, StateError
+from ..layout import ModelSlot, OutputLayout, feature_union
 from ..lock import LOCK_FILE
 
 INDEX_FILE = "fastinfer_triton.json"
@@ -125,18 +126,6 @@ def _graph_dims(value_info) -> list[int | str | None]:
     return [
         d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in value_info.type.tensor_type.shape.dim
     ]
-
-
-def _union(models: Sequence) -> list[str]:
-    """The live predictor's feature order (``KNOWN_FEATURES``), features it cannot compute last."""
-    from ..features import KNOWN_FEATURES
-
-    seen: dict[str, int] = {}
-    for m in models:
-        for f in m.feature_order:
-            seen.setdefault(f, len(seen))
-    known = {f: i for i, f in enumerate(KNOWN_FEATURES)}
-    return sorted(seen, key=lambda f: (known.get(f, len(known)), seen[f]))
 
 
 def _model_config(
@@ -285,7 +274,7 @@ def _plan(
 
     # The set a LivePredictor would serve, fused exactly as its executor plan fuses it.
     served = [m for m in loader.load_all(targets, families).values() if m.backend == "onnx"]
-    union = _union(served)
+    union = feature_union(served)  # the live predictor's feature order
     serve: list[dict[str, Any]] = []
     columns: list[tuple[str, str, str]] = []
     if served:
@@ -532,14 +521,21 @@ class TritonPredictor:
         self.columns: list[tuple[str, str, str]] = [tuple(c) for c in self.index["columns"]]
         self.serve: list[dict[str, Any]] = list(self.index["serve"])
         self.sequence_lengths = sorted({s["input_kind"] for s in self.serve if s["input_kind"]})
-        from ..predictor import horizon_of, point_column
-
-        self._point: dict[tuple[str, str], int] = {}
-        for s in self.serve:
-            for o in s["outputs"]:
-                self._point[(o["target"], o["family"])] = o["slice"][0] + point_column(o["columns"])
-        self._point = dict(sorted(self._point.items(), key=lambda kv: kv[1]))  # as_dict's order: column order
-        self._horizon_of = horizon_of
+        slots = [
+            ModelSlot(
+                target=o["target"],
+                family=o["family"],
+                columns=tuple(o["columns"]),
+                start=int(o["slice"][0]),
+                stop=int(o["slice"][1]),
+                needs=tuple(o["needs"]),
+                sequence_length=int(s["input_kind"]),
+                pass_nan=self._pass_nan and bool(o["handles_nan"]),
+            )
+            for s in self.serve
+            for o in s["outputs"]
+        ]
+        self.layout = OutputLayout(sorted(slots, key=lambda slot: slot.start), self.feature_order)
 
     def is_ready(self) -> bool:
         """The server is live and every model this predictor calls is ready."""
@@ -599,21 +595,9 @@ class TritonPredictor:
                             f"{(min(step, n - lo), b - a)}, got {y.shape}"
                         )
                     out[lo : lo + step, a:b] = y
-            for o in s["outputs"]:  # rows whose inputs hold NaN: not ready, as in the live predictor
-                if self._pass_nan and o["handles_nan"]:
-                    continue
-                needed = (seqs[kind] if kind else X)[..., o["needs"]]
-                bad = np.isnan(needed).reshape(n, -1).any(axis=1)
-                out[bad, o["slice"][0] : o["slice"][1]] = np.nan
+        self.layout.mask_invalid(X, out, seqs)  # rows whose inputs are not finite: not ready, as live
         return out
 
     def predict(self, features: Any, sequences: Mapping[int, Any] | None = None) -> list[dict[str, dict[str, float]]]:
         """One ``{horizon: {family: value}}`` per row, keyed as ``LivePredictor.as_dict``."""
-        out = self.infer(features, sequences)
-        rows = []
-        for i in range(len(out)):
-            result: dict[str, dict[str, float]] = {}
-            for (target, family), j in self._point.items():
-                result.setdefault(self._horizon_of(target), {})[family] = float(out[i, j])
-            rows.append(result)
-        return rows
+        return [self.layout.view(row) for row in self.infer(features, sequences)]

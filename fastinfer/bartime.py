@@ -1,0 +1,40 @@
+"""Bar time: what a bar's timestamp is, and the order bars must come in.
+
+Every predictor (live, sharded, batch) takes bars oldest first: a bar older than the newest one
+accepted is refused before anything changes; an equal one is accepted (a correction of the
+same bar). ``timestamp_ns`` reads a bar time as int nanoseconds since the epoch (UTC).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .buffers import timestamp_ns
+from .errors import InferenceError
+
+__all__ = ["BarClock", "timestamp_ns"]
+
+
+class BarClock:
+    """The newest bar time accepted so far (``last``, int ns, or None before any)."""
+
+    def __init__(self, last: int | None = None):
+        self.last = last
+
+    def check(self, timestamp: Any) -> int | None:
+        """The bar time as int ns (None for no timestamp), or the ``InferenceError`` for a time that
+        is not a time or is older than the newest bar accepted. Changes nothing."""
+        if timestamp is None:
+            return None
+        stamp = timestamp_ns(timestamp)
+        if self.last is not None and stamp < self.last:
+            raise InferenceError(
+                f"bar timestamp {stamp} ns is older than the previous bar's ({self.last} ns); "
+                "bar refused, nothing changed"
+            )
+        return stamp
+
+    def accept(self, stamp: int | None) -> None:
+        """Record a bar the caller has taken (``stamp`` from ``check``)."""
+        if stamp is not None:
+            self.last = stamp
