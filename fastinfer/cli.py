@@ -15,6 +15,7 @@ import click
 
 from .demo import DATASETS, DEFAULT_BARS, DEFAULT_FAMILIES, DEFAULT_SEED_BARS  # constants only: demo imports lazily
 from .errors import FastInferError
+from .features.command import features as features_command
 
 
 class _Group(click.Group):
@@ -368,6 +369,9 @@ def bench(out: Path, readme: bool, keyword: str | None, pytest_args: tuple[str, 
     if readme:
         suite.update_readme(benchmarks.parent / "README.md", summary)
         click.echo(f"updated {benchmarks.parent / 'README.md'}")
+
+
+main.add_command(features_command)  # fastinfer features build | explain | vocabulary
 
 
 if __name__ == "__main__":  # pragma: no cover
