@@ -90,7 +90,7 @@ def test_issue_examples_equal_their_pandas_and_talib_formulas(defs, bars):
 def test_definitions_run_the_same_in_batch_streaming_and_pandas(defs, bars):
     incremental = replay(NAMES, defs, bars)
     program = compile_features(NAMES, defs, interval_minutes=5)
-    batch = frame_features(program, bars)
+    batch = frame_features(program, bars).to_numpy()
     reference = R.evaluate(bars, NAMES, defs, interval_minutes=5).to_numpy()
     built = FeatureBuilder(NAMES, definitions=defs, interval_minutes=5).frame(bars).to_numpy()
     for k, name in enumerate(NAMES):

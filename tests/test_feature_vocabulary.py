@@ -106,7 +106,7 @@ def three_ways():
     for t in range(T):
         stream[t] = live.update(*(np.array([frames[s][k].iloc[t] for s in symbols]) for k in OHLCV))
     long = pd.concat([df.assign(symbol=s) for s, df in frames.items()], ignore_index=True)
-    batch = frame_features(program, long, symbol_column="symbol")
+    batch = frame_features(program, long, symbol_column="symbol").to_numpy()
     incremental, batched, reference = {}, {}, {}
     for j, s in enumerate(symbols):
         df = frames[s]

@@ -132,15 +132,9 @@ def function_table() -> str:
 
 def warmup() -> None:
     """Compile the feature kernels (incremental and batch) now; with numba's on-disk cache warm
-    this only loads them. ``fastinfer.warmup()`` should call this."""
-    import numpy as np
+    this only loads them. The same as ``fastinfer.kernels.feature_program.warmup()`` and
+    ``fastinfer.kernels.feature_batch.warmup()``, the kernels' own entry points."""
+    from ..kernels import feature_batch, feature_program
 
-    from ..kernels import feature_batch
-
-    program = compile_features(["rsi_14", "stoch_k_5", "adx_5", "obv", "wma_3", "cci_3", "macd_2_3_2_hist"])
-    one = np.ones(1)
-    for dtype in (np.float32, np.float64):
-        live = StreamingFeatures(["a"], program=program, dtype=dtype)
-        live.update(one, one, one, one, one)
-        live.replay("a", dict.fromkeys(OHLCV, np.ones(3)))
+    feature_program.warmup()
     feature_batch.warmup()

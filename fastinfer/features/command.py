@@ -137,9 +137,10 @@ def build(
     else:
         values = frame_features(program, frame, symbol_column=symbol_column, where=str(bars))
     keys = [c for c in (time_column(frame), symbol_column) if c is not None]
-    result = pd.concat(
-        [frame[keys].reset_index(drop=True), pd.DataFrame(values, columns=list(program.features))], axis=1
-    )
+    clash = [k for k in keys if k in program.features]
+    if clash:
+        raise FeatureBuildError(f"feature(s) {clash} have the name of a key column of {bars}; rename them")
+    result = pd.concat([frame[keys], values], axis=1).reset_index(drop=True)
     write_table(result, out)
     click.echo(f"wrote {len(result)} rows × {len(program.features)} features to {out}")
 

@@ -153,12 +153,14 @@ def frame_features(
     symbol_column: Any = None,
     progress: Callable[[int, int], None] | None = None,
     where: str = "bars",
-) -> np.ndarray:
-    """Every feature at every row of ``df``: (len(df), n_features) float64, equal to the
-    incremental path replayed bar by bar. Rows are bars, oldest first per symbol (``symbol_column``
-    names the symbol of each row; None: one symbol). A row whose open, high, low, close or volume
-    is missing is no bar for its symbol: it repeats the symbol's last features (NaN before its
-    first bar). ``progress(done, total)`` is called after each chunk of symbols."""
+) -> pd.DataFrame:
+    """Every feature at every row of ``df``: a DataFrame with ``df``'s index and one float64
+    column per feature, equal to the incremental path replayed bar by bar.
+
+    Rows are bars, oldest first per symbol (``symbol_column`` names the symbol of each row;
+    None: one symbol). A row whose open, high, low, close or volume is missing is no bar for its
+    symbol: it repeats the symbol's last features (NaN before its first bar). External columns
+    are read by name. ``progress(done, total)`` is called after each chunk of symbols."""
     arrays = ohlcv_arrays(df, where, check_order=False)
     ext = external_arrays(df, program.externals, where)
     valid = np.logical_and.reduce([np.isfinite(arrays[k]) for k in OHLCV])
@@ -191,4 +193,4 @@ def frame_features(
         done += len(part)
         if progress is not None:
             progress(done, len(series))
-    return out
+    return pd.DataFrame(out, index=df.index, columns=list(program.features))

@@ -887,3 +887,70 @@ def update_series(
     for j in range(feature_regs.shape[0]):
         out[i, j] = regs[feature_regs[j], i]
     return stale
+
+
+def warmup() -> None:
+    """Compile both entry points (float32 and float64 outputs) on an empty program; with numba's
+    on-disk cache warm this only loads them. The interpreter is one function for every program,
+    so this covers every instruction."""
+    n = 1
+    bar = np.ones(n)
+    code = np.zeros((0, N_CODE), dtype=np.int64)
+    fparams = np.zeros((0, N_FPARAMS))
+    feature_regs = np.zeros(1, dtype=np.int64)
+    regs = np.zeros((N_INPUTS, n))
+    fs = np.zeros((0, n))
+    ist = np.zeros((0, n), dtype=np.int64)
+    user = (np.zeros((n, 0)), np.zeros(0, dtype=np.int64), np.zeros((0, 4), dtype=np.int64), np.zeros((0, 1)))
+    user_init = np.zeros((0, 1))
+    scratch = np.zeros(3)
+    for dtype in (np.float32, np.float64):
+        count = np.zeros(n, dtype=np.int64)
+        sel = np.zeros(n, dtype=np.int64)
+        out = np.zeros((n, 1), dtype=dtype)
+        stale = np.zeros(n, dtype=np.bool_)
+        ext = np.zeros((n, 0))
+        update_bar(
+            bar,
+            bar,
+            bar,
+            bar,
+            bar,
+            ext,
+            code,
+            fparams,
+            feature_regs,
+            regs,
+            fs,
+            ist,
+            count,
+            sel,
+            out,
+            stale,
+            *user,
+            user_init,
+            scratch,
+        )
+        record = np.zeros((n, 1))
+        update_series(
+            0,
+            bar,
+            bar,
+            bar,
+            bar,
+            bar,
+            ext,
+            code,
+            fparams,
+            feature_regs,
+            regs,
+            fs,
+            ist,
+            count,
+            sel,
+            out,
+            record,
+            *user,
+            user_init,
+            scratch,
+        )
