@@ -322,6 +322,14 @@ def test_input_shape_that_disagrees_with_the_family_is_a_conversion_error_naming
         convert(loaded(case, "keras"), family, n_features, seq_len)
 
 
+def test_model_without_a_defined_input_is_a_conversion_error():
+    import keras
+
+    hostile("keras conversion", "Sequential model never built on an input")
+    with pytest.raises(ConversionError, match="no defined input.*keras.Input"):
+        convert(keras.Sequential([keras.layers.Dense(1)]), "mlp", N_FEATURES)
+
+
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_python_lambda_layers_are_refused_by_safe_mode_in_both_formats(fmt, tmp_path):
     import keras

@@ -12,10 +12,11 @@ which under Keras 3 are not the traced function's for ``keras.Sequential`` model
 (``KeyError: 'keras_tensor_N'``, onnx/tensorflow-onnx#2448); a traced call has one input and
 its own outputs whatever way the model was built or saved.
 
-Recurrent layers: tf2onnx fuses a Keras 3 LSTM into an ONNX ``LSTM`` node, but its GRU and
-SimpleRNN patterns match Keras 2's cells only, so a Keras 3 GRU would stay a ``Loop`` (control
-flow, refused by ``check_graph``). Those layers are traced unrolled instead, on a copy of the
-model (the time steps as plain ops: the same math, one set of nodes per step). Recurrent
+Recurrent layers: tf2onnx fuses a Keras 3 LSTM into an ONNX ``LSTM`` node, but a Keras 3 GRU
+(tf2onnx's GRU patterns match Keras 2's cell) or SimpleRNN stays a ``Loop`` (control flow,
+refused by ``check_graph``). Those two are traced unrolled instead, on a copy of the model (the
+time steps as plain ops: the same math, one set of nodes per step; ~360 nodes for a GRU over 20
+steps, ~0.1 ms a row in ONNX Runtime against ~0.01 ms for a fused LSTM). Recurrent
 layers start from zero states that tf2onnx builds from the batch size at run time; they are
 left out (ONNX's default) or made constants that broadcast over the batch.
 
