@@ -1,13 +1,14 @@
 """XGBoost: ``model.json`` / ``model.ubj`` (and pickled XGBRegressor / XGBClassifier / XGBRanker /
 Booster).
 
-Files are opened from their verified bytes (``XGBRegressor.load_model(bytearray)``, which reads JSON
-and UBJ alike); unverified bytes are first read and checked here (``xgboost_file``), and legacy binary
-models are refused with how to re-save them. Graphs are built from the booster's own JSON into the
-tree-graph contract (``fastinfer.adapters.trees``): a numeric split is ``x < t`` on the float32
-threshold XGBoost compares against, NaN going the default way; a categorical split is the interval
-chain of its codes (the codes listed go right; negative codes, codes XGBoost does not know and
-non-listed codes go left; a float is truncated to its code). Objectives:
+Files are opened from their verified bytes (the scikit-learn wrapper they were saved from,
+``load_model(bytearray)``, which reads JSON and UBJ alike), after the bytes are read and checked here
+(``xgboost_file``, for verified bytes too); legacy binary models are refused with how to re-save
+them. Graphs are built from the booster's own JSON into the tree-graph contract
+(``fastinfer.adapters.trees``): a numeric split is ``x < t`` on the float32 threshold XGBoost
+compares against, NaN going the default way; a categorical split is the interval chain of its codes
+(the codes listed go right; negative codes, codes XGBoost does not know and non-listed codes go
+left; a float is truncated to its code). Objectives:
 
 =====================================  =====  ==============  =======  ==========================
 objective                              K      post_transform  tail     intercept (margin)
@@ -60,7 +61,7 @@ from .base import (
     task_of,
 )
 from .trees import EXP, LEFT, LT, RIGHT, SIGMOID, Forest, Objective, binary_objective, membership, single, tree_graph
-from .xgboost_file import LEGACY_MESSAGE, Malformed, model_format, read_model
+from .xgboost_file import LEGACY_MESSAGE, Malformed, read_model
 
 if TYPE_CHECKING:
     from ..converters import ConvertedGraph
@@ -70,14 +71,14 @@ if TYPE_CHECKING:
 
 
 def _load(data: bytes) -> Any:
+    """The model of checked bytes: XGBoost's parser only ever sees bytes ``read_model`` accepted
+    (verified ones too: a deeply nested JSON overflows its recursive parser's stack)."""
     import xgboost
 
     try:
-        kind = model_format(data)
+        read_model(data)
     except Malformed as exc:
-        raise ValueError(str(exc)) from None
-    if kind == "legacy":  # XGBoost 3 would fail with "Check failed: str[0] == '{'"
-        raise ValueError(LEGACY_MESSAGE)
+        raise ValueError(_why(exc)) from None
     # The scikit-learn wrapper the file was saved from (XGBoost refuses to load a classifier's file
     # into a regressor); it predicts up to the best iteration of an early-stopped model.
     booster = xgboost.Booster()
@@ -88,11 +89,15 @@ def _load(data: bytes) -> Any:
     return model
 
 
+def _why(exc: Malformed) -> str:
+    return str(exc) if str(exc) == LEGACY_MESSAGE else f"malformed XGBoost model ({exc})"
+
+
 def _check(data: bytes) -> str | None:
     try:
         read_model(data)
     except Malformed as exc:
-        return str(exc) if str(exc) == LEGACY_MESSAGE else f"malformed XGBoost model ({exc})"
+        return _why(exc)
     return None
 
 
