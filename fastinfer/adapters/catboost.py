@@ -121,6 +121,13 @@ class CatBoostAdapter(Adapter):
         loss, _ = _described(model)
         if loss in _CLASSIFIER_LOSSES:
             return class_columns(model.classes_)
+        if loss.startswith(_MULTI_OUTPUT_LOSSES):  # CatBoost names no output count: one row tells
+
+            def width(m: Any) -> int:
+                row = np.zeros((1, len(m.feature_names_)))
+                return int(np.asarray(self.predict(m, row)).reshape(1, -1).shape[1])
+
+            return tuple(f"prediction_{k}" for k in range(memo(model, "catboost.width", width)))
         return ("prediction",)
 
     def categorical_features(self, model: Any) -> dict[int, tuple[int, ...]]:

@@ -154,12 +154,17 @@ def _header(booster: Any) -> dict[str, str]:
     return dict(line.partition("=")[::2] for line in head.splitlines() if "=" in line)
 
 
-def objective_of(model: Any) -> Objective:
-    """The model's objective in contract terms (read once per loaded model)."""
+def objective_of(model: Any) -> tuple[Objective | None, int]:
+    """(the model's objective in contract terms, or None where it has none; its number of scores),
+    read once per loaded model."""
 
-    def read(booster: Any) -> Objective:
+    def read(booster: Any) -> tuple[Objective | None, int]:
         header = _header(booster)
-        return parse_objective(header.get("objective", "custom"), int(header.get("num_class", "1")))
+        n_class = int(header.get("num_class", "1"))
+        try:
+            return parse_objective(header.get("objective", "custom"), n_class), n_class
+        except ConversionError:  # served natively as LightGBM predicts it
+            return None, n_class
 
     return memo(_booster(model), "lightgbm.objective", read)
 
@@ -360,7 +365,8 @@ class LightGBMAdapter(Adapter):
         """What LightGBM's ``Booster.predict`` gives (best iteration, its own output transform), as
         one probability per class for binary models ([1 - p, p])."""
         out = _booster(model).predict(X)
-        if objective_of(model).binary:
+        objective, _ = objective_of(model)
+        if objective is not None and objective.binary:
             out = np.column_stack([1.0 - out, out])
         return as_output(out)
 
@@ -369,11 +375,11 @@ class LightGBMAdapter(Adapter):
         return None if generic_names(names) else names
 
     def output_columns(self, model: Any) -> tuple[str, ...]:
-        objective = objective_of(model)
-        if not objective.classifier:
-            return ("prediction",)
-        labels = getattr(model, "classes_", None)
-        return class_columns(labels if labels is not None else range(objective.width))
+        objective, n_scores = objective_of(model)
+        if objective is not None and objective.classifier:
+            labels = getattr(model, "classes_", None)
+            return class_columns(labels if labels is not None else range(objective.width))
+        return ("prediction",) if n_scores == 1 else tuple(f"prediction_{k}" for k in range(n_scores))
 
     def categorical_features(self, model: Any) -> dict[int, tuple[int, ...]]:
         return categorical_codes(model)

@@ -272,7 +272,8 @@ def xgboost_graph(native: Any, n_features: int) -> onnx.ModelProto:
     if gb["name"] == "gblinear":
         k = objective.raw_scores
         weights = np.asarray(gb["model"]["weights"], dtype=np.float64).reshape(n_features + 1, k)
-        return _linear_graph(weights[:n_features], weights[n_features] + np.asarray(intercept), objective, n_features)
+        # gblinear adds the first intercept to every output (XGBoost 3.x; softmax is blind to it).
+        return _linear_graph(weights[:n_features], weights[n_features] + intercept[0], objective, n_features)
     model = gb["gbtree"]["model"] if gb["name"] == "dart" else gb["model"]
     drop = gb.get("weight_drop") or [1.0] * len(model["trees"])
     forest = Forest(objective.n_scores)
