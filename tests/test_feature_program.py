@@ -191,6 +191,21 @@ def test_state_round_trip_with_definitions_externals_and_a_user_primitive(ewmax)
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_state_of_a_program_compiled_elsewhere_carries_what_it_was_compiled_from():
+    """As LivePredictor does: compile (definitions, interval, session length), then serve it."""
+    defs = {"bars_per_day": 78, "features": {"gap": "open / lag(close, 1) - 1"}}
+    program = compile_features(["gap", "ret_1d", "vol_30m"], defs, interval_minutes=5)
+    live = StreamingFeatures(["A", "B"], program=program, dtype=np.float64)
+    bars = random_bars(200, 2, seed=5)
+    for t in range(150):
+        live.update(*(a[t] for a in bars))
+    restored = StreamingFeatures.from_state_dict(json.loads(json.dumps(live.state_dict())))
+    assert restored.program.hash == program.hash
+    assert (restored.interval_minutes, restored.bars_per_day) == (5, 78)
+    for t in range(150, 200):
+        np.testing.assert_array_equal(live.update(*(a[t] for a in bars)), restored.update(*(a[t] for a in bars)))
+
+
 def test_a_state_of_another_program_is_refused_and_changes_nothing(monkeypatch):
     a = StreamingFeatures(["A"], ["x"], definitions={"features": {"x": "rsi(close, 7)"}})
     b = StreamingFeatures(["A"], ["x"], definitions={"features": {"x": "rsi(close, 8)"}})

@@ -52,7 +52,15 @@ def compile_features(
         raise FeatureDefinitionError(f"bars_per_day must be a positive whole number, got {per_day!r}")
     lowering = _Lowering(defs, None if interval is None else float(interval), None if per_day is None else int(per_day))
     outputs = tuple(lowering.feature(name) for name in names)
-    return FeatureProgram.build(lowering.graph, names, outputs, lowering.users)
+    return FeatureProgram.build(
+        lowering.graph,
+        names,
+        outputs,
+        lowering.users,
+        definitions=defs if (defs.features or defs.external or defs.bars_per_day or defs.interval_minutes) else None,
+        interval_minutes=lowering.interval_minutes,
+        bars_per_day=lowering.bars_per_day,
+    )
 
 
 def check_names(features: Iterable[str]) -> tuple[str, ...]:
@@ -128,16 +136,16 @@ class _Lowering:
         return ref
 
     def vocabulary(self, name: str) -> Ref:
-        where = self._where(name)
+        root, via = self._context(name)
         try:
             found = vocabulary.match(name, interval_minutes=self.interval_minutes, bars_per_day=self.bars_per_day)
         except FeatureDefinitionError as e:
-            raise FeatureDefinitionError(e.reason, feature=where, understood=e.understood, hint=e.hint) from None
+            raise FeatureDefinitionError(via + e.reason, feature=root, understood=e.understood, hint=e.hint) from None
         if found is None:
             near = vocabulary.suggestions(name)
             understood = "no vocabulary pattern matches it" + (f" (similar: {', '.join(near)})" if near else "")
             raise FeatureDefinitionError(
-                "unknown feature", feature=where, understood=understood, hint=vocabulary.hint(name)
+                via + "unknown feature", feature=root, understood=understood, hint=vocabulary.hint(name)
             )
         self.stack.append(name)
         try:
@@ -145,10 +153,11 @@ class _Lowering:
         finally:
             self.stack.pop()
 
-    def _where(self, name: str) -> str:
-        """``name``, and the chain of definitions that read it when it is not a requested feature."""
+    def _context(self, name: str) -> tuple[str, str]:
+        """(the requested feature an error belongs to, a prefix naming ``name`` and the chain of
+        definitions it was read through, when it is not the requested feature itself)."""
         chain = [n for n in self.stack if n != name]
-        return f"{name} (via {' -> '.join(chain)})" if chain else name
+        return (chain[0], f"{name!r} (read via {' -> '.join(chain)}): ") if chain else (name, "")
 
     # ------------------------------------------------------------ expressions
 
@@ -250,12 +259,12 @@ class _Lowering:
         return None
 
     def error(self, owner: str, reason: str, found: vocabulary.Match | None = None) -> FeatureDefinitionError:
-        where = self._where(owner)
+        root, via = self._context(owner)
         if found is not None:
-            return FeatureDefinitionError(reason, feature=where, understood=found.understood())
+            return FeatureDefinitionError(via + reason, feature=root, understood=found.understood())
         definition = self.defs.features.get(owner)
         understood = f"definition {owner}: {definition}" if definition is not None else None
-        return FeatureDefinitionError(reason, feature=where, understood=understood)
+        return FeatureDefinitionError(via + reason, feature=root, understood=understood)
 
 
 def explain(

@@ -68,6 +68,10 @@ class FeatureProgram:
     hash: str
     registers: dict[Ref, int] = field(repr=False)
     user_tokens: tuple[str, ...] = ()
+    # What it was compiled from (a saved state recompiles it from these, then compares hashes).
+    definitions: Any = field(default=None, repr=False)
+    interval_minutes: float | None = None
+    bars_per_day: int | None = None
 
     @property
     def warmup(self) -> int:
@@ -89,10 +93,19 @@ class FeatureProgram:
 
     @classmethod
     def build(
-        cls, graph: Graph, features: tuple[str, ...], outputs: tuple[Ref, ...], users: dict[int, Any] | None = None
+        cls,
+        graph: Graph,
+        features: tuple[str, ...],
+        outputs: tuple[Ref, ...],
+        users: dict[int, Any] | None = None,
+        *,
+        definitions: Any = None,
+        interval_minutes: float | None = None,
+        bars_per_day: int | None = None,
     ) -> FeatureProgram:
         """Lay ``graph`` out. ``users`` maps a user node index to its registered primitive
-        (``fastinfer.features.primitives.UserPrimitive``)."""
+        (``fastinfer.features.primitives.UserPrimitive``); the keywords record what the program
+        was compiled from."""
         users = users or {}
         nodes = tuple(graph.nodes)
         n_inputs = len(OHLCV) + len(graph.externals)
@@ -234,4 +247,7 @@ class FeatureProgram:
             hash=digest,
             registers=registers,
             user_tokens=tuple(tokens),
+            definitions=definitions,
+            interval_minutes=interval_minutes,
+            bars_per_day=bars_per_day,
         )

@@ -124,15 +124,16 @@ class StreamingFeatures:
             raise FeatureBuildError(f"dtype must be float32 or float64, got {self.dtype}")
         if definitions is not None and not isinstance(definitions, FeatureDefinitions):
             definitions = FeatureDefinitions.from_dict(definitions)
-        self.definitions = definitions
-        self.interval_minutes = interval_minutes
-        self.bars_per_day = bars_per_day
         if program is None:
             names = DEFAULT_FEATURES if features is None else check_names(features)
             program = compile_features(names, definitions, interval_minutes=interval_minutes, bars_per_day=bars_per_day)
         elif features is not None and tuple(features) != program.features:
             raise FeatureBuildError("features and program disagree: pass one of them")
         self.program = program
+        # what the program was compiled from: a saved state recompiles it from these
+        self.definitions = program.definitions
+        self.interval_minutes = program.interval_minutes
+        self.bars_per_day = program.bars_per_day
         self.features = program.features
         self.externals = program.externals
         n = len(self.symbols)
