@@ -6,12 +6,19 @@ The pipeline, one module per step::
     definitions  feature_definitions.yaml: name → expression, external columns, bars_per_day
     grammar      expression text → tree (tokeniser + recursive descent; no eval)
     primitives   the functions an expression may call; register_primitive for your own
-    compiler     names + definitions → one DAG with shared sub-expressions (graph) → program
+    graph        the DAG: kernel operations, shared sub-expressions (hash-consing), warm-ups
+    compiler     names + definitions → one graph → program (errors name the feature)
     program      the DAG laid out for the interpreter kernel; its hash identifies it
-    batch        whole series at once (training matrices, FeatureBuilder, `features build`)
-    streaming    StreamingFeatures: one jitted call per bar for every symbol and feature
+    batch        whole series at once (kernels/feature_batch: whole-window formulas)
+    frames       DataFrames in and out of batch: symbol column, gaps, externals, time order
+    streaming    StreamingFeatures: one jitted call per bar (kernels/feature_program)
     builder      FeatureBuilder: a window of bars → a named FeatureVector (the spec's API)
+    named        FeatureVector, an ndarray that keeps its feature names
     runs         a run's feature_definitions.yaml and the union of its models' features
+    parity       check_parity: both executions agree, for users' own tests
+    command      `fastinfer features build | explain | vocabulary`
+    default_set  a realistic 100-200-name set from the vocabulary
+    pandas_reference  an independent pandas / TA-Lib implementation (tests, benchmark baselines)
 
 Compile a program and run it both ways::
 
