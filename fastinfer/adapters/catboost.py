@@ -5,9 +5,10 @@ Files are opened from their verified bytes (``CatBoost.load_model(blob=...)``) a
 probabilities for Logloss / CrossEntropy / MultiClass (``p_<label>``, binary [1 - p, p]),
 ``Exponent`` for Poisson / Tweedie, the raw formula value otherwise.
 
-Categorical features: the model gets them as CatBoost wants them, integer codes as ints (a float
-column of codes ``3.0`` is passed as ``3``; NaN as the string ``"nan"``, a category the model has
-not seen unless it was trained with it); a non-integer value in a categorical column is refused.
+Categorical features: the model gets them as CatBoost wants them, integer codes (a float column of
+codes ``3.0`` is passed as ``"3"``, the text CatBoost reads an int category as; NaN as ``"nan"``, a
+category the model has not seen unless it was trained with it); a non-integer value in a categorical
+column is refused.
 CatBoost exports no ONNX graph for such models, so they stay native with that reason.
 
 Graphs come from CatBoost's own ONNX export; its tree ensemble is rebuilt in the contract form
@@ -78,7 +79,8 @@ def _prediction_type(loss: str) -> str:
 
 
 def _rows(X: np.ndarray, categorical: tuple[int, ...]) -> Any:
-    """The rows as CatBoost takes them: categorical columns as int codes (NaN as ``"nan"``)."""
+    """The rows as CatBoost takes them: categorical columns as the integer codes' text, which is how
+    CatBoost reads an int category (and no code is too large for it), NaN as ``"nan"``."""
     if not categorical:
         return X
     import catboost
@@ -90,10 +92,11 @@ def _rows(X: np.ndarray, categorical: tuple[int, ...]) -> Any:
         bad = finite & (column != np.round(column))
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
+            value = float(column[row])
             raise ValueError(
-                f"categorical column {c} holds {column[row]!r} (row {row}): categorical columns carry integer codes"
+                f"categorical column {c} holds {value!r} (row {row}): categorical columns carry integer codes"
             )
-        data[:, c] = [int(v) if ok else "nan" for v, ok in zip(column.tolist(), finite.tolist())]
+        data[:, c] = [str(int(v)) if ok else "nan" for v, ok in zip(column.tolist(), finite.tolist())]
     return catboost.Pool(data, cat_features=list(categorical))
 
 
