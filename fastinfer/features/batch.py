@@ -33,10 +33,6 @@ def _shift(x: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def _isnan(x: np.ndarray) -> np.ndarray:
-    return np.isnan(x)
-
-
 def _elementwise(op: int, a: list[np.ndarray], fp: tuple[float, ...]) -> np.ndarray:
     """The kernel's elementwise ops, value for value (same NaN and zero conventions)."""
     x = a[0]
@@ -53,9 +49,9 @@ def _elementwise(op: int, a: list[np.ndarray], fp: tuple[float, ...]) -> np.ndar
     if op == K.OP_MAX2:
         return np.maximum(x, a[1])
     if op == K.OP_SEL_POS:
-        return np.where(x > 0.0, a[1], np.where(_isnan(x), np.nan, 0.0))
+        return np.where(x > 0.0, a[1], np.where(np.isnan(x), np.nan, 0.0))
     if op == K.OP_SEL_NEG:
-        return np.where(x < 0.0, a[1], np.where(_isnan(x), np.nan, 0.0))
+        return np.where(x < 0.0, a[1], np.where(np.isnan(x), np.nan, 0.0))
     if op == K.OP_RSI_OF:
         total = x + a[1]
         return np.where(total == 0.0, 50.0, 100.0 * (x / total))
@@ -74,14 +70,14 @@ def _elementwise(op: int, a: list[np.ndarray], fp: tuple[float, ...]) -> np.ndar
     if op == K.OP_CLIP:
         return np.where(x < fp[0], fp[0], np.where(x > fp[1], fp[1], x))
     if op == K.OP_GAIN:
-        return np.where(x > 0.0, x, np.where(_isnan(x), np.nan, 0.0))
+        return np.where(x > 0.0, x, np.where(np.isnan(x), np.nan, 0.0))
     if op == K.OP_LOSS:
-        return np.where(x < 0.0, -x, np.where(_isnan(x), np.nan, 0.0))
+        return np.where(x < 0.0, -x, np.where(np.isnan(x), np.nan, 0.0))
     if op == K.OP_RATIO:
         return np.where(a[1] == 0.0, a[2], x / a[1])
     if op == K.OP_TRUE_RANGE:
         h, lo, pc = a
-        return np.where(_isnan(pc), np.nan, np.maximum(np.maximum(h - lo, np.abs(h - pc)), np.abs(lo - pc)))
+        return np.where(np.isnan(pc), np.nan, np.maximum(np.maximum(h - lo, np.abs(h - pc)), np.abs(lo - pc)))
     if op == K.OP_STOCH:
         c, ll, hh = a
         return np.where(hh == ll, 50.0, 100.0 * ((c - ll) / (hh - ll)))

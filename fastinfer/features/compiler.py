@@ -14,6 +14,7 @@ arity, bad parameters or durations, and cycles between definitions.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -187,8 +188,6 @@ class _Lowering:
     def call(self, expr: Call, owner: str, found: vocabulary.Match | None) -> Ref:
         fn = primitives.function(expr.func)
         if fn is None:
-            import difflib
-
             near = difflib.get_close_matches(expr.func, list(primitives.functions()), n=3)
             also = f" (did you mean {', '.join(near)}?)" if near else ""
             raise self.error(owner, f"unknown function {expr.func!r} at column {expr.col}{also}", found)

@@ -36,9 +36,7 @@ _RING_LAG = {
     K.OP_CCI: lambda p: p - 1,
 }
 _OUTPUTS = {K.OP_MOMENTS: 2, K.OP_DMI: 3}
-OP_NAMES = {
-    getattr(K, name): name[3:].lower() for name in dir(K) if name.startswith("OP_") and name not in ("OP_NAMES",)
-}
+OP_NAMES = {getattr(K, name): name[3:].lower() for name in dir(K) if name.startswith("OP_")}  # opcode -> "sum"
 
 
 class Ref(NamedTuple):

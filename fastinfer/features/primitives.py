@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -188,7 +189,7 @@ def _bb(part: str) -> Callable[..., Ref]:
     return lower
 
 
-B = Param  # short spellings for the table below
+B = Param  # short spellings for the table below: B("k", "number", 2.0), N the usual window
 N = Param("n")
 
 
@@ -493,7 +494,7 @@ def _check_int(value: Any, what: str, minimum: int) -> int:
 _LOCK = threading.Lock()
 _REGISTRY: dict[str, Function] = {f.name: f for f in _BUILTINS}
 _USER: dict[str, UserPrimitive] = {}
-_IDENT = __import__("re").compile(r"[a-z][a-z0-9_]{0,63}")
+_IDENT = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 # The C signature every user callback is wrapped into: (state*, width, inputs*, n_inputs,
 # params*, n_params) -> output.
