@@ -70,6 +70,11 @@ class ExecutorSettings:
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     optimized_model_dir: str | None = None
     forest_kernel: Literal["auto", "on", "off"] = "auto"
+    # Batches (many symbols in one bar, research batches) run their tree kernels and a second ONNX
+    # Runtime session on this many threads (0: every core); one row never starts a thread.
+    batch_threads: int = bounded(0, 0, MAX_THREADS)
+    # Keep each graph's fastest backend per batch size in ~/.cache/fastinfer (FASTINFER_CACHE_DIR).
+    runtime_cache: bool = True
 
 
 @dataclass(frozen=True)

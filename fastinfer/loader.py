@@ -12,6 +12,7 @@ crash probe for unverified bytes → the library opens those very bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -28,6 +29,7 @@ from .config import Settings, load_config
 from .errors import ConfigError, InferenceError, ModelLoadError, SignatureError
 from .integrity import ChecksumPolicy, TrustPolicy, sha256_file
 from .lock import Lock, LockEntry, read_lock
+from .runtime import GraphRuntime, batch_threads, default_cache
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ class LoadedModel:
         graph: Any = None,
         graph_path: Path | None = None,
         lock_entry: LockEntry | None = None,
+        runtime: GraphRuntime | None = None,
     ):
         self.spec = spec
         self.backend = Backend(backend)
@@ -70,7 +73,9 @@ class LoadedModel:
         self.graph_path = graph_path
         self.graph = graph  # the verified onnx.ModelProto when backend is ONNX
         self.lock_entry = lock_entry
+        self.runtime = runtime  # the graph's backends and their choice per batch size (ONNX only)
         self._run = run
+        self._placements: dict[tuple[str, ...], np.ndarray] = {}
         # NaN/inf rows: "reject" raises naming the row and feature; "pass" hands NaN (never
         # inf) to families that route missing values. The loader sets it from the config.
         self.nan_policy = "reject"
@@ -99,8 +104,14 @@ class LoadedModel:
     def arrange(self, features: Any) -> np.ndarray:
         """A 2-D (or 3-D for sequential families) float array in this model's feature order.
 
-        Arrays are taken as already ordered; a dict, Series or DataFrame is placed by name.
+        A dict, Series, DataFrame or named ``FeatureVector`` is placed by name (the mapping from a
+        set of column names to this model's order is computed once per set and kept). An
+        unnamed array must already be in ``feature_order``: only its width can be checked.
         """
+        names = getattr(features, "names", None)
+        if names is not None and isinstance(features, np.ndarray):  # a FeatureVector
+            X = np.asarray(features)
+            return self._checked(X[..., self._placement(tuple(names))] if X.ndim else X)
         # keys(): dict and Series (a list has .index too, so that test would take lists by name)
         if isinstance(features, Mapping) or hasattr(features, "columns") or hasattr(features, "keys"):
             return self._by_name(features)
@@ -108,6 +119,9 @@ class LoadedModel:
             X = np.asarray(features)
         except (TypeError, ValueError) as exc:  # ragged nested lists
             raise InferenceError(f"{self._who()}: features are not an array ({str(exc)[:120]})") from None
+        return self._checked(X)
+
+    def _checked(self, X: np.ndarray) -> np.ndarray:
         if X.dtype.kind not in "fiu":
             raise InferenceError(f"{self._who()}: features must be real numbers, got dtype {X.dtype}")
         rank = self.family.input_rank
@@ -115,25 +129,53 @@ class LoadedModel:
             X = X[None]
         if X.ndim != rank or X.shape[-1] != self.n_features:
             want = "(N, T, F)" if rank == 3 else "(N, F)"
-            raise InferenceError(f"{self._who()}: expected {want} with F={self.n_features}, got shape {X.shape}")
+            raise InferenceError(
+                f"{self._who()}: expected {want} with F={self.n_features} in the model's feature_order, "
+                f"got shape {X.shape}"
+            )
         return X
+
+    def _placement(self, names: tuple[str, ...]) -> np.ndarray:
+        """Where each of this model's features sits among ``names`` (computed once per name set)."""
+        found = self._placements.get(names)
+        if found is None:
+            index = {n: j for j, n in enumerate(names)}
+            missing = [n for n in self.feature_order if n not in index]
+            if missing:
+                raise InferenceError(f"{self._who()}: missing feature(s) {', '.join(missing[:10])}")
+            found = np.array([index[n] for n in self.feature_order], dtype=np.intp)
+            if len(self._placements) >= 16:  # a caller cycling through column sets: keep it small
+                self._placements.clear()
+            self._placements[names] = found
+        return found
 
     def _by_name(self, features: Any) -> np.ndarray:
         if self.family.input_rank == 3:
             raise InferenceError(f"{self._who()}: sequential models take an (N, T, F) array, not named features")
-        if hasattr(features, "columns"):  # DataFrame
-            names = set(map(str, features.columns))
-            get = lambda n: features[n].to_numpy(dtype=np.float64)  # noqa: E731
-        else:  # dict or Series: one row
-            names = set(map(str, features.keys()))
-            get = lambda n: np.atleast_1d(np.asarray(features[n], dtype=np.float64))  # noqa: E731
-        missing = [n for n in self.feature_order if n not in names]
+        if hasattr(features, "columns"):  # DataFrame: one conversion, then a cached gather
+            cols = self._placement(tuple(map(str, features.columns)))
+            try:
+                # C order: pandas hands out column-major blocks, and a BLAS-backed predict rounds
+                # differently on them than on the rows an array caller gives.
+                return np.ascontiguousarray(features.to_numpy(dtype=np.float64)[:, cols])
+            except (TypeError, ValueError):
+                pass  # a column that is not numbers: name it below
+            for n in self.feature_order:
+                try:
+                    features[n].to_numpy(dtype=np.float64)
+                except (TypeError, ValueError) as exc:
+                    raise InferenceError(
+                        f"{self._who()}: feature {n!r} is not a real number ({str(exc)[:80]})"
+                    ) from None
+            raise InferenceError(f"{self._who()}: features are not real numbers")
+        # dict or Series: one row (or equal-length columns)
+        missing = [n for n in self.feature_order if n not in features]
         if missing:
             raise InferenceError(f"{self._who()}: missing feature(s) {', '.join(missing[:10])}")
         columns = []
         for n in self.feature_order:
             try:
-                col = get(n)
+                col = np.atleast_1d(np.asarray(features[n], dtype=np.float64))
             except (TypeError, ValueError) as exc:
                 raise InferenceError(f"{self._who()}: feature {n!r} is not a real number ({str(exc)[:80]})") from None
             if col.ndim != 1 or (columns and col.shape != columns[0].shape):
@@ -142,7 +184,7 @@ class LoadedModel:
                     f"{columns[0].shape if columns else '(N,)'}"
                 )
             columns.append(col)
-        return np.column_stack(columns)
+        return np.stack(columns, axis=1)
 
     def _screen(self, X: np.ndarray) -> np.ndarray:
         """Apply ``nan_policy``; the array returned is the one the model gets (inf never reaches it).
@@ -414,18 +456,35 @@ class ModelLoader:
             ) from None
         out_name, in_name = entry.output.get("name", "prediction"), entry.input.get("name", "features")
 
-        def run(X: np.ndarray) -> np.ndarray:
-            return session.run([out_name], {in_name: np.ascontiguousarray(X, dtype=np.float32)})[0]
+        def runner(session) -> Callable[[np.ndarray], np.ndarray]:
+            return lambda X: session.run([out_name], {in_name: np.ascontiguousarray(X, dtype=np.float32)})[0]
 
+        ex = self.settings.executor
+        threads = batch_threads(ex.batch_threads)
+
+        def batch_session() -> Callable[[np.ndarray], np.ndarray]:
+            settings = dataclasses.replace(ex, intra_op_threads=threads)
+            return runner(executor.open_session(verified.data, settings, name=f"{target}/{family}-batch"))
+
+        runtime = GraphRuntime(
+            graph,
+            verified.sha256,
+            runner(session),
+            batch_session,
+            forest_kernel=ex.forest_kernel,
+            threads=threads,
+            cache=default_cache() if ex.runtime_cache else None,
+        )
         return LoadedModel(
             spec=spec,
             backend=Backend.ONNX,
             feature_order=tuple(entry.feature_order),
             columns=tuple(entry.output.get("columns", ("prediction",))),
-            run=run,
+            run=runtime.run,
             graph=graph,
             graph_path=path,
             lock_entry=entry,
+            runtime=runtime,
         )
 
     def _open_native(self, spec: ModelSpec) -> LoadedModel:
@@ -450,6 +509,8 @@ class ModelLoader:
                 raise ModelLoadError(family.name, target, problem, path)
         try:
             model = fmt.load(verified.data)
+        except ModelLoadError as exc:  # a format's own reason (e.g. a Keras file to re-save): kept whole
+            raise ModelLoadError(family.name, target, exc.reason, path) from exc
         except Exception as exc:  # every library raises its own types for a broken file
             raise ModelLoadError(
                 family.name, target, f"cannot open: {type(exc).__name__}: {str(exc)[:200]}", path

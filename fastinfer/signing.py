@@ -39,6 +39,7 @@ from .atomic import write_atomic_bytes
 from .errors import SignatureError, StateError
 from .integrity import sha256_file
 from .lock import LOCK_FILE, Lock, parse_lock
+from .state import parse_json
 
 SIG_FILE = "fastinfer.lock.sig"
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
@@ -193,6 +194,14 @@ def _signed_paths(run_root: Path, lock: Lock) -> list[str]:
     return sorted(Path(p).as_posix() for p in paths)
 
 
+def _confined(run_root: Path, rel: str) -> Path:
+    """``run_root / rel``, refused (``SignatureError``) if a link takes it out of the run."""
+    try:
+        return artifacts.inside(run_root, rel, what=f"{rel} link")
+    except Exception as exc:  # ModelLoadError from artifacts: a signature problem here
+        raise _fail(getattr(exc, "reason", str(exc)), run_root / rel) from None
+
+
 def _hash_confined(run_root: Path, rel: str) -> str:
     """sha256 of a file of the run: refused if it is missing, a link, or outside the run."""
     path = run_root / rel
@@ -212,7 +221,7 @@ def sign_run(run_root: str | Path, private_key: str | Path | Ed25519PrivateKey, 
     """
     root = artifacts.resolve_run_root(run_root)
     key = private_key if isinstance(private_key, Ed25519PrivateKey) else load_private_key(private_key, password)
-    lock_path = root / LOCK_FILE
+    lock_path = _confined(root, LOCK_FILE)
     try:
         lock_bytes = lock_path.read_bytes()
     except FileNotFoundError:
@@ -284,7 +293,7 @@ def verify_run(run_root: str | Path, public_key: str | Path | bytes | Ed25519Pub
     if sig_path.stat().st_size > MAX_SIG_BYTES:
         raise _fail(f"signature file is larger than {MAX_SIG_BYTES} bytes", sig_path)
     try:
-        bundle = json.loads(sig_path.read_bytes())
+        bundle = parse_json(sig_path.read_bytes(), max_bytes=MAX_SIG_BYTES, max_depth=16)
         hint = _field(bundle, "verificationMaterial", "publicKey", "hint")
         envelope = _field(bundle, "dsseEnvelope", kind=dict)
         payload_type = _field(envelope, "payloadType")
@@ -293,7 +302,7 @@ def verify_run(run_root: str | Path, public_key: str | Path | bytes | Ed25519Pub
         if len(sigs) != 1:
             raise KeyError("signatures")
         signature = base64.b64decode(_field(sigs[0], "sig"), validate=True)
-    except (ValueError, KeyError, binascii.Error, RecursionError) as exc:
+    except (ValueError, KeyError, binascii.Error) as exc:  # JSONLimitError is a ValueError
         raise _fail(f"malformed signature file ({type(exc).__name__}: {str(exc)[:80]})", sig_path) from None
     if hint != key_id(key):
         raise _fail(f"signed by another key (key id {hint[:16]}…, trusted key {key_id(key)[:16]}…)", sig_path)
@@ -321,7 +330,7 @@ def verify_run(run_root: str | Path, public_key: str | Path | bytes | Ed25519Pub
     for rel in sorted(files):
         if rel == LOCK_FILE:
             try:
-                lock_bytes = (root / LOCK_FILE).read_bytes()
+                lock_bytes = _confined(root, LOCK_FILE).read_bytes()
             except FileNotFoundError:
                 raise _fail("signed file is missing", root / LOCK_FILE) from None
             actual = hashlib.sha256(lock_bytes).hexdigest()

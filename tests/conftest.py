@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter
+# Backend choices calibrated in this session only (fastinfer.runtime): none from earlier runs.
+os.environ.setdefault("FASTINFER_CACHE_DIR", tempfile.mkdtemp(prefix="fastinfer-test-cache-"))
 
 import pytest
 

@@ -509,3 +509,21 @@ def test_verify_with_a_public_key_fails_on_a_model_the_signature_does_not_cover(
     result = CliRunner().invoke(main, ["verify", str(signed), "--public-key", str(keys[1])])
     assert result.exit_code == 1
     assert "FAIL fwd_ret_extra/ridge: not covered by the signature" in result.output
+
+
+def test_deep_signature_file_and_lock_link_out_of_the_run_are_signature_errors(signed, keys, tmp_path):
+    hostile("signature", "100k-deep JSON signature file")
+    sig = signed / signing.SIG_FILE
+    good = sig.read_bytes()
+    sig.write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(SignatureError, match="malformed signature file"):
+        _loader(signed, keys[1])
+    sig.write_bytes(good)
+    _loader(signed, keys[1])  # control
+    hostile("signature", "fastinfer.lock.json a link out of the run")
+    outside = tmp_path / "elsewhere.json"
+    shutil.copy(signed / LOCK_FILE, outside)
+    (signed / LOCK_FILE).unlink()
+    (signed / LOCK_FILE).symlink_to(outside)
+    with pytest.raises(SignatureError, match="escapes the run root"):
+        _loader(signed, keys[1])

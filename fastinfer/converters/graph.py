@@ -372,21 +372,26 @@ _PASS_THROUGH = ("Unsqueeze", "Squeeze", "Reshape", "Cast", "Identity", "Expand"
 
 
 def _is_zeros(graph: onnx.GraphProto, name: str) -> bool:
-    """Whether ``name`` is all zeros whatever the input: a zero constant, possibly expanded
-    or reshaped, or ConstantOfShape with a zero (default) value."""
+    """Whether ``name`` is all zeros whatever the input: a zero constant, possibly expanded,
+    reshaped or concatenated with other zeros (a bidirectional layer's two states), or
+    ConstantOfShape with a zero (default) value."""
     inits = {t.name: t for t in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
-    while name not in inits:
+
+    def zeros(name: str, depth: int) -> bool:
+        if name in inits:
+            return not numpy_helper.to_array(inits[name]).any()
         node = producers.get(name)
-        if node is None or node.domain not in ("", "ai.onnx"):
+        if node is None or node.domain not in ("", "ai.onnx") or depth > 64:
             return False
         if node.op_type == "ConstantOfShape":
             value = next((a.t for a in node.attribute if a.name == "value"), None)
             return value is None or not numpy_helper.to_array(value).any()
-        if node.op_type not in _PASS_THROUGH:
-            return False
-        name = node.input[0]
-    return not numpy_helper.to_array(inits[name]).any()
+        if node.op_type == "Concat":
+            return all(zeros(i, depth + 1) for i in node.input)
+        return node.op_type in _PASS_THROUGH and zeros(node.input[0], depth + 1)
+
+    return zeros(name, 0)
 
 
 def drop_zero_initial_states(model: onnx.ModelProto) -> int:

@@ -1,0 +1,257 @@
+"""One runtime behind every entry point: each verified graph served by its fastest backend, per
+batch size.
+
+A model served from its verified ONNX graph has up to three backends, all computing the same
+graph: ONNX Runtime with one thread (latency first), ONNX Runtime with the batch thread count
+(``executor.batch_threads``), and, for a pure tree ensemble, the forest kernel
+(``fastinfer.kernels.forest``: node or bitvector traversal, bit-identical to ONNX Runtime, its
+row blocks on every core for big batches). Which one serves a batch is decided per size class
+(1, 64, 512, 4,096, 65,536 rows and up) by timing the candidates once on the caller's own rows
+(the first batch of that class, capped at ``CALIBRATION_ROWS``), and the choice is kept in a
+small on-disk cache keyed by the graph's sha256 and the machine (``FASTINFER_CACHE_DIR``, else
+``~/.cache/fastinfer``), so a later process reuses it without timing anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SIZE_CLASSES = (1, 64, 512, 4096, 65536)
+CALIBRATION_ROWS = 4096  # rows timed per candidate (a bigger batch is timed on its first rows)
+CACHE_FILE = "runtime-choices.json"
+MAX_CACHE_ENTRIES = 10_000
+ORT_LATENCY, ORT_BATCH = "onnxruntime", "onnxruntime-threads"
+FOREST_MODES = ("node", "bitvector")  # the forest kernel's traversals, as backends "forest:<mode>"
+BACKENDS = (ORT_LATENCY, ORT_BATCH, *(f"forest:{m}" for m in FOREST_MODES))
+
+
+def size_class(n_rows: int) -> int:
+    """The smallest class at least ``n_rows`` (the largest for bigger batches)."""
+    return next((c for c in SIZE_CLASSES if n_rows <= c), SIZE_CLASSES[-1])
+
+
+def batch_threads(configured: int) -> int:
+    """``executor.batch_threads``: 0 means every core this process may use."""
+    if configured:
+        return configured
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def machine_key() -> str:
+    """What makes timings comparable: the CPU, the cores, and the versions of what runs."""
+    from importlib import metadata
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    parts = [cpu, str(os.cpu_count())]
+    for package in ("fastinfer", "onnxruntime", "numba"):
+        try:
+            parts.append(f"{package}={metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{package}=?")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Choice:
+    """Which backend serves one size class, and the median µs per call each candidate took."""
+
+    backend: str
+    rows: int
+    timings_us: dict[str, float] = field(default_factory=dict)
+
+
+class ChoiceCache:
+    """The on-disk cache of choices: ``{"<graph sha256>:<machine>": {"<size class>": Choice}}``.
+
+    Read once, written atomically after each new calibration; a damaged or foreign file is
+    ignored (it only costs a new calibration), never trusted blindly: entries must name a known
+    backend.
+    """
+
+    def __init__(self, folder: str | Path | None = None):
+        folder = folder or os.environ.get("FASTINFER_CACHE_DIR") or Path.home() / ".cache" / "fastinfer"
+        self.path = Path(folder) / CACHE_FILE
+        self.machine = machine_key()
+        self._lock = threading.Lock()
+        self._data: dict[str, dict[str, dict[str, Any]]] | None = None
+
+    def _load(self) -> dict[str, dict[str, dict[str, Any]]]:
+        if self._data is None:
+            self._data = {}
+            try:
+                if self.path.is_file() and self.path.stat().st_size < 16 << 20:
+                    data = json.loads(self.path.read_bytes())
+                    if isinstance(data, dict):
+                        self._data = {k: v for k, v in data.items() if isinstance(v, dict)}
+            except (OSError, ValueError, RecursionError):
+                log.warning("%s is unreadable: calibrating again", self.path)
+        return self._data
+
+    def get(self, graph_sha256: str, size: int) -> Choice | None:
+        entry = self._load().get(f"{graph_sha256}:{self.machine}", {}).get(str(size))
+        if not isinstance(entry, dict) or entry.get("backend") not in BACKENDS:
+            return None
+        timings = entry.get("timings_us") if isinstance(entry.get("timings_us"), dict) else {}
+        return Choice(entry["backend"], int(entry.get("rows", 0)), timings)
+
+    def put(self, graph_sha256: str, size: int, choice: Choice) -> None:
+        from .atomic import write_atomic_json
+
+        with self._lock:
+            data = self._load()
+            data.setdefault(f"{graph_sha256}:{self.machine}", {})[str(size)] = asdict(choice)
+            while len(data) > MAX_CACHE_ENTRIES:  # oldest first (insertion order)
+                data.pop(next(iter(data)))
+            try:
+                write_atomic_json(self.path, data)
+            except OSError as exc:  # a read-only home: the choice still holds for this process
+                log.warning("cannot write %s (%s): choices are kept in memory only", self.path, exc.strerror)
+
+
+_DEFAULT_CACHE: ChoiceCache | None = None
+
+
+def default_cache() -> ChoiceCache:
+    global _DEFAULT_CACHE
+    if _DEFAULT_CACHE is None:
+        _DEFAULT_CACHE = ChoiceCache()
+    return _DEFAULT_CACHE
+
+
+def _median_us(fn: Callable[[], Any], repeat: int) -> float:
+    fn()  # warm-up: first-call costs (allocation, thread pool start) are not the steady state
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter_ns()
+        fn()
+        times.append(time.perf_counter_ns() - start)
+    return float(np.median(times)) / 1e3
+
+
+class GraphRuntime:
+    """The backends of one verified graph and the choice among them per size class.
+
+    ``sessions``: ``(latency_session, batch_session_factory)``: the 1-thread ONNX Runtime session
+    and a function opening one with the batch thread count (opened on first need). The forest
+    kernel is built on first need too, for graphs that are a tree ensemble.
+    """
+
+    def __init__(
+        self,
+        graph: Any,
+        graph_sha256: str,
+        run_latency: Callable[[np.ndarray], np.ndarray],
+        open_batch_session: Callable[[], Callable[[np.ndarray], np.ndarray]],
+        *,
+        forest_kernel: str = "auto",
+        threads: int = 1,
+        cache: ChoiceCache | None = None,
+    ):
+        self.graph = graph
+        self.sha256 = graph_sha256
+        self.threads = threads
+        self.forest_mode = forest_kernel  # auto: a candidate; on: always; off: never
+        self.cache = cache
+        self.choices: dict[int, Choice] = {}
+        self._run = {ORT_LATENCY: run_latency}
+        self._open_batch_session = open_batch_session
+        self._forest = None
+        self.forest_reason = ""  # why the forest kernel does not serve this graph, when it does not
+        self._lock = threading.Lock()
+        self._forest_lock = threading.Lock()
+
+    # -- candidates
+
+    def _forest_kernel(self):
+        if self._forest is None and not self.forest_reason:
+            if self.forest_mode == "off":
+                self.forest_reason = "executor.forest_kernel is off"
+            elif not any(n.op_type == "TreeEnsembleRegressor" for n in self.graph.graph.node):
+                self.forest_reason = "not a tree ensemble"
+            else:
+                from .kernels.forest import ForestKernel
+
+                try:
+                    self._forest = ForestKernel.from_onnx(self.graph, n_threads=self.threads)
+                except ValueError as exc:
+                    self.forest_reason = f"not eligible: {exc}"
+        return self._forest
+
+    def _candidates(self, n_rows: int) -> list[str]:
+        kernel = self._forest_kernel()
+        forest = [f"forest:{m}" for m in kernel.modes] if kernel is not None else []
+        if forest and self.forest_mode == "on":
+            return forest
+        names = [ORT_LATENCY]
+        if self.threads > 1 and n_rows >= SIZE_CLASSES[2]:
+            names.append(ORT_BATCH)
+        return names + forest
+
+    def _runner(self, name: str) -> Callable[[np.ndarray], np.ndarray]:
+        if name not in self._run:
+            if name == ORT_BATCH:
+                self._run[name] = self._open_batch_session()
+            else:
+                kernel, mode, lock = self._forest_kernel(), name.split(":", 1)[1], self._forest_lock
+
+                def run(X: np.ndarray) -> np.ndarray:
+                    with lock:  # one kernel instance keeps scratch buffers: one caller at a time
+                        kernel.mode = mode
+                        return kernel.predict(np.ascontiguousarray(X, dtype=np.float32))
+
+                self._run[name] = run
+        return self._run[name]
+
+    # -- serving
+
+    def choice(self, X: np.ndarray) -> Choice:
+        """The backend for a batch like ``X`` (calibrated on ``X`` the first time its class is seen)."""
+        size = size_class(len(X))
+        found = self.choices.get(size)
+        if found is not None:
+            return found
+        with self._lock:
+            found = self.choices.get(size) or (self.cache.get(self.sha256, size) if self.cache else None)
+            candidates = self._candidates(len(X))
+            if found is None or found.backend not in candidates:
+                found = self._calibrate(X, candidates)
+                if self.cache is not None and len(candidates) > 1:
+                    self.cache.put(self.sha256, size, found)
+            self.choices[size] = found
+        return found
+
+    def _calibrate(self, X: np.ndarray, candidates: list[str]) -> Choice:
+        rows = np.ascontiguousarray(X[:CALIBRATION_ROWS], dtype=np.float32)
+        if len(candidates) == 1:
+            return Choice(candidates[0], len(rows), {})
+        repeat = 5 if len(rows) >= 512 else 21
+        timings = {}
+        for name in candidates:
+            runner = self._runner(name)
+            timings[name] = _median_us(lambda run=runner: run(rows), repeat)
+        return Choice(min(timings, key=timings.get), len(rows), timings)
+
+    def run(self, X: np.ndarray) -> np.ndarray:
+        return self._runner(self.choice(X).backend)(X)
