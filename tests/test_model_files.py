@@ -23,7 +23,7 @@ import pytest
 
 from fastinfer import families as fam
 from fastinfer import testing
-from fastinfer.adapters import LIGHTGBM
+from fastinfer.adapters import LIGHTGBM, XGBOOST
 from fastinfer.adapters.lightgbm import TEXT
 from fastinfer.adapters.lightgbm_file import read_model_text
 from fastinfer.adapters.xgboost import JSON, UBJ
@@ -490,3 +490,25 @@ def test_real_files_load_through_the_loader(tmp_path):
     served = ModelLoader(root).load(TARGET, "lightgbm")
     X = pd.DataFrame(np.random.default_rng(8).integers(-1, 12, size=(30, len(names))).astype(float), columns=names)
     np.testing.assert_allclose(served.predict(X), model.predict(X[list(names)].to_numpy()), rtol=1e-5, atol=1e-6)
+
+
+REAL_XGBOOST = sorted(p.name for p in DATA.glob("*.json"))
+
+
+@pytest.mark.parametrize("name", REAL_XGBOOST)
+def test_real_xgboost_json_file_converts_with_parity(name):
+    """XGBoost 1.4 JSON models (gbtree and gblinear) pass the structure check, load in XGBoost 3,
+    and convert: native == ONNX on the gate's probes and fresh 0/1 rows (agaricus is one-hot)."""
+    data = (DATA / name).read_bytes()
+    assert JSON.check(data) is None and UBJ.check(data) is None
+    model = JSON.load(data)
+    n = model.get_booster().num_features()
+    graph = XGBOOST.convert(model, fam.resolve("xgboost"), n, None)
+    assert graph.columns == ("p_0", "p_1")
+    probes = probe_rows("xgboost", n, thresholds=tree_thresholds(graph))
+    report = check_parity(model, graph, probes, "xgboost")
+    assert report.passed, report.reason
+    one_hot = (np.random.default_rng(9).random(size=(300, n)) < 0.1).astype(np.float32)
+    assert check_parity(model, graph, one_hot, "xgboost").passed
+    if "xgblin" not in name:
+        _kernel_matches_ort(graph.model, probes)

@@ -28,8 +28,8 @@ multi:softprob, multi:softmax           K     SOFTMAX         -        base_scor
 objective in ``src/objective``). ``binary:logitraw`` and ``multi:softmax`` natively return a margin and
 a class label; fastinfer serves every classifier as class probabilities (``p_<label>``): sigmoid
 resp. softmax of XGBoost's own margin. DART trees are weighted by their ``weight_drop``; ``gblinear``
-is a linear graph (missing values count as 0, as in XGBoost). Other objectives and multi-target
-models stay native with the objective named.
+is a linear graph (missing values count as 0, as in XGBoost; its constant is XGBoost's margin at 0).
+Other objectives and multi-target models stay native with the objective named.
 """
 
 from __future__ import annotations
@@ -271,9 +271,14 @@ def xgboost_graph(native: Any, n_features: int) -> onnx.ModelProto:
     gb = learner["gradient_booster"]
     if gb["name"] == "gblinear":
         k = objective.raw_scores
+        import xgboost
+
         weights = np.asarray(gb["model"]["weights"], dtype=np.float64).reshape(n_features + 1, k)
-        # gblinear adds the first intercept to every output (XGBoost 3.x; softmax is blind to it).
-        return _linear_graph(weights[:n_features], weights[n_features] + intercept[0], objective, n_features)
+        # The constant term as XGBoost computes it: its margin at x = 0 (bias + intercept; how the
+        # intercept enters differs across versions and for files saved before XGBoost 1.6).
+        zero = xgboost.DMatrix(np.zeros((1, n_features)), feature_names=booster.feature_names)
+        constant = np.asarray(booster.predict(zero, output_margin=True), dtype=np.float64).reshape(k)
+        return _linear_graph(weights[:n_features], constant, objective, n_features)
     model = gb["gbtree"]["model"] if gb["name"] == "dart" else gb["model"]
     drop = gb.get("weight_drop") or [1.0] * len(model["trees"])
     forest = Forest(objective.n_scores)
