@@ -372,6 +372,11 @@ UNSUPPORTED = {
         _lgb({"objective": "cross_entropy_lambda"}, "probability"),
         "cross_entropy_lambda",
     ),
+    "LightGBM linear trees": (
+        "lightgbm",
+        _lgb({"objective": "regression", "linear_tree": True}, "reg"),
+        "linear trees",
+    ),
     "XGBoost binary:hinge": ("xgboost", _xgb({"objective": "binary:hinge"}, "binary"), "binary:hinge"),
     "XGBoost survival:cox": ("xgboost", _xgb({"objective": "survival:cox"}, "positive"), "survival:cox"),
     "XGBoost two quantiles": (
