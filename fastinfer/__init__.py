@@ -51,7 +51,8 @@ def __getattr__(name: str):
 
 def warmup() -> None:
     """Compile every numba kernel now (from numba's on-disk cache when warm), not on the first bar."""
-    from .kernels import forest, indicators, ring, spsc
+    from . import features
+    from .kernels import forest, ring, spsc
 
-    for kernel in (indicators, ring, spsc, forest):
+    for kernel in (features, ring, spsc, forest):
         kernel.warmup()

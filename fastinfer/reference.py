@@ -1,7 +1,8 @@
 """The seed path: the spec's per-bar loop, the baseline fastinfer's live path is measured against.
 
-Per bar, as ``spec/MODEL_INFERENCE.md`` describes it: pandas ``FeatureBuilder.build`` over the
-window of the last ``lookback + 1`` bars; for each sequence model the row goes into its
+Per bar, as ``spec/MODEL_INFERENCE.md`` describes it: pandas over the window of the last
+``lookback + 1`` bars (``fastinfer.features.pandas_reference``: the run's features, by whole-series
+pandas formulas, as the spec's ``FeatureBuilder`` computed them); for each sequence model the row goes into its
 ``SeqBufferManager`` and ``get_sequence()`` feeds the model; every model runs on its native
 file (no ONNX) through its own ``predict`` — Keras through ``model.predict(x, verbose=0)``,
 the spec's ``_predict_keras``. Used by ``fastinfer demo`` and ``benchmarks/bench_predictor.py``.
@@ -17,10 +18,11 @@ import pandas as pd
 
 from .buffers import SeqBufferManager
 from .errors import ModelLoadError
-from .feature_builder import FeatureBuilder
-from .features import KNOWN_FEATURES
+from .features import ohlcv_arrays
+from .features.pandas_reference import evaluate
+from .features.runs import read_run_definitions
+from .layout import feature_union, point_column
 from .loader import LoadedModel, ModelLoader
-from .predictor import point_column
 
 
 class SeedPath:
@@ -32,15 +34,17 @@ class SeedPath:
         *,
         targets: Iterable[str] | None = None,
         families: Iterable[str] | None = None,
-        lookback: int = 60,
+        lookback: int | None = 60,
         loader: ModelLoader | None = None,
     ):
         self.loader = loader or ModelLoader(run_root, prefer_onnx=False)
         self.models: list[LoadedModel] = list(self.loader.load_all(targets, families).values())
         if not self.models:
             raise ModelLoadError(None, None, "no model in the run for these targets/families", self.loader.run_root)
-        used = {name for m in self.models for name in m.feature_order}
-        self.builder = FeatureBuilder([f for f in KNOWN_FEATURES if f in used])
+        self.features = feature_union(self.models)
+        self.definitions = read_run_definitions(self.loader.run_root)
+        intervals = {m.spec.interval_minutes for m in self.models} - {None}
+        self.interval_minutes = intervals.pop() if len(intervals) == 1 else None
         self.lookback = lookback
         # One spec-style buffer per sequence model, holding that model's feature order.
         self.buffers = {
@@ -48,7 +52,7 @@ class SeedPath:
             for m in self.models
             if m.family.sequential
         }
-        self._columns = {m: [self.builder.features.index(f) for f in m.feature_order] for m in self.models}
+        self._columns = {m: [self.features.index(f) for f in m.feature_order] for m in self.models}
         # The column a {horizon: {family: value}} view shows, as LivePredictor picks it.
         self._point = {m: point_column(m.columns) for m in self.models}
 
@@ -58,7 +62,13 @@ class SeedPath:
         NaN where a model's features are still warming up; such a row is not pushed into a
         sequence buffer (the spec's buffer refuses non-finite rows).
         """
-        features = self.builder.build(window, lookback=self.lookback)
+        bars = pd.DataFrame(ohlcv_arrays(window))
+        bars = bars[np.isfinite(bars.to_numpy()).all(axis=1)]  # a missing bar is no bar (as the live path)
+        if self.lookback is not None:
+            bars = bars.iloc[-(self.lookback + 1) :]
+        bars = bars.reset_index(drop=True)
+        table = evaluate(bars, self.features, self.definitions, interval_minutes=self.interval_minutes)
+        features = table.iloc[-1].to_numpy(dtype=np.float64) if len(table) else np.full(len(self.features), np.nan)
         out: dict[tuple[str, str], float] = {}
         for m in self.models:
             row = features[self._columns[m]]
