@@ -1,13 +1,22 @@
-"""TARGETS P2: 500-tree LightGBM and XGBoost, 1 row and 512 rows.
+"""TARGETS P2: tree ensembles, 1 row and 512 rows, against ONNX Runtime, native and tl2cgen.
 
 Run: ``.venv/bin/python -m pytest benchmarks/bench_forest.py --benchmark-only``
 
-Per (model, rows) group, adjacent in time: the forest kernel (subject), ONNX Runtime
-on the same graph (1 intra-op thread, sequential execution, spinning off), the
-native booster (1 thread) and, when installed, tl2cgen-compiled treelite
-(1 thread; not a project dependency, skipped with a reason otherwise).
-Target: forest >= 3x faster than ORT on 1 row and >= 2x on 512 rows.
-Ratios are printed at the end of the run.
+Models (trained here, once per module):
+
+* ``lightgbm``     500 trees, 31 leaves (regression)
+* ``xgboost``      500 trees, depth 6 (regression)
+* ``classifier``   LightGBM multiclass, 3 classes x 170 rounds (510 trees), SOFTMAX
+* ``categorical``  LightGBM, 500 trees, 31 leaves, feature 0 categorical (40 codes)
+
+Per (model, rows) group, adjacent in time: the forest kernel in the mode `calibrate` keeps for
+that batch size (subject), the other mode, ONNX Runtime on the same graph (1 intra-op thread,
+sequential, no spinning), the native booster (1 thread) and treelite 4.8.1 + tl2cgen 1.0.0
+compiled C (gcc -O2, one shared library per model per session, 1 thread). The kernel's outputs
+equal ORT's bit for bit (asserted here before timing). A second 512-row group runs everything on
+2 threads (kernel prange, ORT 2 intra-op threads, native and tl2cgen nthread=2).
+
+Targets: >= 3x ORT at 1 row and 512 rows, >= 1x tl2cgen at 512 rows. Ratios print at the end.
 """
 
 from __future__ import annotations
@@ -15,107 +24,178 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import onnx
 import pytest
+from onnx import helper
 
 from fastinfer.kernels.forest import ForestKernel
 
 F = 30
-N_TREES = 500
 ROWS = (1, 512)
+MODELS = ("lightgbm", "xgboost", "classifier", "categorical")
+N_CATEGORIES = 40
 
 
-def _data(n: int = 20_000, seed: int = 0):
+def _data(family: str, n: int = 20_000, seed: int = 0):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, F)).astype(np.float32)
     y = 2 * X[:, 0] + np.sin(3 * X[:, 1]) + X[:, 2] * X[:, 3] + 0.5 * rng.normal(size=n)
-    X[rng.random(X.shape) < 0.02] = np.nan
+    if family == "categorical":
+        X[:, 0] = rng.integers(0, N_CATEGORIES, n)
+        y += rng.normal(size=N_CATEGORIES)[X[:, 0].astype(int)]
+    if family == "classifier":
+        y = np.digitize(y, np.quantile(y, [1 / 3, 2 / 3]))
+    X[:, 1:][rng.random((n, F - 1)) < 0.02] = np.nan
     return X, y.astype(np.float32)
+
+
+def _classifier_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxmltools' TreeEnsembleClassifier trees as the converters emit a multiclass model:
+    TreeEnsembleRegressor(n_targets = classes, SUM, SOFTMAX) -> probabilities [N, K]."""
+    clf = next(n for n in model.graph.node if n.op_type == "TreeEnsembleClassifier")
+    a = {x.name: helper.get_attribute_value(x) for x in clf.attribute}
+    kw = {k: v for k, v in a.items() if k.startswith("nodes_") or k == "base_values"}
+    kw.update({k.replace("class_", "target_"): a[k] for k in ("class_ids", "class_nodeids", "class_treeids")})
+    kw["target_weights"] = a["class_weights"]
+    K = max(a["class_ids"]) + 1
+    node = helper.make_node(
+        "TreeEnsembleRegressor", ["x"], ["p"], domain="ai.onnx.ml", n_targets=K, post_transform="SOFTMAX", **kw
+    )
+    graph = helper.make_graph(
+        [node],
+        "classifier",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, F])],
+        [helper.make_tensor_value_info("p", onnx.TensorProto.FLOAT, [None, K])],
+    )
+    opsets = [helper.make_opsetid("", 15), helper.make_opsetid("ai.onnx.ml", 1)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=8)
 
 
 def _build(family: str):
     import onnxmltools
     from onnxmltools.convert.common.data_types import FloatTensorType
 
-    X, y = _data()
+    X, y = _data(family)
     types = [("x", FloatTensorType([None, F]))]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if family == "lightgbm":
-            import lightgbm as lgb
-
-            m = lgb.LGBMRegressor(n_estimators=N_TREES, num_leaves=31, verbose=-1, n_jobs=1, random_state=0).fit(X, y)
-            booster = m.booster_
-            native = lambda x: booster.predict(x, num_threads=1)  # noqa: E731
-            onx = onnxmltools.convert_lightgbm(m, initial_types=types, target_opset=15)
-        else:
+        if family == "xgboost":
             import xgboost as xgb
 
-            m = xgb.XGBRegressor(n_estimators=N_TREES, max_depth=6, n_jobs=1, random_state=0).fit(X, y)
+            m = xgb.XGBRegressor(n_estimators=500, max_depth=6, n_jobs=1, random_state=0).fit(X, y)
             booster = m.get_booster()
-            booster.set_param({"nthread": 1})
-            native = lambda x: booster.inplace_predict(x)  # noqa: E731
             onx = onnxmltools.convert_xgboost(m, initial_types=types, target_opset=15)
-    return X, booster, native, onx
+            return X, booster, onx
+        import lightgbm as lgb
+
+        params = {"num_leaves": 31, "verbose": -1, "num_threads": 1, "seed": 0}
+        if family == "classifier":
+            params.update(objective="multiclass", num_class=3)
+            booster = lgb.train(params, lgb.Dataset(X, y), num_boost_round=170)
+        elif family == "categorical":
+            params.update(objective="regression", min_data_per_group=20, cat_smooth=5)
+            booster = lgb.train(params, lgb.Dataset(X, y, categorical_feature=[0]), num_boost_round=500)
+        else:
+            params.update(objective="regression")
+            booster = lgb.train(params, lgb.Dataset(X, y), num_boost_round=500)
+        onx = onnxmltools.convert_lightgbm(booster, initial_types=types, target_opset=15, zipmap=False)
+        if family == "classifier":
+            onx = _classifier_graph(onx)
+        return X, booster, onx
 
 
-def _treelite(family: str, booster, tmp_dir):
-    tl2cgen = pytest.importorskip("tl2cgen", reason="tl2cgen (with treelite) is not installed")
-    treelite = pytest.importorskip("treelite", reason="treelite is not installed")
-    if family == "lightgbm":
-        model = treelite.frontend.from_lightgbm(booster)
-    else:
-        model = treelite.frontend.from_xgboost(booster)
-    lib = str(tmp_dir / f"{family}.so")
-    tl2cgen.export_lib(model, toolchain="gcc", libpath=lib, params={"parallel_comp": 8})
-    predictor = tl2cgen.Predictor(lib, nthread=1)
-    return lambda x: predictor.predict(tl2cgen.DMatrix(x))
+def _native(family: str, booster, threads: int):
+    if family == "xgboost":
+        booster.set_param({"nthread": threads})
+        return lambda x: booster.inplace_predict(x)
+    return lambda x: booster.predict(x, num_threads=threads)
 
 
-@pytest.fixture(scope="module", params=["lightgbm", "xgboost"])
-def model(request, tmp_path_factory):
+def _session(onx: onnx.ModelProto, threads: int):
     import onnxruntime as ort
 
-    family = request.param
-    X, booster, native, onx = _build(family)
     so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
+    so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(onx.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    kernel = ForestKernel.from_onnx(onx)
+    return ort.InferenceSession(onx.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _treelite(family: str, booster, tmp_dir):
+    """tl2cgen-compiled C (gcc -O2), built once per model; None when not installed."""
+    try:
+        import tl2cgen
+        import treelite
+    except ImportError:
+        return None
+    if family == "xgboost":
+        model = treelite.frontend.from_xgboost(booster)
+    else:
+        model = treelite.frontend.from_lightgbm(booster)
+    lib = str(tmp_dir / f"{family}.so")
+    tl2cgen.export_lib(model, toolchain="gcc", libpath=lib, params={"parallel_comp": 8}, options=["-O2"])
+    return lib
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def model(request, tmp_path_factory):
+    family = request.param
+    X, booster, onx = _build(family)
     X_eval = np.ascontiguousarray(X[-512:])
-    ref = sess.run(None, {"x": X_eval})[0].reshape(-1, 1)
-    got = kernel.predict(X_eval)
-    assert np.array_equal(got, ref), "forest kernel and ORT disagree"
+    sessions = {t: _session(onx, t) for t in (1, 2)}
+    kernel = ForestKernel.from_onnx(onx)
+    ref = sessions[1].run(None, {"x": X_eval})[0].reshape(len(X_eval), kernel.n_outputs)
+    for mode in kernel.modes:  # same bits as ORT in every mode, before anything is timed
+        kernel.mode = mode
+        assert np.array_equal(kernel.predict(X_eval), ref), f"{family}: {mode} kernel and ORT disagree"
     return {
         "family": family,
         "X": X_eval,
-        "native": native,
-        "sess": sess,
-        "kernel": kernel,
+        "onx": onx,
         "booster": booster,
-        "tmp": tmp_path_factory.mktemp(f"tl-{family}"),
+        "sessions": sessions,
+        "lib": _treelite(family, booster, tmp_path_factory.mktemp(f"tl-{family}")),
     }
 
 
-@pytest.mark.parametrize("impl", ["forest", "onnxruntime", "native", "treelite"])
-@pytest.mark.parametrize("rows", ROWS)
-def test_forest(benchmark, record_ratio, model, rows, impl):
+def _forest(model: dict, rows: int, threads: int) -> ForestKernel:
+    """The kernel in the mode `calibrate` keeps for this batch size (named in the results)."""
+    k = ForestKernel.from_onnx(model["onx"], n_threads=threads, parallel_min_rows=128)
+    k.calibrate(rows, X=model["X"])
+    return k
+
+
+IMPLS = ["forest", "forest-other-mode", "onnxruntime", "native", "tl2cgen"]
+# One row never runs on threads (the kernel's contract): the 2-thread group is 512 rows only.
+CASES = [(rows, threads) for rows in ROWS for threads in (1, 2) if rows > 1 or threads == 1]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("rows,threads", CASES)
+def test_forest(benchmark, record_ratio, model, rows, threads, impl):
     X = np.ascontiguousarray(model["X"][:rows])
-    group = f"P2 {model['family']} {N_TREES} trees, {rows} row{'s' if rows > 1 else ''}"
+    suffix = "" if threads == 1 else ", 2 threads"
+    group = f"P2 {model['family']}, {rows} row{'s' if rows > 1 else ''}{suffix}"
     benchmark.group = group
-    if impl == "forest":
-        out = np.empty((rows, 1), dtype=np.float32)
-        k = model["kernel"]
+    name = impl
+    if impl in ("forest", "forest-other-mode"):
+        k = _forest(model, rows, threads)
+        if impl == "forest-other-mode":
+            (k.mode,) = (m for m in k.modes if m != k.mode)
+        name = f"forest-{k.mode}"
+        out = np.empty((rows, k.n_outputs), dtype=np.float32)
         benchmark(k.predict, X, out)
     elif impl == "onnxruntime":
-        sess, feed = model["sess"], {"x": X}
+        sess, feed = model["sessions"][threads], {"x": X}
         benchmark(sess.run, None, feed)
     elif impl == "native":
-        benchmark(model["native"], X)
+        benchmark(_native(model["family"], model["booster"], threads), X)
     else:
-        if "treelite_fn" not in model:
-            model["treelite_fn"] = _treelite(model["family"], model["booster"], model["tmp"])
-        benchmark(model["treelite_fn"], X)
-    record_ratio(group, subject=impl == "forest", name=impl)
+        if model["lib"] is None:
+            pytest.skip("treelite/tl2cgen are not installed (.venv/bin/pip install treelite==4.8.1 tl2cgen==1.0.0)")
+        import tl2cgen
+
+        predictor = tl2cgen.Predictor(model["lib"], nthread=threads)
+        benchmark(lambda x: predictor.predict(tl2cgen.DMatrix(x)), X)
+    record_ratio(group, subject=impl == "forest", name=name)

@@ -25,7 +25,7 @@ from fastinfer.kernels import forest
 from fastinfer.kernels.forest import ForestKernel, find_tree_ensembles
 from fastinfer.kernels.forest import kernel as kernel_module
 from fastinfer.kernels.forest.codes import EXP_SCALEF, EXP_TWO_SCALE
-from fastinfer.kernels.forest.finish import mlas_exp
+from fastinfer.kernels.forest.finish import mlas_exp, mlas_logistic
 from fastinfer.kernels.forest.pack import EXP_VARIANT
 from fastinfer.kernels.forest.read import EnsembleAttributes
 
@@ -137,14 +137,28 @@ def _binary_tail(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _exp_tail(model: onnx.ModelProto) -> onnx.ModelProto:
-    """trees -> Reshape [-1, 1] -> Exp: the log-link objectives (poisson, gamma, tweedie)."""
+def _link_tail(model: onnx.ModelProto, op: str = "Exp") -> onnx.ModelProto:
+    """trees -> Reshape [-1, 1] -> Exp (log-link objectives: poisson, gamma, tweedie) or Sigmoid
+    (one-column logistic: cross_entropy, reg:logistic)."""
     node = next(n for n in model.graph.node if n.op_type == "TreeEnsembleRegressor")
     shape = numpy_helper.from_array(np.array([-1, 1], dtype=np.int64), "shape")
-    tail = [helper.make_node("Reshape", [node.output[0], "shape"], ["r"]), helper.make_node("Exp", ["r"], ["mean"])]
+    tail = [helper.make_node("Reshape", [node.output[0], "shape"], ["r"]), helper.make_node(op, ["r"], ["mean"])]
     out = _graph(node, n_features=F, n_targets=1, tail=tail, input_name=node.input[0])
     out.graph.initializer.append(shape)
     return out
+
+
+def _binary_softmax(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A binary classifier as the converters emit it: K = 2, SOFTMAX, every leaf adding to target 1
+    only, so softmax([0, s]) = [1 - sigmoid(s), sigmoid(s)] (target 0 is never scored: it reads 0)."""
+    regressor = _as_regressor(model, "SOFTMAX")
+    node = regressor.graph.node[0]
+    for a in node.attribute:
+        if a.name == "n_targets":
+            a.i = 2
+        if a.name == "target_ids":
+            a.ints[:] = [1] * len(a.ints)
+    return _graph(node, n_features=F, n_targets=2, input_name=node.input[0])
 
 
 def _lightgbm_classifier(n_classes: int):
@@ -181,6 +195,8 @@ FAMILIES = [
 ]
 CLASSIFIERS_AND_LINKS = [
     "lightgbm-binary",  # K = 1, LOGISTIC (ORT: a no-op on one target), binary tail -> [N, 2]
+    "lightgbm-binary-softmax",  # K = 2, SOFTMAX, leaves on target 1 only (the converters' binary form)
+    "lightgbm-sigmoid",  # K = 1, then a Sigmoid node (cross_entropy, reg:logistic)
     "lightgbm-multiclass",  # K = 3, SOFTMAX
     "lightgbm-multiclass-logistic",  # multiclassova: K = 3, LOGISTIC
     "lightgbm-multiclass-softmax-zero",
@@ -200,6 +216,7 @@ def graphs(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         multiclass = _lightgbm_classifier(3)
+        binary = _lightgbm_classifier(2)
         return {
             "lightgbm": _lightgbm(),
             "lightgbm-quantile": _lightgbm("quantile"),
@@ -208,14 +225,16 @@ def graphs(tmp_path_factory):
             "random-forest": _sklearn(RandomForestRegressor),
             "extra-trees": _sklearn(ExtraTreesRegressor),
             "random-forest-2-targets": _sklearn(RandomForestRegressor, n_outputs=2),
-            "lightgbm-binary": _binary_tail(_as_regressor(_lightgbm_classifier(2), "LOGISTIC")),
+            "lightgbm-binary": _binary_tail(_as_regressor(binary, "LOGISTIC")),
+            "lightgbm-binary-softmax": _binary_softmax(binary),
+            "lightgbm-sigmoid": _link_tail(_lightgbm(), "Sigmoid"),
             "lightgbm-multiclass": _as_regressor(multiclass, "SOFTMAX"),
             "lightgbm-multiclass-logistic": _as_regressor(multiclass, "LOGISTIC"),
             "lightgbm-multiclass-softmax-zero": _as_regressor(multiclass, "SOFTMAX_ZERO"),
             "random-forest-classifier": _as_regressor(_sklearn_classifier(), "NONE", "AVERAGE"),
-            "lightgbm-poisson": _exp_tail(_lightgbm("poisson")),
-            "lightgbm-gamma": _exp_tail(_lightgbm("gamma")),
-            "lightgbm-tweedie": _exp_tail(_lightgbm("tweedie")),
+            "lightgbm-poisson": _link_tail(_lightgbm("poisson")),
+            "lightgbm-gamma": _link_tail(_lightgbm("gamma")),
+            "lightgbm-tweedie": _link_tail(_lightgbm("tweedie")),
         }
 
 
@@ -325,6 +344,8 @@ def test_output_widths(graphs):
         "lightgbm-multiclass": (3, 3),
         "random-forest-classifier": (3, 3),
         "lightgbm-poisson": (1, 1),
+        "lightgbm-binary-softmax": (2, 2),
+        "lightgbm-sigmoid": (1, 1),
     }
     for family, (n_targets, n_outputs) in widths.items():
         k = ForestKernel.from_onnx(graphs[family])
@@ -332,6 +353,7 @@ def test_output_widths(graphs):
     k = ForestKernel.from_onnx(graphs["lightgbm-binary"])
     assert k.binary and k.post_transform == "LOGISTIC"
     assert ForestKernel.from_onnx(graphs["lightgbm-gamma"]).link == "exp"
+    assert ForestKernel.from_onnx(graphs["lightgbm-sigmoid"]).link == "sigmoid"
 
 
 def test_large_batch_blocks_and_tails(graphs):
@@ -574,10 +596,10 @@ def _exp_all(x, out, variant):
         out[i] = mlas_exp(x[i], variant)
 
 
-def _ort_exp(x: np.ndarray) -> np.ndarray:
+def _ort_unary(op: str, x: np.ndarray) -> np.ndarray:
     g = helper.make_graph(
-        [helper.make_node("Exp", ["x"], ["y"])],
-        "exp",
+        [helper.make_node(op, ["x"], ["y"])],
+        op,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
     )
@@ -603,7 +625,22 @@ def test_exp_matches_onnxruntime_exp_kernel():
     x = _float32_sweep(257)
     got = np.empty_like(x)
     _exp_all(x, got, EXP_VARIANT)
-    _assert_bits_equal(got, _ort_exp(x))
+    _assert_bits_equal(got, _ort_unary("Exp", x))
+
+
+@njit(cache=True)
+def _logistic_all(x, out):
+    for i in range(x.shape[0]):
+        out[i] = mlas_logistic(x[i])
+
+
+def test_sigmoid_matches_onnxruntime_sigmoid_kernel():
+    """The ``Sigmoid`` link against ORT's own Sigmoid op: 0 differing bits on the same sweep (an
+    exhaustive run over all 2^32 patterns found 0 differences on this project's machines)."""
+    x = _float32_sweep(257)
+    got = np.empty_like(x)
+    _logistic_all(x, got)
+    _assert_bits_equal(got, _ort_unary("Sigmoid", x))
 
 
 def test_exp_variants_agree_on_normal_results():
@@ -743,6 +780,103 @@ def test_equal_runs_route_nan_as_onnxruntime(run):
     col0 = [*sorted(set(values)), np.nan, 4.0, 0.5, 1e9 + 64]
     X = np.array([[v, w] for v in col0 for w in (-1.0, 1.0, np.nan)], dtype=np.float32)
     _check_synthetic(model, X, 1)
+
+
+# ------------------------------------------------------------- shared nodes (DAG trees)
+
+
+def _gadget_tree(draw_bool, draw_value, depth: int = 0, nodes: list | None = None) -> int:
+    """A subtree in the converters' categorical-gadget shape: a run of LT/LEQ tests on one feature,
+    each false exit the next test, every true exit (and the last false exit) one of two shared
+    subtrees; nested once. Appends nodes [mode, feature, value, true, false, tracks, weight] and
+    returns the subtree's id (children get larger ids than every parent that points to them)."""
+    me = len(nodes)
+    if depth >= 2 or (depth > 0 and draw_bool()):
+        nodes.append(["LEAF", 0, 0.0, 0, 0, 0, draw_value()])
+        return me
+    n_tests = 2 + int(abs(draw_value()) * 3) % 3  # 3+ exits onto 2 subtrees: some are shared
+    run = [len(nodes) + k for k in range(n_tests)]
+    for k in range(n_tests):
+        nodes.append(["BRANCH_LT" if draw_bool() else "BRANCH_LEQ", depth, float(k) + 0.5, -1, -1, int(draw_bool()), 0])
+    a = _gadget_tree(draw_bool, draw_value, depth + 1, nodes)
+    b = _gadget_tree(draw_bool, draw_value, depth + 1, nodes)
+    for k, i in enumerate(run):
+        nodes[i][3] = a if draw_bool() else b
+        nodes[i][4] = run[k + 1] if k + 1 < n_tests else (b if nodes[i][3] == a else a)
+    return me
+
+
+def _dag_node(seed: int) -> onnx.NodeProto:
+    rng = np.random.default_rng(seed)
+    attrs = {k: [] for k in ("tree", "id", "mode", "feat", "val", "true", "false", "miss")}
+    targets = {k: [] for k in ("tree", "id", "w")}
+    for t in range(4):
+        nodes = []
+        _gadget_tree(lambda: bool(rng.random() < 0.4), lambda: float(rng.normal()), 0, nodes)
+        for i, (mode, feat, val, true, false, miss, w) in enumerate(nodes):
+            for k, v in zip(attrs, (t, i, mode, feat, val, true, false, miss)):
+                attrs[k].append(v)
+            if mode == "LEAF":
+                targets["tree"].append(t)
+                targets["id"].append(i)
+                targets["w"].append(w)
+    return helper.make_node(
+        "TreeEnsembleRegressor",
+        ["X"],
+        ["Y"],
+        domain="ai.onnx.ml",
+        n_targets=1,
+        nodes_treeids=attrs["tree"],
+        nodes_nodeids=attrs["id"],
+        nodes_modes=attrs["mode"],
+        nodes_featureids=attrs["feat"],
+        nodes_values=attrs["val"],
+        nodes_truenodeids=attrs["true"],
+        nodes_falsenodeids=attrs["false"],
+        nodes_missing_value_tracks_true=attrs["miss"],
+        target_treeids=targets["tree"],
+        target_nodeids=targets["id"],
+        target_ids=[0] * len(targets["id"]),
+        target_weights=targets["w"],
+    )
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_shared_nodes_match_onnxruntime(seed):
+    """Trees whose nodes have several parents (the converters' categorical gadgets): the node
+    layout places each shared node once (jump slots) and matches ORT; QuickScorer declines."""
+    node = _dag_node(seed)
+    model = _graph(node, n_features=3)
+    k = ForestKernel.from_onnx(model)
+    assert k.modes == ("node",) and "shared" in k.mode_choice.reason
+    grid = [-1.0, 0.0, 0.5, 0.7, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, np.nan]
+    X = np.array(np.meshgrid(grid, grid, grid)).reshape(3, -1).T.astype(np.float32)
+    _check_synthetic(model, np.ascontiguousarray(X), 1)
+
+
+def test_converter_categorical_graph_is_not_copied():
+    """A LightGBM categorical model through ``fastinfer.adapters.lightgbm.lightgbm_graph`` (interval
+    gadgets sharing their exits): exact against ORT, and laid out in about as many slots as the
+    graph has nodes (copying every shared subtree per path took 20-40x)."""
+    import lightgbm as lgb
+
+    from fastinfer.adapters.lightgbm import lightgbm_graph
+
+    rng = np.random.default_rng(7)
+    n = 3000
+    X = np.column_stack([rng.integers(0, N_CATEGORIES, n), rng.normal(size=(n, F - 1))]).astype(np.float32)
+    y = rng.normal(size=N_CATEGORIES)[X[:, 0].astype(int)] + 0.5 * X[:, 1] + 0.1 * rng.normal(size=n)
+    params = {"objective": "regression", "num_leaves": 15, "verbose": -1, "min_data_per_group": 5, "cat_smooth": 1}
+    booster = lgb.train(params, lgb.Dataset(X, y, categorical_feature=[0]), num_boost_round=30)
+    model = lightgbm_graph(booster, F)
+    k = ForestKernel.from_onnx(model)
+    assert k.layout == "fast" and len(k._nodes.nodes) // 2 < 2 * len(EnsembleAttributes(_tree_node(model)).treeids)
+    rows = np.array(
+        [[c, *rng.normal(size=F - 1)] for c in [*range(-3, N_CATEGORIES + 3), 0.5, 2.5, -0.0, np.nan, 1e9]],
+        dtype=np.float32,
+    )
+    for variant in ("node", "generic"):
+        _check_rows(model, rows, variant)
 
 
 # ------------------------------------------------------------- every family in a compiled run
@@ -997,6 +1131,23 @@ def test_predict_into_out_allocates_nothing(graphs):
         if s.size_diff > 0 and "kernels/forest" in str(s.traceback)
     )
     assert grown == 0
+
+
+def test_numba_cache_follows_the_package_source():
+    """A stale stamp (a sibling module changed since the kernels were cached) empties the cache
+    index, so kernels compile again from the current source; the stamp is then current."""
+    from pathlib import Path
+
+    from fastinfer.kernels.forest import cache, node
+
+    stamp = Path(node.node_one_row._cache.cache_path) / cache._STAMP
+    stamp.write_text("stale")
+    cache.refresh(node)
+    assert stamp.read_text() == cache._source_digest()
+    k = ForestKernel.from_node(forest.synthetic_node())
+    X = np.array([[0.1, np.nan, 2.0]], dtype=np.float32)
+    _check_synthetic(_graph(forest.synthetic_node()), X, 1)
+    assert k.predict(X).shape == (1, 1)
 
 
 def test_warmup_runs():

@@ -14,6 +14,8 @@ One module per step, as the data flows:
 ``node`` · ``bitvector`` · ``generic``   the kernels
 ``kernel``     `ForestKernel`: builds the layouts, chooses a mode, dispatches ``predict``
 ``codes``      every split mode, aggregate, post-transform and packed offset, named
+``cache``      numba's on-disk cache kept in step with the whole package's source (the kernels
+               inline helpers and constants from sibling modules, which numba does not track)
 
 Semantics reproduced bit for bit: a split compares the float32 feature with the float32
 threshold; NaN follows IEEE comparison unless ``nodes_missing_value_tracks_true`` sends it to the
@@ -22,10 +24,13 @@ double tensors for a float input), divided by the number of trees for AVERAGE, b
 added last, then the post-transform (several targets only: ORT ignores LOGISTIC/SOFTMAX on one).
 """
 
+from . import bitvector, cache, extend, finish, generic, node
 from .codes import Aggregate, Link, PostTransform, SplitMode
 from .kernel import ForestKernel, ModeChoice, TreeEnsembleInfo, find_tree_ensembles
 from .read import OutputTail
 from .synthetic import synthetic_node, warmup
+
+cache.refresh(bitvector, extend, finish, generic, node)
 
 __all__ = [
     "Aggregate",

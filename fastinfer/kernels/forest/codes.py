@@ -42,10 +42,12 @@ class PostTransform(IntEnum):
 
 
 class Link(IntEnum):
-    """An elementwise op after the trees in the graph (the log-link objectives' ``Exp``)."""
+    """An elementwise op after the trees in the graph: ``Exp`` (log-link objectives) or
+    ``Sigmoid`` (one-column logistic: ORT ignores LOGISTIC on one target)."""
 
     IDENTITY = 0
     EXP = 1
+    SIGMOID = 2
 
 
 class ExpVariant(IntEnum):
@@ -59,7 +61,7 @@ class ExpVariant(IntEnum):
 BRANCH_LEQ, BRANCH_LT, BRANCH_GTE, BRANCH_GT, BRANCH_EQ, BRANCH_NEQ, LEAF = (int(m) for m in SplitMode)
 AGG_SUM, AGG_AVERAGE, AGG_MIN, AGG_MAX = (int(a) for a in Aggregate)
 POST_NONE, POST_LOGISTIC, POST_SOFTMAX, POST_SOFTMAX_ZERO = (int(p) for p in PostTransform)
-LINK_IDENTITY, LINK_EXP = (int(k) for k in Link)
+LINK_IDENTITY, LINK_EXP, LINK_SIGMOID = (int(k) for k in Link)
 EXP_SCALEF, EXP_TWO_SCALE = (int(v) for v in ExpVariant)
 
 # ------------------------------------------------------------------ the extended row
@@ -120,15 +122,17 @@ FCONST_BASE = 2  # base_values, one per target, follow
 
 # ------------------------------------------------------------------ the node layout
 # A slot is two uint32 words: [threshold (float32 bits; a leaf's value at a leaf), word], with
-# word = column | (offset to the slot's children << NODE_OFFSET_SHIFT). Children sit side by
-# side, [greater, less-or-equal], so the next slot is ``slot + offset + (ext[column] <= t)``.
-# A leaf has offset 0 and reads the NaN column: it stays where it is.
+# word = column | (signed 16-bit offset to the slot's children << NODE_OFFSET_SHIFT). Children
+# sit side by side, [greater, less-or-equal], so the next slot is ``slot + offset + (ext[column] <= t)``.
+# A leaf has offset 0 and reads the NaN column: it stays where it is. A jump (to a node shared
+# by several parents, placed once) reads the NaN column too, so it always moves by its offset.
 NODE_WORDS = 2
 NODE_THRESHOLD = 0
 NODE_WORD = 1
 NODE_OFFSET_SHIFT = 16
 NODE_COLUMN_MASK = (1 << NODE_OFFSET_SHIFT) - 1
-NODE_MAX_OFFSET = (1 << (32 - NODE_OFFSET_SHIFT)) - 1
+NODE_MAX_OFFSET = (1 << (31 - NODE_OFFSET_SHIFT)) - 1
+NODE_MIN_OFFSET = -(1 << (31 - NODE_OFFSET_SHIFT))
 LANES = 8  # trees walked together for one row, rows walked together through one tree
 BLOCK = 128  # rows per batch block: one tree's slots stay in L1 across the block
 PARALLEL_MIN_ROWS = 1024  # below this a thread fork costs more than it saves

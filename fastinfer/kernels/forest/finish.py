@@ -9,6 +9,8 @@
   with ``std::exp`` (glibc ``expf``, which numba's float32 ``np.exp`` calls too).
 * The graph's ``Exp`` node: ORT's ``Exp<float>`` runs MLAS ``MlasComputeExp``, a polynomial, not
   ``expf``; both of MLAS's x86 kernels are reproduced operation by operation (`mlas_exp`).
+* The graph's ``Sigmoid`` node: MLAS ``MlasComputeLogistic`` (a rational polynomial, FMA3 kernel on
+  x86-64), reproduced operation by operation (`mlas_logistic`).
 * The binary tail ``Sub(1, p)`` + ``Concat``: ``[1 - p, p]``, one float32 subtraction.
 """
 
@@ -37,6 +39,8 @@ from .codes import (
     FIN_POST_TRANSFORM,
     FIN_USE_BASE,
     LINK_EXP,
+    LINK_IDENTITY,
+    LINK_SIGMOID,
     POST_LOGISTIC,
     POST_SOFTMAX,
     POST_SOFTMAX_ZERO,
@@ -139,6 +143,54 @@ def mlas_exp(x, variant):
     return p * scale
 
 
+# MlasLogisticConstants (onnxruntime/core/mlas/lib/logistic.cpp, Eigen's rational approximation)
+_LOGISTIC_RANGE = np.float32(18.0)
+_ALPHA_9 = np.float32(4.37031012579801e-11)
+_ALPHA_7 = np.float32(1.15627324459942e-07)
+_ALPHA_5 = np.float32(6.08574864600143e-05)
+_ALPHA_3 = np.float32(8.51377133304701e-03)
+_ALPHA_1 = np.float32(2.48287947061529e-01)
+_BETA_10 = np.float32(6.10247389755681e-13)
+_BETA_8 = np.float32(5.76102136993427e-09)
+_BETA_6 = np.float32(6.29106785017040e-06)
+_BETA_4 = np.float32(1.70198817374094e-03)
+_BETA_2 = np.float32(1.16817656904453e-01)
+_BETA_0 = np.float32(9.93151921023180e-01)
+_HALF = np.float32(0.5)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def mlas_logistic(x):
+    """ORT's float32 ``Sigmoid`` op: MlasComputeLogisticF32KernelFma3, operation by operation.
+
+    Clamp to [-18, 18], x * p(x^2) / q(x^2) + 0.5 with both polynomials evaluated by FMAs,
+    then max(0, .) (vmaxps keeps a NaN). Checked against ORT's Sigmoid on every float32.
+    """
+    v = x if (x != x or x > -_LOGISTIC_RANGE) else -_LOGISTIC_RANGE
+    v = v if (v != v or v < _LOGISTIC_RANGE) else _LOGISTIC_RANGE
+    x2 = v * v
+    p = fma32(x2, _ALPHA_9, _ALPHA_7)
+    p = fma32(x2, p, _ALPHA_5)
+    p = fma32(x2, p, _ALPHA_3)
+    p = fma32(x2, p, _ALPHA_1)
+    q = fma32(x2, _BETA_10, _BETA_8)
+    q = fma32(x2, q, _BETA_6)
+    q = fma32(x2, q, _BETA_4)
+    q = fma32(x2, q, _BETA_2)
+    q = fma32(x2, q, _BETA_0)
+    r = (v * p) / q + _HALF
+    return r if (r != r or r > _ZERO) else _ZERO
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _link(v, link, variant):
+    if link == LINK_EXP:
+        return mlas_exp(v, variant)
+    if link == LINK_SIGMOID:
+        return mlas_logistic(v)
+    return v
+
+
 @njit(cache=True, nogil=True, inline="always")
 def compute_logistic(v):
     """ml_common.h ComputeLogistic, float32."""
@@ -189,8 +241,7 @@ def finish_row(sums, has, out_row, fin, fconst):
             s = fconst[FCONST_ORIGIN]
         else:
             s = s + fconst[FCONST_ORIGIN]
-        if link == LINK_EXP:
-            s = mlas_exp(s, variant)
+        s = _link(s, link, variant)
         if fin[FIN_BINARY]:
             out_row[0] = _ONE - s
             out_row[1] = s
@@ -216,6 +267,6 @@ def finish_row(sums, has, out_row, fin, fconst):
             out_row[j] = compute_logistic(out_row[j])
     elif post in (POST_SOFTMAX, POST_SOFTMAX_ZERO):
         _softmax(out_row, K, post == POST_SOFTMAX_ZERO)
-    if link == LINK_EXP:
+    if link != LINK_IDENTITY:
         for j in range(K):
-            out_row[j] = mlas_exp(out_row[j], variant)
+            out_row[j] = _link(out_row[j], link, variant)

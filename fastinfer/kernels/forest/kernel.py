@@ -26,7 +26,7 @@ from .bitvector import bitvector_rows, bitvector_rows_parallel
 from .generic import generic_rows, generic_rows_parallel
 from .node import node_one_row, node_rows, node_rows_parallel
 from .normalise import TreeStructure, normalise
-from .pack import Finish, pack_bitvectors, pack_generic, pack_nodes, single_target_trees_reason
+from .pack import Finish, bitvector_reason, pack_bitvectors, pack_generic, pack_nodes, single_target_trees_reason
 from .read import EnsembleAttributes, OutputTail, read_forest_graph, remap_features
 
 MODES = ("auto", "node", "bitvector")
@@ -109,22 +109,35 @@ class ForestKernel:
             self._generic = pack_generic(structure, finish)
             self._sums = np.zeros(self.n_targets, dtype=np.float32)
             self._has = np.zeros(self.n_targets, dtype=np.bool_)
+        # The bitvector layout is packed when first needed (calibrate, or mode="bitvector").
         self._bits = None
-        if mode != "node" and not why_not:
-            self._bits = pack_bitvectors(structure, forest, finish)
-            self._bv_scratch, self._bv = self._bits.scratch()
-        if mode == "bitvector" and self._bits is None:
-            raise ValueError(f"{node.op_type} {attrs.name!r}: no bitvector mode for {why_not}")
+        self._source = (node, tail)
+        self._bitvector_reason = why_not or bitvector_reason(forest)
+        if mode == "bitvector" and self._bitvector_reason:
+            raise ValueError(f"{node.op_type} {attrs.name!r}: no bitvector mode for {self._bitvector_reason}")
         self._checked: tuple = (None, None)  # the last (X, out) that passed the checks
         self.mode = "bitvector" if mode == "bitvector" else "node"
+        no_bits = f" (no bitvector mode: {self._bitvector_reason})" if self._bitvector_reason else ""
         self.mode_choice = ModeChoice(
-            self.mode,
-            reason=(
-                "asked for"
-                if mode != "auto"
-                else "node until calibrated" + ("" if self._bits is not None else f" (no bitvector mode: {why_not})")
-            ),
+            self.mode, reason="asked for" if mode != "auto" else "node until calibrated" + no_bits
         )
+
+    @property
+    def mode(self) -> str:
+        """The kernel `predict` runs: "node" or "bitvector" (see the module docstring)."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        if mode not in self.modes:
+            raise ValueError(f"mode {mode!r} is not available here; modes: {self.modes}")
+        if mode == "bitvector" and self._bits is None:
+            node, tail = self._source
+            structure = TreeStructure(EnsembleAttributes(node))
+            finish = Finish.build(structure.attrs, len(structure.roots), tail)
+            self._bits = pack_bitvectors(structure, normalise(structure), finish)
+            self._bv_scratch, self._bv = self._bits.scratch()
+        self._mode = mode
 
     # -- construction --------------------------------------------------------
 
@@ -153,7 +166,7 @@ class ForestKernel:
     @property
     def modes(self) -> tuple[str, ...]:
         """The modes this ensemble can run in."""
-        return ("node", "bitvector") if self._bits is not None else ("node",)
+        return ("node",) if self._bitvector_reason else ("node", "bitvector")
 
     # -- choosing a mode -----------------------------------------------------
 
@@ -217,7 +230,7 @@ class ForestKernel:
             out = self._check(X, out)
         N = X.shape[0]
         parallel = self.n_threads > 1 and self.parallel_min_rows <= N and N > 1
-        if self.mode == "bitvector":
+        if self._mode == "bitvector":
             b = self._bits
             if parallel:
                 with _threads(self.n_threads):

@@ -41,11 +41,18 @@ from .extend import fill_ext
 from .finish import finish_row
 
 # Unsigned constants keep slot arithmetic unsigned: numba then emits no negative-index
-# wraparound code on the traversal's critical path.
+# wraparound code on the traversal's critical path (a negative offset wraps around in uint64).
 _WORD = np.uint64(NODE_WORD)
 _COLUMN = np.uint32(NODE_COLUMN_MASK)
 _SHIFT = np.uint32(NODE_OFFSET_SHIFT)
+_SIGNED_SHIFT = np.int64(NODE_OFFSET_SHIFT)
 _ZERO = np.float32(0.0)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _offset(w):
+    """The word's signed 16-bit offset as a uint64 to add (sign-extended: wraps when negative)."""
+    return np.uint64(np.int64(np.int32(w)) >> _SIGNED_SHIFT)
 
 
 @njit(cache=True, nogil=True)
@@ -83,14 +90,14 @@ def node_one_row(X, out, prog, nodes, consts, scratch):
             if (w0 | w1 | w2 | w3 | w4 | w5 | w6 | w7) >> _SHIFT == 0:
                 break  # all eight lanes on leaves
             # next = slot + offset to its children + (x <= threshold)
-            p0 = p0 + np.uint64(w0 >> _SHIFT) + np.uint64(ext[np.uint64(w0 & _COLUMN)] <= nf[p0 + p0])
-            p1 = p1 + np.uint64(w1 >> _SHIFT) + np.uint64(ext[np.uint64(w1 & _COLUMN)] <= nf[p1 + p1])
-            p2 = p2 + np.uint64(w2 >> _SHIFT) + np.uint64(ext[np.uint64(w2 & _COLUMN)] <= nf[p2 + p2])
-            p3 = p3 + np.uint64(w3 >> _SHIFT) + np.uint64(ext[np.uint64(w3 & _COLUMN)] <= nf[p3 + p3])
-            p4 = p4 + np.uint64(w4 >> _SHIFT) + np.uint64(ext[np.uint64(w4 & _COLUMN)] <= nf[p4 + p4])
-            p5 = p5 + np.uint64(w5 >> _SHIFT) + np.uint64(ext[np.uint64(w5 & _COLUMN)] <= nf[p5 + p5])
-            p6 = p6 + np.uint64(w6 >> _SHIFT) + np.uint64(ext[np.uint64(w6 & _COLUMN)] <= nf[p6 + p6])
-            p7 = p7 + np.uint64(w7 >> _SHIFT) + np.uint64(ext[np.uint64(w7 & _COLUMN)] <= nf[p7 + p7])
+            p0 = p0 + _offset(w0) + np.uint64(ext[np.uint64(w0 & _COLUMN)] <= nf[p0 + p0])
+            p1 = p1 + _offset(w1) + np.uint64(ext[np.uint64(w1 & _COLUMN)] <= nf[p1 + p1])
+            p2 = p2 + _offset(w2) + np.uint64(ext[np.uint64(w2 & _COLUMN)] <= nf[p2 + p2])
+            p3 = p3 + _offset(w3) + np.uint64(ext[np.uint64(w3 & _COLUMN)] <= nf[p3 + p3])
+            p4 = p4 + _offset(w4) + np.uint64(ext[np.uint64(w4 & _COLUMN)] <= nf[p4 + p4])
+            p5 = p5 + _offset(w5) + np.uint64(ext[np.uint64(w5 & _COLUMN)] <= nf[p5 + p5])
+            p6 = p6 + _offset(w6) + np.uint64(ext[np.uint64(w6 & _COLUMN)] <= nf[p6 + p6])
+            p7 = p7 + _offset(w7) + np.uint64(ext[np.uint64(w7 & _COLUMN)] <= nf[p7 + p7])
         # a leaf's value is its threshold word
         vals[prog[g + GROUP_TREES]] = nf[p0 + p0]
         vals[prog[g + GROUP_TREES + 1]] = nf[p1 + p1]
@@ -171,14 +178,14 @@ def _node_block(X, out, r0, r1, prog, nodes, consts, scratch):
                 w7 = nodes[p7 + p7 + _WORD]
                 if (w0 | w1 | w2 | w3 | w4 | w5 | w6 | w7) >> _SHIFT == 0:
                     break  # all eight rows on leaves
-                p0 = p0 + np.uint64(w0 >> _SHIFT) + np.uint64(ext[o0 + np.uint64(w0 & _COLUMN)] <= nf[p0 + p0])
-                p1 = p1 + np.uint64(w1 >> _SHIFT) + np.uint64(ext[o1 + np.uint64(w1 & _COLUMN)] <= nf[p1 + p1])
-                p2 = p2 + np.uint64(w2 >> _SHIFT) + np.uint64(ext[o2 + np.uint64(w2 & _COLUMN)] <= nf[p2 + p2])
-                p3 = p3 + np.uint64(w3 >> _SHIFT) + np.uint64(ext[o3 + np.uint64(w3 & _COLUMN)] <= nf[p3 + p3])
-                p4 = p4 + np.uint64(w4 >> _SHIFT) + np.uint64(ext[o4 + np.uint64(w4 & _COLUMN)] <= nf[p4 + p4])
-                p5 = p5 + np.uint64(w5 >> _SHIFT) + np.uint64(ext[o5 + np.uint64(w5 & _COLUMN)] <= nf[p5 + p5])
-                p6 = p6 + np.uint64(w6 >> _SHIFT) + np.uint64(ext[o6 + np.uint64(w6 & _COLUMN)] <= nf[p6 + p6])
-                p7 = p7 + np.uint64(w7 >> _SHIFT) + np.uint64(ext[o7 + np.uint64(w7 & _COLUMN)] <= nf[p7 + p7])
+                p0 = p0 + _offset(w0) + np.uint64(ext[o0 + np.uint64(w0 & _COLUMN)] <= nf[p0 + p0])
+                p1 = p1 + _offset(w1) + np.uint64(ext[o1 + np.uint64(w1 & _COLUMN)] <= nf[p1 + p1])
+                p2 = p2 + _offset(w2) + np.uint64(ext[o2 + np.uint64(w2 & _COLUMN)] <= nf[p2 + p2])
+                p3 = p3 + _offset(w3) + np.uint64(ext[o3 + np.uint64(w3 & _COLUMN)] <= nf[p3 + p3])
+                p4 = p4 + _offset(w4) + np.uint64(ext[o4 + np.uint64(w4 & _COLUMN)] <= nf[p4 + p4])
+                p5 = p5 + _offset(w5) + np.uint64(ext[o5 + np.uint64(w5 & _COLUMN)] <= nf[p5 + p5])
+                p6 = p6 + _offset(w6) + np.uint64(ext[o6 + np.uint64(w6 & _COLUMN)] <= nf[p6 + p6])
+                p7 = p7 + _offset(w7) + np.uint64(ext[o7 + np.uint64(w7 & _COLUMN)] <= nf[p7 + p7])
             acc[i * K + k] += nf[p0 + p0]
             acc[(i + 1) * K + k] += nf[p1 + p1]
             acc[(i + 2) * K + k] += nf[p2 + p2]
@@ -193,7 +200,7 @@ def _node_block(X, out, r0, r1, prog, nodes, consts, scratch):
             p = root
             for _ in range(d):
                 w = nodes[p + p + _WORD]
-                p = p + np.uint64(w >> _SHIFT) + np.uint64(ext[o + np.uint64(w & _COLUMN)] <= nf[p + p])
+                p = p + _offset(w) + np.uint64(ext[o + np.uint64(w & _COLUMN)] <= nf[p + p])
             acc[i * K + k] += nf[p + p]
             i += 1
     fin_at = np.int64(prog[NODE_FIN_AT])

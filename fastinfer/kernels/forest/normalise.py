@@ -44,45 +44,59 @@ class TreeStructure:
 
     def __init__(self, attrs: EnsembleAttributes):
         self.attrs = a = attrs
+        trees, nodes, modes = a.treeids.tolist(), a.nodeids.tolist(), a.modes.tolist()
         index = {}
-        for i, key in enumerate(zip(a.treeids.tolist(), a.nodeids.tolist())):
+        for i, key in enumerate(zip(trees, nodes)):
             if key in index:
                 raise ValueError(f"node {a.name!r}: node {key[1]} of tree {key[0]} is listed twice")
             index[key] = i
-        starts = [0] + [i for i in range(1, len(a.treeids)) if a.treeids[i] != a.treeids[i - 1]]
-        tids = a.treeids[starts].tolist()
+        starts = [0] + [i for i in range(1, len(trees)) if trees[i] != trees[i - 1]]
+        tids = [trees[i] for i in starts]
         if len(set(tids)) != len(tids):
             raise ValueError(f"node {a.name!r}: a tree's nodes are not listed contiguously")
         self.roots = starts
-        self.children = np.full((len(a.treeids), 2), -1, dtype=np.int64)  # (false, true)
-        for i in np.flatnonzero(a.modes != LEAF):
-            t = int(a.treeids[i])
-            for side, ids in ((0, a.falseids), (1, a.trueids)):
-                j = index.get((t, int(ids[i])))
+        children = [[-1, -1] for _ in trees]  # (false, true)
+        falses, trues = a.falseids.tolist(), a.trueids.tolist()
+        for i, mode in enumerate(modes):
+            if mode == LEAF:
+                continue
+            t = trees[i]
+            for side, ids in ((0, falses), (1, trues)):
+                j = index.get((t, ids[i]))
                 if j is None or j == i:
-                    raise ValueError(
-                        f"node {a.name!r}: tree {t} node {a.nodeids[i]} points to a missing node or to itself"
-                    )
-                self.children[i, side] = j
+                    raise ValueError(f"node {a.name!r}: tree {t} node {nodes[i]} points to a missing node or to itself")
+                children[i][side] = j
+        self.children = np.array(children, dtype=np.int64).reshape(-1, 2)
         # Leaf weights sorted by (tree, node, position), as ORT sorts them; weights on split
         # nodes are ignored, as ORT ignores them.
-        order = np.lexsort((np.arange(len(a.t_ids)), a.t_nodeids, a.t_treeids))
+        order = np.lexsort((np.arange(len(a.t_ids)), a.t_nodeids, a.t_treeids)).tolist()
+        t_trees, t_nodes, t_ids, weights = a.t_treeids.tolist(), a.t_nodeids.tolist(), a.t_ids.tolist(), a.weights
         self.leaf_weights: dict[int, list[tuple[int, np.float32]]] = {}
         for k in order:
-            j = index.get((int(a.t_treeids[k]), int(a.t_nodeids[k])))
+            j = index.get((t_trees[k], t_nodes[k]))
             if j is None:
                 raise ValueError(f"node {a.name!r}: a target weight names a missing node")
-            if a.modes[j] == LEAF:
-                tid = int(a.t_ids[k])
+            if modes[j] == LEAF:
+                tid = t_ids[k]
                 if a.n_targets > 1 and not 0 <= tid < a.n_targets:
                     raise ValueError(f"node {a.name!r}: target id {tid} outside 0..{a.n_targets - 1}")
-                self.leaf_weights.setdefault(j, []).append((tid, a.weights[k]))
+                self.leaf_weights.setdefault(j, []).append((tid, weights[k]))
         for i in np.flatnonzero(a.modes == LEAF):
             if i not in self.leaf_weights:
                 raise ValueError(f"node {a.name!r}: leaf {a.nodeids[i]} of tree {a.treeids[i]} has no weight")
-        self.shape_ids = self._shape_ids()
+        # Every node has one parent at most and no root has one: plain trees, no cycle can be
+        # reached. Otherwise (shared nodes) walk them now, which refuses cycles.
+        parents = np.bincount(self.children[a.modes != LEAF].ravel(), minlength=len(trees))
+        self._shape_ids = None if parents.max(initial=0) <= 1 and not parents[starts].any() else self._walk_shapes()
 
-    def _shape_ids(self) -> np.ndarray:
+    @property
+    def shape_ids(self) -> np.ndarray:
+        """One id per node, equal for nodes heading identical subtrees."""
+        if self._shape_ids is None:
+            self._shape_ids = self._walk_shapes()
+        return self._shape_ids
+
+    def _walk_shapes(self) -> np.ndarray:
         """One id per node, equal for nodes heading identical subtrees; refuses cycles."""
         a = self.attrs
         ids = np.full(len(a.treeids), -1, dtype=np.int64)
@@ -143,27 +157,31 @@ class TreeStructure:
         return trees
 
 
-def below(t: float, strict: bool) -> np.float32:
-    """Largest float32 <= t (strict: < t), NaN when none exists."""
-    if np.isnan(t) or (strict and t == -np.inf):
-        return np.float32(np.nan)
-    with np.errstate(over="ignore"):
-        f = np.float32(t)
-    if f > t or (strict and f == t):
-        f = np.nextafter(f, np.float32(-np.inf))
-    return f
+def normalise_splits(attrs: EnsembleAttributes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every LEQ/LT/GTE/GT split as ``x <= t'``: arrays over all nodes of (t', the ``<=`` side is
+    the false child, NaN goes to the ``<=`` side); other nodes' entries are unused.
 
-
-def normalise_split(mode: int, t: float, tracks_true: bool) -> tuple[np.float32, bool, bool]:
-    """A LEQ/LT/GTE/GT split as ``x <= t'``: (t', the ``<=`` side is the false child, NaN goes to it)."""
-    if mode in (BRANCH_LEQ, BRANCH_LT):
-        tt, swap, nan_le = below(t, mode == BRANCH_LT), False, tracks_true
-    else:  # GTE, GT: the complement of LT, LEQ
-        tt = np.float32(np.inf) if np.isnan(t) else below(t, mode == BRANCH_GTE)
-        swap, nan_le = True, not tracks_true
-    if np.isnan(tt) and nan_le:  # "x is NaN": flip to "x <= inf", NaN false
-        tt, swap, nan_le = np.float32(np.inf), not swap, False
-    return tt, swap, nan_le
+    Thresholds are float32 already, so ``x <= t`` keeps t and ``x < t`` becomes ``x <= t⁻`` (the
+    float32 below); GTE/GT are the complements of LT/LEQ, with their children swapped. A split
+    left testing "x <= NaN" (never true) that must send NaN to that side is "x is NaN": it
+    becomes "x <= inf" (NaN false) with its children swapped back.
+    """
+    modes, t = attrs.modes, attrs.values.astype(np.float32)
+    tracking = np.zeros(len(modes), dtype=bool)
+    tracking[: len(attrs.missing)] = attrs.missing == 1
+    low_side_true = (modes == BRANCH_LEQ) | (modes == BRANCH_LT)
+    strict = (modes == BRANCH_LT) | (modes == BRANCH_GTE)
+    with np.errstate(invalid="ignore"):
+        tt = np.where(strict, np.nextafter(t, np.float32(-np.inf)), t)
+    tt[strict & (t == -np.inf)] = np.nan  # nothing is below -inf
+    tt[~low_side_true & np.isnan(t)] = np.inf  # x >= NaN / x > NaN never hold: "x <= inf" is their false side
+    swap = ~low_side_true
+    nan_le = np.where(low_side_true, tracking, ~tracking)
+    flip = np.isnan(tt) & nan_le
+    tt[flip] = np.inf
+    swap[flip] = ~swap[flip]
+    nan_le[flip] = False
+    return tt.astype(np.float32), swap, nan_le
 
 
 @dataclass(frozen=True)
@@ -193,7 +211,8 @@ class NormalTree:
     """One tree as ``ext[column] <= threshold`` splits; node 0 is the root.
 
     ``le``/``gt``: the child taken when the test holds / fails (-1 at leaves); ``source``: the
-    ONNX node of each leaf (its weights), -1 at splits.
+    ONNX node of each leaf (its weights), -1 at splits. Nodes the ONNX tree shares between
+    parents stay shared (``shared``): the tree is then a DAG (the converters' categorical gadgets).
     """
 
     column: list[int] = field(default_factory=list)
@@ -201,6 +220,7 @@ class NormalTree:
     le: list[int] = field(default_factory=list)
     gt: list[int] = field(default_factory=list)
     source: list[int] = field(default_factory=list)
+    shared: bool = False
 
     def add(self) -> int:
         for part in (self.column, self.le, self.gt, self.source):
@@ -208,8 +228,11 @@ class NormalTree:
         self.threshold.append(0.0)
         return len(self.column) - 1
 
+    def is_leaf(self, i: int) -> bool:
+        return self.le[i] < 0
+
     def leaves_in_order(self) -> list[int]:
-        """Leaves left to right with the ``<=`` child first (QuickScorer's order)."""
+        """Leaves left to right with the ``<=`` child first (QuickScorer's order; plain trees)."""
         out, stack = [], [0]
         while stack:
             i = stack.pop()
@@ -219,15 +242,6 @@ class NormalTree:
                 stack += [self.gt[i], self.le[i]]
         return out
 
-    def depth(self) -> int:
-        deepest, stack = 0, [(0, 0)]
-        while stack:
-            i, d = stack.pop()
-            deepest = max(deepest, d)
-            if self.le[i] >= 0:
-                stack += [(self.le[i], d + 1), (self.gt[i], d + 1)]
-        return deepest
-
 
 @dataclass
 class NormalForest:
@@ -235,9 +249,13 @@ class NormalForest:
     chains: list[Chain]
     n_features: int
 
+    @property
+    def shared(self) -> bool:
+        return any(t.shared for t in self.trees)
+
 
 def normalise(structure: TreeStructure) -> NormalForest:
-    """Every tree of ``structure`` as `NormalTree`s over one shared list of chains."""
+    """Every tree of ``structure`` as a `NormalTree` over one list of chains (shared nodes kept shared)."""
     a = structure.attrs
     F = a.n_features
     chains: dict[Chain, int] = {}
@@ -245,15 +263,19 @@ def normalise(structure: TreeStructure) -> NormalForest:
     def chain_of(c: Chain) -> int:
         return chain_column(chains.setdefault(c, len(chains)), F)
 
-    limit = MAX_EXPANSION * len(a.treeids)
-    trees, total = [], 0
+    thresholds, swaps, nan_les = (v.tolist() for v in normalise_splits(a))
+    modes, features, values = a.modes.tolist(), a.featureids.tolist(), a.values.tolist()
+    children = structure.children.tolist()
+    trees = []
     for r in structure.roots:
         tree = NormalTree()
-        work = [(r, tree.add())]
+        made = {r: tree.add()}  # ONNX node -> its normal node (one per ONNX node: sharing kept)
+        work = [r]
         while work:
-            i, s = work.pop()
-            mode = int(a.modes[i])
-            f_child, t_child = (int(c) for c in structure.children[i])
+            i = work.pop()
+            s = made[i]
+            mode = modes[i]
+            f_child, t_child = children[i]
             if mode == LEAF:
                 tree.source[s] = i
                 continue
@@ -261,20 +283,20 @@ def normalise(structure: TreeStructure) -> NormalForest:
                 le_src, gt_src, chain = _equal_run(structure, i)
                 tree.column[s], tree.threshold[s] = chain_of(chain), CHAIN_THRESHOLD
             elif mode == BRANCH_NEQ:  # x != v: "equal" is the false branch, NaN is never equal
-                chain = Chain(int(a.featureids[i]), (float(a.values[i]),), False)
+                chain = Chain(features[i], (values[i],), False)
                 le_src, gt_src = f_child, t_child
                 tree.column[s], tree.threshold[s] = chain_of(chain), CHAIN_THRESHOLD
             else:
-                t, swap, nan_le = normalise_split(mode, float(a.values[i]), a.is_tracking(i))
-                f = int(a.featureids[i])
-                tree.column[s] = nan_low_column(f, F) if nan_le else f
-                tree.threshold[s] = t
-                le_src, gt_src = (f_child, t_child) if swap else (t_child, f_child)
-            tree.le[s], tree.gt[s] = tree.add(), tree.add()
-            work += [(gt_src, tree.gt[s]), (le_src, tree.le[s])]
-        total += len(tree.column)
-        if total > limit:
-            raise ValueError(f"node {a.name!r}: shared nodes expand past {MAX_EXPANSION}x the listed nodes")
+                tree.column[s] = nan_low_column(features[i], F) if nan_les[i] else features[i]
+                tree.threshold[s] = thresholds[i]
+                le_src, gt_src = (f_child, t_child) if swaps[i] else (t_child, f_child)
+            for src, side in ((le_src, tree.le), (gt_src, tree.gt)):
+                if src in made:
+                    tree.shared = True
+                else:
+                    made[src] = tree.add()
+                    work.append(src)
+                side[s] = made[src]
         trees.append(tree)
     ordered = sorted(chains, key=chains.__getitem__)
     return NormalForest(trees, ordered, F)

@@ -1,12 +1,13 @@
 """Step 3: pack — the normalised forest as the flat arrays each kernel reads (``codes.py`` names
 every offset).
 
-``NodeLayout``      slots breadth-first per tree, children side by side, leaves as self-loops:
-                    a tree takes ``depth`` branch-free steps; groups of `LANES` trees of equal
-                    depth for one row. One target per tree (every converter's regressors and
-                    multiclass boosters), SUM or AVERAGE.
+``NodeLayout``      slots breadth-first per tree, children side by side, leaves as self-loops,
+                    shared nodes placed once and reached through jump slots: a tree takes at
+                    most ``depth`` branch-free steps; groups of `LANES` trees of equal depth for
+                    one row. One target per tree (every converter's regressors and multiclass
+                    boosters), SUM or AVERAGE.
 ``BitvectorLayout`` QuickScorer: per extended column the splits sorted by threshold with the
-                    leaves each rules out; same eligibility as the node layout.
+                    leaves each rules out; the node layout's ensembles made of plain trees.
 ``GenericLayout``   ORT's modes as they are, any targets and aggregates; the reference path.
 """
 
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import codes as C
-from .normalise import NormalForest, TreeStructure, ort_ignores_tracking
+from .normalise import NormalForest, NormalTree, TreeStructure, ort_ignores_tracking
 from .read import EnsembleAttributes, OutputTail
 
 
@@ -108,6 +109,13 @@ def _has_flags(targets: np.ndarray, K: int) -> np.ndarray:
     return has
 
 
+def bitvector_reason(forest: NormalForest) -> str:
+    """Why the bitvector layout cannot take this (node-layout) ensemble ("" when it can)."""
+    if forest.shared:
+        return "trees whose nodes are shared (QuickScorer numbers the leaves of plain trees)"
+    return ""
+
+
 def single_target_trees_reason(attrs: EnsembleAttributes, structure: TreeStructure, forest: NormalForest) -> str:
     """Why the node/bitvector layouts cannot take this ensemble ("" when they can)."""
     if attrs.aggregate not in ("SUM", "AVERAGE"):
@@ -138,35 +146,77 @@ class NodeLayout:
         return np.empty((self.n_ext + self.n_targets) * C.BLOCK, dtype=np.float32)
 
 
+def _place(tree: NormalTree) -> tuple[list[tuple[bool, int]], dict[int, int]] | None:
+    """Breadth-first slots of one tree: [(is a jump, normal node)], {slot: its children's slot}.
+
+    Children sit side by side as [gt, le]. A node shared by several parents is placed once;
+    later parents reach it through a jump slot (a step that always moves by its offset). Leaves
+    are copied instead: a copy costs no step. None when an offset does not fit in 16 bits.
+    """
+    slots, left, placed = [(False, 0)], {}, {0: 0}
+    q = 0
+    while q < len(slots):
+        jump, i = slots[q]
+        if not jump and not tree.is_leaf(i):
+            left[q] = len(slots)
+            if left[q] - q > C.NODE_MAX_OFFSET:
+                return None
+            for c in (tree.gt[i], tree.le[i]):
+                if tree.is_leaf(c) or c not in placed:
+                    placed.setdefault(c, len(slots))
+                    slots.append((False, c))
+                else:
+                    if placed[c] - len(slots) < C.NODE_MIN_OFFSET:
+                        return None
+                    slots.append((True, c))
+        q += 1
+    return slots, left
+
+
+def _steps(slots: list[tuple[bool, int]], left: dict[int, int], placed_at: dict[int, int]) -> int:
+    """The most steps a row can take from the root (jumps count) before it sits on a leaf."""
+    memo: dict[int, int] = {}
+    stack = [0]
+    while stack:
+        q = stack[-1]
+        jump, i = slots[q]
+        nxt = [placed_at[i]] if jump else ([left[q], left[q] + 1] if q in left else [])
+        todo = [n for n in nxt if n not in memo]
+        if todo:
+            stack += todo
+            continue
+        stack.pop()
+        memo[q] = 1 + max(memo[n] for n in nxt) if nxt else 0
+    return memo[0]
+
+
 def pack_nodes(structure: TreeStructure, forest: NormalForest, finish: Finish) -> NodeLayout | None:
     """The node layout, or None when a tree is too wide for 16-bit child offsets."""
     targets = _tree_targets(structure, forest)
     F, n_chains, T = forest.n_features, len(forest.chains), len(forest.trees)
     K = int(finish.fin[C.FIN_N_TARGETS])
-    slots_per_tree, roots, depths = [], np.empty(T, np.int64), np.empty(T, np.int64)
+    placed, roots, depths = [], np.empty(T, np.int64), np.empty(T, np.int64)
     n_slots = 0
     for k, tree in enumerate(forest.trees):
-        order, left, depth, q = [0], {}, [0], 0
-        while q < len(order):  # breadth-first, children [gt, le] side by side
-            i = order[q]
-            if tree.le[i] >= 0:
-                left[q] = len(order)
-                if left[q] - q > C.NODE_MAX_OFFSET:
-                    return None
-                order += [tree.gt[i], tree.le[i]]
-                depth += [depth[q] + 1] * 2
-            q += 1
-        slots_per_tree.append((order, left))
-        roots[k], depths[k] = n_slots, max(depth)
-        n_slots += len(order)
+        layout = _place(tree)
+        if layout is None:
+            return None
+        slots, left = layout
+        placed_at = {i: q for q, (jump, i) in enumerate(slots) if not jump and not tree.is_leaf(i)}
+        placed.append((slots, left, placed_at))
+        roots[k], depths[k] = n_slots, _steps(slots, left, placed_at)
+        n_slots += len(slots)
     nodes = np.zeros((n_slots, C.NODE_WORDS), dtype=np.uint32)
     values = nodes.view(np.float32)
     nan_low = False
-    for k, (tree, (order, left)) in enumerate(zip(forest.trees, slots_per_tree)):
+    for k, (tree, (slots, left, placed_at)) in enumerate(zip(forest.trees, placed)):
         base = roots[k]
-        for q, i in enumerate(order):
+        for q, (jump, i) in enumerate(slots):
             s = base + q
-            if tree.le[i] < 0:
+            if jump:  # reads the NaN column: never <=, so it always moves by its offset
+                offset = placed_at[i] - q
+                nodes[s, C.NODE_WORD] = C.leaf_column(F) | ((offset & 0xFFFF) << C.NODE_OFFSET_SHIFT)
+            elif tree.is_leaf(i):
                 nodes[s, C.NODE_WORD] = C.leaf_column(F)
                 values[s, C.NODE_THRESHOLD] = _leaf_value(structure, tree.source[i])
             else:
@@ -263,8 +313,8 @@ def pack_bitvectors(structure: TreeStructure, forest: NormalForest, finish: Fini
     lo_hi = np.asarray(lo_hi, np.int64).reshape(-1, 2)[order]
     active = np.unique(col)
     starts = [*np.searchsorted(col, active).tolist(), len(col)]
-    if W == 1:
-        split_words = np.array([~_range_mask(lo, hi, 1)[0] for lo, hi in lo_hi], dtype=np.uint64)
+    if W == 1:  # the leaves the split keeps: all but [lo, hi)
+        split_words = ~(_bits_below(lo_hi[:, 1]) ^ _bits_below(lo_hi[:, 0]))
     else:
         split_words = (lo_hi[:, 0] | (lo_hi[:, 1] << 32)).astype(np.uint64)
     n = len(col)
@@ -297,6 +347,13 @@ def pack_bitvectors(structure: TreeStructure, forest: NormalForest, finish: Fini
     return BitvectorLayout(
         prog, np.concatenate([split_words, init.ravel()]), consts, C.n_ext_columns(F, n_chains), T, K, W
     )
+
+
+def _bits_below(n: np.ndarray) -> np.ndarray:
+    """uint64 words with bits 0..n-1 set (n in 0..64)."""
+    ones = np.uint64(0xFFFFFFFFFFFFFFFF)
+    shifted = np.left_shift(np.uint64(1), np.minimum(n, 63).astype(np.uint64)) - np.uint64(1)
+    return np.where(n >= 64, ones, shifted).astype(np.uint64)
 
 
 def _range_mask(lo: int, hi: int, n_words: int) -> np.ndarray:

@@ -3,7 +3,7 @@ Runtime validates them, and the ops after it (a link, the binary classifier tail
 
 Accepted graphs::
 
-    input ─► ai.onnx.ml.TreeEnsembleRegressor ─► [Exp] ─► [Sub(1, p), Concat([1 - p, p], axis=1)] ─► output
+    input ─► ai.onnx.ml.TreeEnsembleRegressor ─► [Exp | Sigmoid] ─► [Sub(1, p), Concat([1 - p, p], axis=1)] ─► output
 
 with Identity, Cast(to=FLOAT), Reshape, Flatten, Squeeze and Unsqueeze anywhere after the trees
 (they only reshape). Anything else is refused with the op named.
@@ -22,7 +22,8 @@ from .codes import Aggregate, Link, PostTransform, SplitMode
 ML_DOMAIN = "ai.onnx.ml"
 TREE_OP = "TreeEnsembleRegressor"
 RESHAPE_OPS = ("Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
-TAIL_OPS = (*RESHAPE_OPS, "Exp", "Sub", "Concat", "Constant")
+LINK_OPS = {"Exp": Link.EXP, "Sigmoid": Link.SIGMOID}
+TAIL_OPS = (*RESHAPE_OPS, *LINK_OPS, "Sub", "Concat", "Constant")
 
 
 def _attributes(node: onnx.NodeProto) -> dict:
@@ -227,10 +228,10 @@ def _follow_tail(tree: onnx.NodeProto, rest: list, constants: dict, output: str)
             raise ValueError(f"{not_chain}: {n.op_type} {n.name!r} is only accepted in the binary tail")
         if n.input[0] != cur or any(i != cur and i not in constants for i in n.input):
             raise ValueError(not_chain)
-        if n.op_type == "Exp":
+        if n.op_type in LINK_OPS:
             if link != Link.IDENTITY or binary:
-                raise ValueError(f"{not_chain}: Exp {n.name!r} after another link or after the binary tail")
-            link = Link.EXP
+                raise ValueError(f"{not_chain}: {n.op_type} {n.name!r} after another link or after the binary tail")
+            link = LINK_OPS[n.op_type]
         cur = n.output[0]
         rest.remove(n)
     if cur != output:
