@@ -12,7 +12,17 @@ from typing import Any
 from .buffers import timestamp_ns
 from .errors import InferenceError
 
-__all__ = ["BarClock", "timestamp_ns"]
+__all__ = ["BarClock", "interval_problem", "timestamp_ns"]
+
+
+def interval_problem(trained: float | None, data: float | None, tol: float) -> str | None:
+    """Why a model trained on ``trained``-minute bars may not serve ``data``-minute bars, or None
+    (within the relative tolerance ``tol``, or when either is unknown)."""
+    if trained is None or data is None:
+        return None
+    if abs(trained - data) <= tol * max(abs(trained), abs(data)):
+        return None
+    return f"trained on {trained:g}-minute bars, data is {data:g}-minute bars"
 
 
 class BarClock:

@@ -232,57 +232,57 @@ def export_triton(
     help="CSV or Parquet of bars (open, high, low, close, volume; any case), oldest first.",
 )
 @click.option("--interval", "interval_minutes", type=float, required=True, help="Bar interval in minutes.")
-@click.option("--symbol", default=None, help="Symbol name (default: the file name).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write every bar's predictions as CSV.")
+@click.option("--symbol", default=None, help="Symbol name (one-symbol file; default: the file name).")
+@click.option(
+    "--symbol-column", default=None, help="The column naming each row's symbol (several symbols in one file)."
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write every bar's predictions: CSV, or Parquet by extension (.parquet, .pq).",
+)
 @_CONFIG
 def predict(
     run_root: Path,
     ohlcv_path: Path,
     interval_minutes: float,
     symbol: str | None,
+    symbol_column: str | None,
     out: Path | None,
     config_path: Path | None,
 ) -> None:
-    """Replay the bars of an OHLCV file through the live predictor; print the last bar's predictions."""
+    """Predict every bar of an OHLCV file (a backtest): the run's features in batch, then every model
+    in big batches; equal to replaying the bars through the live predictor. Prints the last bar's
+    predictions per symbol."""
     import numpy as np
-    import pandas as pd
 
-    from .atomic import write_atomic_bytes
     from .errors import FeatureBuildError
-    from .feature_builder import ohlcv_arrays
-    from .predictor import LivePredictor
+    from .research import RunPredictor
+    from .tables import read_table, write_table
 
     if not ohlcv_path.is_file():
         raise FeatureBuildError(f"{ohlcv_path}: no such file")
-    try:
-        frame = (
-            pd.read_parquet(ohlcv_path) if ohlcv_path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(ohlcv_path)
-        )
-    except ImportError:
-        raise FeatureBuildError(
-            f"{ohlcv_path}: reading Parquet needs pyarrow (pip install pyarrow), or give the bars as CSV"
-        ) from None
-    except Exception as exc:  # pandas raises many types for a malformed file
-        raise FeatureBuildError(f"{ohlcv_path}: cannot read bars ({type(exc).__name__}: {str(exc)[:120]})") from None
-    bars = ohlcv_arrays(frame, where=str(ohlcv_path))
-    symbol = symbol or ohlcv_path.stem
-    predictor = LivePredictor(run_root, [symbol], interval_minutes, config_path=config_path)
-    rows = []
-    for t in range(len(frame)):
-        result = predictor.on_bar(*(bars[k][t : t + 1] for k in ("open", "high", "low", "close", "volume")))
-        if out is not None:
-            rows.append(result[0].copy())
+    frame = read_table(ohlcv_path, "bars")
+    runner = RunPredictor(run_root, interval_minutes=interval_minutes, config_path=config_path)
+    table = runner.predict_bars(frame, symbol_column=symbol_column, where=str(ohlcv_path))
     if out is not None:
-        names = [f"{t}/{f}/{c}" for t, f, c in predictor.columns]
-        table = pd.DataFrame(np.asarray(rows), columns=names, index=frame.index)
-        write_atomic_bytes(out, table.to_csv().encode())
-        click.echo(f"wrote {len(rows)} bars × {len(names)} columns to {out}")
-    # NaN (a model still warming up) is not JSON: null.
-    last = {
-        h: {f: (v if v == v else None) for f, v in by_family.items()}
-        for h, by_family in predictor.as_dict(symbol).items()
-    }
-    click.echo(json.dumps({"symbol": symbol, "bars": len(frame), "predictions": last}, indent=1))
+        written = table.copy()
+        written.columns = ["/".join(c) for c in table.columns]
+        if symbol_column is not None:
+            written.insert(0, symbol_column, frame[symbol_column].to_numpy())
+        write_table(written.reset_index(), out)
+        click.echo(f"wrote {len(written)} bars × {len(table.columns)} columns to {out}")
+
+    def last(rows: np.ndarray) -> dict:  # NaN (a model still warming up) is not JSON: null
+        view = runner.layout.view(table.to_numpy()[rows[-1]])
+        return {h: {f: (v if v == v else None) for f, v in by_family.items()} for h, by_family in view.items()}
+
+    if symbol_column is None:
+        report = {"symbol": symbol or ohlcv_path.stem, "bars": len(frame), "predictions": last(np.arange(len(frame)))}
+    else:
+        groups = frame.groupby(symbol_column, sort=False).indices
+        report = {"bars": len(frame), "symbols": {str(s): last(rows) for s, rows in groups.items()}}
+    click.echo(json.dumps(report, indent=1))
 
 
 @main.command()

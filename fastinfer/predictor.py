@@ -21,7 +21,7 @@ from numba import njit
 
 from . import executor
 from . import state as _state
-from .bartime import BarClock
+from .bartime import BarClock, interval_problem
 from .buffers import SeqBufferManager
 from .config import Settings, load_config
 from .errors import FeatureBuildError, InferenceError, ModelLoadError, StateError
@@ -211,13 +211,11 @@ class LivePredictor:
     # ------------------------------------------------------------ construction checks
 
     def _interval_ok(self, m: LoadedModel) -> bool:
-        trained = m.spec.interval_minutes
-        if trained is None:
+        reason = interval_problem(
+            m.spec.interval_minutes, self.interval_minutes, self.settings.predictor.interval_rel_tol
+        )
+        if reason is None:
             return True
-        tol = self.settings.predictor.interval_rel_tol
-        if abs(trained - self.interval_minutes) <= tol * max(abs(trained), abs(self.interval_minutes)):
-            return True
-        reason = f"trained on {trained:g}-minute bars, data is {self.interval_minutes:g}-minute bars"
         if self.settings.predictor.on_interval_mismatch == "error":
             raise ModelLoadError(m.family.name, m.target, f"interval mismatch: {reason}", m.spec.meta_path)
         log.warning("%s/%s left out: %s", m.target, m.family.name, reason)

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from fastinfer.cli import main
 from fastinfer.features import FeatureDefinitions, StreamingFeatures
-from fastinfer.features.command import features
 
 from ._hardening import hostile
 from .test_feature_vocabulary import OHLCV, assert_close, walk
@@ -64,7 +64,7 @@ def test_build_equals_the_incremental_path_replayed_bar_by_bar(tmp_path, fmt):
     defs_path.write_text(DEFINITIONS)
     args = ["build", "--definitions", str(defs_path), str(src), "-o", str(out), "--symbol-column", "symbol"]
     args += ["--interval", "1440", "--progress", *[f"--feature={n}" for n in NAMES]]
-    result = CliRunner().invoke(features, args)
+    result = CliRunner().invoke(main, ["features", *args])
     assert result.exit_code == 0, result.output
     assert f"wrote {len(bars)} rows × {len(NAMES)} features" in result.output
     got = pd.read_csv(out) if fmt == ".csv" else pd.read_parquet(out)
@@ -84,10 +84,10 @@ def test_build_defaults_to_every_definition(tmp_path):
     src, defs_path, out = tmp_path / "one.csv", tmp_path / "f.yaml", tmp_path / "out.csv"
     one.to_csv(src, index=False)
     defs_path.write_text(DEFINITIONS)
-    result = CliRunner().invoke(features, ["build", "--definitions", str(defs_path), str(src), "-o", str(out)])
+    result = CliRunner().invoke(main, ["features", "build", "--definitions", str(defs_path), str(src), "-o", str(out)])
     assert result.exit_code == 2 and "needs the bar interval" in result.output  # vol_5d
     result = CliRunner().invoke(
-        features, ["build", "--definitions", str(defs_path), str(src), "-o", str(out), "--interval", "1440"]
+        main, ["features", "build", "--definitions", str(defs_path), str(src), "-o", str(out), "--interval", "1440"]
     )
     assert result.exit_code == 0, result.output
     assert list(pd.read_csv(out).columns) == ["date", "gap", "spread_z", "vol_5d"]
@@ -121,7 +121,7 @@ def test_build_errors_are_one_line_and_exit_2(tmp_path, case):
         options[extra[0]] = str(tmp_path / extra[1]) if extra[0] == "--bars" else extra[1]
     bars_path = options.pop("--bars")
     args = ["build", bars_path, "-o", str(out), *[x for kv in options.items() for x in kv]]
-    result = CliRunner().invoke(features, args)
+    result = CliRunner().invoke(main, ["features", *args])
     assert result.exit_code == 2, result.output
     assert re.search(match, result.output), result.output
     assert not out.exists()
@@ -132,12 +132,12 @@ def test_explain_and_vocabulary(tmp_path):
     defs_path.write_text(DEFINITIONS)
     runner = CliRunner()
     result = runner.invoke(
-        features, ["explain", "ret_1d", "gap", "vol_10d", "--definitions", str(defs_path), "--interval", "1440"]
+        main, ["features", "explain", "ret_1d", "gap", "vol_10d", "--definitions", str(defs_path), "--interval", "1440"]
     )
     assert result.exit_code == 0, result.output
     assert "ret_1d: ret_{n} with n=1d = pct_change(close, 1); warm-up 1 bars" in result.output
     assert "gap = open / lag(close, 1) - 1 (definition)" in result.output
-    result = runner.invoke(features, ["vocabulary"])
+    result = runner.invoke(main, ["features", "vocabulary"])
     assert (
         result.exit_code == 0 and "bb_pct_{n}_{k}" in result.output and "rolling_zscore(x, n, ddof=1)" in result.output
     )

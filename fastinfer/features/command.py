@@ -16,60 +16,19 @@ atomically; a progress bar on long inputs.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import click
 
-from ..errors import FastInferError, FeatureBuildError
+from ..errors import FeatureBuildError
+from ..tables import read_table, write_table
 
-PARQUET = (".parquet", ".pq")
 PROGRESS_ROWS = 100_000  # show a progress bar from this many input rows
 
 
-class _Group(click.Group):
-    """fastinfer's errors (and unreadable files) as one line and exit code 2, as ``fastinfer`` does."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except (FastInferError, OSError, ValueError) as exc:
-            if ctx.find_root().obj and ctx.find_root().obj.get("debug"):
-                raise
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(2)
-
-
-@click.group("features", cls=_Group)
+@click.group("features")  # errors: one line, exit 2, by the main command's group
 def features() -> None:
     """Feature definitions: build feature matrices from bars, explain names."""
-
-
-def read_table(path: Path):
-    """A CSV or Parquet file as a DataFrame (``FeatureBuildError`` naming the file otherwise)."""
-    import pandas as pd
-
-    try:
-        return pd.read_parquet(path) if path.suffix.lower() in PARQUET else pd.read_csv(path)
-    except ImportError:
-        raise FeatureBuildError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow), or use CSV") from None
-    except Exception as exc:  # pandas raises many types for a malformed file
-        raise FeatureBuildError(f"{path}: cannot read ({type(exc).__name__}: {str(exc)[:160]})") from None
-
-
-def write_table(frame, path: Path) -> None:
-    """Write atomically as Parquet (by extension) or CSV."""
-    from ..atomic import write_atomic_bytes
-
-    if path.suffix.lower() in PARQUET:
-        buffer = io.BytesIO()
-        try:
-            frame.to_parquet(buffer, index=False)
-        except ImportError:
-            raise FeatureBuildError(f"{path}: writing Parquet needs pyarrow (pip install pyarrow)") from None
-        write_atomic_bytes(path, buffer.getvalue())
-    else:
-        write_atomic_bytes(path, frame.to_csv(index=False).encode("utf-8"))
 
 
 @features.command("build")
@@ -112,7 +71,7 @@ def build(
     program = compile_features(wanted, defs, interval_minutes=interval_minutes, bars_per_day=bars_per_day)
     if not bars.is_file():
         raise FeatureBuildError(f"{bars}: no such file")
-    frame = read_table(bars)
+    frame = read_table(bars, "bars")
     show = progress if progress is not None else len(frame) >= PROGRESS_ROWS
     if show:
         from rich.console import Console

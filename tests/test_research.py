@@ -1,0 +1,90 @@
+"""The research path (issue #17): every model of a run over a whole history, equal to the live path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fastinfer.errors import InferenceError
+from fastinfer.predictor import LivePredictor
+from fastinfer.research import RunPredictor, backtest
+
+DAILY = 1440.0
+SYMBOLS = ["A", "B", "C"]
+TREES = {"lightgbm", "xgboost"}  # served by the forest kernel or ORT's tree ensemble: bit-identical either way
+
+
+@pytest.fixture(scope="module")
+def bars(goog):
+    """Three symbols, 160 bars each, interleaved by time; B misses a stretch, C has one nonsense bar."""
+    base = goog.iloc[900:1060].rename_axis("Date").reset_index()
+    frames = []
+    for k, sym in enumerate(SYMBOLS):
+        f = base[["Date", "Open", "High", "Low", "Close", "Volume"]].copy()
+        f[["Open", "High", "Low", "Close"]] *= 1 + 0.1 * k
+        f["symbol"] = sym
+        frames.append(f)
+    frames[1].loc[70:74, ["Open", "High", "Low", "Close", "Volume"]] = np.nan  # five missing bars
+    frames[2].loc[100, "Close"] = frames[2].loc[100, "High"] * 2  # close above high: refused, counted
+    long = pd.concat(frames).sort_values(["Date", "symbol"], kind="stable").reset_index(drop=True)
+    return long
+
+
+def _live(market_run, bars) -> pd.DataFrame:
+    live = LivePredictor(market_run, SYMBOLS, DAILY)
+    rows = []
+    for _, day in bars.groupby("Date", sort=True):
+        day = day.set_index("symbol").reindex(SYMBOLS)
+        out = live.on_bar(*(day[c].to_numpy() for c in ("Open", "High", "Low", "Close", "Volume")))
+        rows.extend((day.loc[s].name, i, out[i].copy()) for i, s in enumerate(SYMBOLS))
+    assert live.rejected_bars.tolist() == [0, 0, 1]
+    table = {(date, sym): values for (sym, _, values), date in zip(rows, np.repeat(sorted(bars["Date"].unique()), 3))}
+    ordered = np.stack([table[(d, s)] for d, s in zip(bars["Date"], bars["symbol"])])
+    return pd.DataFrame(ordered, index=bars.index, columns=pd.MultiIndex.from_tuples(live.columns))
+
+
+def test_backtest_equals_the_live_replay_on_several_symbols_with_gaps(market_run, bars):
+    batch = backtest(market_run, bars, interval_minutes=DAILY, symbol_column="symbol")
+    live = _live(market_run, bars)
+    assert list(batch.columns) == list(live.columns) and batch.index.equals(bars.index)
+    assert np.isnan(batch.to_numpy()).any() and np.isfinite(batch.to_numpy()).any()  # warm-up and predictions
+    for column in batch.columns:
+        got, want = batch[column].to_numpy(), live[column].to_numpy()
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=str(column))
+        if column[1] in TREES:
+            np.testing.assert_array_equal(got, want, err_msg=str(column))
+        else:  # one ORT session at another batch size: GEMM blocking moves the last float32 bit
+            np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7, err_msg=str(column))
+    missing = bars.index[(bars["symbol"] == "B") & bars["Close"].isna()]
+    assert np.isnan(batch.loc[missing].to_numpy()).all()
+
+
+def test_predict_on_a_feature_frame_equals_each_model_and_chunking_changes_nothing(market_run, bars):
+    runner = RunPredictor(market_run, interval_minutes=DAILY)
+    features, present = runner.bar_features(bars, symbol_column="symbol")
+    frame = pd.DataFrame(features, columns=runner.feature_order).assign(symbol=bars["symbol"].to_numpy())
+    whole = runner.predict(frame, symbol_column="symbol", present=present)
+    chunked = RunPredictor(market_run, interval_minutes=DAILY, chunk_rows=7).predict(
+        frame, symbol_column="symbol", present=present
+    )
+    pd.testing.assert_frame_equal(whole, chunked)
+    ok = present & np.isfinite(features).all(axis=1)
+    for m in runner.models:
+        if m.family.sequential:
+            continue
+        x = frame.loc[ok, list(m.feature_order)]
+        want = np.asarray(m.predict(x), dtype=np.float32).reshape(int(ok.sum()), -1)
+        got = whole.loc[ok, (m.target, m.family.name)].to_numpy()
+        np.testing.assert_array_equal(got, want, err_msg=f"{m.target}/{m.family.name}")
+
+
+def test_bad_frames_are_typed_errors_naming_the_column(market_run):
+    runner = RunPredictor(market_run, interval_minutes=DAILY)
+    good = pd.DataFrame(np.ones((3, len(runner.feature_order))), columns=runner.feature_order)
+    with pytest.raises(InferenceError, match=f"missing feature column.*{runner.feature_order[0]}"):
+        runner.predict(good.drop(columns=runner.feature_order[0]))
+    with pytest.raises(InferenceError, match=f"column '{runner.feature_order[1]}' is object"):
+        runner.predict(good.astype({runner.feature_order[1]: object}).assign(**{runner.feature_order[1]: "x"}))
+    with pytest.raises(InferenceError, match="present"):
+        runner.predict(good, present=np.ones(2, dtype=bool))
