@@ -72,8 +72,9 @@ def compile_model(
         spec.sequence_length,
         thresholds=parity.tree_thresholds(graph),
         feature_scale=feature_scale,
+        categorical=model.adapter.categorical_features(model.native),  # integer codes: seen, unseen, <0, NaN
     )
-    report = parity.check_parity(model.native, graph, probes, family)
+    report = parity.check_parity(model.native, graph, probes, family, feature_names=list(model.feature_order))
     entry.convert_seconds = round(time.perf_counter() - start, 3)
     entry.parity = {
         "max_abs": report.max_abs,
