@@ -11,11 +11,13 @@ differ, and one named output per member, so one ``run`` per bar serves all of th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import re
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -117,13 +119,35 @@ class BoundGraph:
 # ---------------------------------------------------------------- plan: every model of a predictor
 
 
+@dataclass(frozen=True)
+class PlanChoice:
+    """How one model is served by a plan, and why: ``engine`` is ``forest:node``,
+    ``forest:bitvector``, ``onnxruntime`` (the plan's fused graph) or ``native``; ``threads`` the
+    forest kernel's; ``timings_us`` the medians measured at the plan's batch size (empty when the
+    choice was forced or there was nothing to compare)."""
+
+    engine: str
+    reason: str = ""
+    threads: int = 1
+    timings_us: dict[str, float] = field(default_factory=dict)
+
+
+# A plan batch (symbols per bar) from this size runs its tree kernels on the batch threads: at 500
+# symbols × 500 trees a bar is ~1 ms of tree work, far above a thread hand-off.
+PARALLEL_BATCH = 128
+
+
 class Plan:
     """Runs a set of loaded models over one batch of symbols, writing one output matrix.
 
-    ONNX-served models are fused per input kind: all tabular graphs into one, sequence graphs
-    per sequence length. Native-fallback models run beside them through the same interface.
-    ``out`` is (batch, n_columns) float32; ``columns[j]`` is (target, family, column name).
-    Inputs are filled by the caller into ``tabular_input`` and ``sequence_inputs[T]``.
+    Pure tree-ensemble graphs run on the forest kernel where it is faster (or forced); the other
+    ONNX-served models are fused per input kind: all tabular graphs into one, sequence graphs per
+    sequence length. Native-fallback models run beside them through the same interface. ``out``
+    is (batch, n_columns) float32; ``columns[j]`` is (target, family, column name). Inputs are
+    filled by the caller into ``tabular_input`` and ``sequence_inputs[T]``. ``choices`` records
+    how each model is served and why. A batch of ``PARALLEL_BATCH`` symbols or more runs on
+    ``executor.batch_threads`` threads (tree kernels, and the fused graphs' ONNX Runtime
+    sessions); one symbol stays on one thread and never spins.
     """
 
     def __init__(
@@ -135,6 +159,8 @@ class Plan:
         *,
         layout: OutputLayout | None = None,
     ):
+        from .runtime import batch_threads
+
         self.models = list(models)
         self.union = list(union)
         self.batch = batch
@@ -144,35 +170,38 @@ class Plan:
         self.model_slices = [slice(s.start, s.stop) for s in self.layout.slots]
         self.out = np.full((batch, len(self.columns)), np.nan, dtype=np.float32)
         self.tabular_input = np.zeros((batch, width), dtype=np.float32)
-        seq_lens = sorted({m.spec.sequence_length for m in self.models if m.family.sequential})
-        self.sequence_inputs = {t: np.zeros((batch, t, width), dtype=np.float32) for t in seq_lens}
+        self.sequence_inputs = {t: np.zeros((batch, t, width), dtype=np.float32) for t in self.layout.sequence_lengths}
+        self.threads = batch_threads(settings.batch_threads) if batch >= PARALLEL_BATCH else 1
 
         self._groups: list[tuple[BoundGraph, list[tuple[np.ndarray, np.ndarray]]]] = []
         self._native: list[tuple[object, np.ndarray, np.ndarray, np.ndarray]] = []
         self.fused_graphs: dict[str, onnx.ModelProto] = {}
         kinds: dict[int, list[int]] = {}  # 0 = tabular, T = sequence length
         self._forests: list[tuple[object, np.ndarray, np.ndarray]] = []  # (kernel, its out, dst in out)
-        self.choices: dict[tuple[str, str], dict] = {}  # (target, family) -> how it is served, and why
-        member_cols = [np.array([self.union.index(f) for f in m.feature_order], dtype=np.int64) for m in self.models]
-        for i, (m, cols) in enumerate(zip(self.models, member_cols)):
-            kind = m.spec.sequence_length if m.family.sequential else 0
+        self.choices: dict[tuple[str, str], PlanChoice] = {}
+        for i, (m, slot) in enumerate(zip(self.models, self.layout.slots)):
+            kind = slot.sequence_length
+            cols = np.asarray(slot.needs, dtype=np.int64)
             source = self.sequence_inputs[kind] if kind else self.tabular_input
             dst = self.out[:, self.model_slices[i]]
             if m.backend != "onnx":
-                self.choices[(m.target, m.family.name)] = {"engine": "native"}
+                self.choices[slot.key] = PlanChoice("native", "no verified graph")
                 self._native.append((m, cols, source, dst))
             elif not kind and self._forest_member(m, cols, dst, settings):
                 continue
             else:  # keep the forest kernel's reason or calibration when it declined
-                self.choices.setdefault((m.target, m.family.name), {"engine": "onnxruntime"})
+                self.choices.setdefault(slot.key, PlanChoice("onnxruntime", "not a tree ensemble"))
                 kinds.setdefault(kind, []).append(i)
+        session_settings = (
+            dataclasses.replace(settings, intra_op_threads=self.threads) if self.threads > 1 else settings
+        )
         for kind, members in kinds.items():
             source = self.sequence_inputs[kind] if kind else self.tabular_input
             fuse_members = [
                 FuseMember(
                     f"{self.models[i].target}/{self.models[i].family.name}",
                     self.models[i].graph,
-                    tuple(member_cols[i].tolist()),
+                    self.layout.slots[i].needs,
                     len(self.models[i].columns),
                 )
                 for i in members
@@ -181,7 +210,7 @@ class Plan:
             fused = fuse(fuse_members, width, shape)
             name = f"fused-seq{kind}" if kind else "fused-tabular"
             self.fused_graphs[name] = fused
-            session = open_session(fused.SerializeToString(), settings, name)
+            session = open_session(fused.SerializeToString(), session_settings, name)
             bound = BoundGraph(session, source, {fm.name: fm.n_outputs for fm in fuse_members})
             copies = [
                 (bound.outputs[fm.name], self.out[:, self.model_slices[i]]) for fm, i in zip(fuse_members, members)
@@ -191,31 +220,46 @@ class Plan:
     def _forest_member(self, m, cols: np.ndarray, dst: np.ndarray, settings: ExecutorSettings) -> bool:
         """Serve a pure tree-ensemble graph with the forest kernel when configured or faster.
 
-        ``forest_kernel: auto`` calibrates at plan time: the graph's own ORT session against
-        the kernel on this plan's batch size, median of a short run each; the faster serves.
+        ``forest_kernel: auto`` calibrates at plan time on this plan's batch size: the kernel's
+        modes (node, bitvector) and, for a big batch, one thread against ``threads``; the best of
+        them against the graph's own ONNX Runtime session, medians of a short run each.
         """
+        key = (m.target, m.family.name)
         has_trees = any(n.op_type == "TreeEnsembleRegressor" for n in m.graph.graph.node)
         if settings.forest_kernel == "off" or not has_trees:
+            if has_trees:
+                self.choices[key] = PlanChoice("onnxruntime", "executor.forest_kernel is off")
             return False
         from .kernels.forest import ForestKernel
 
-        key = (m.target, m.family.name)
         try:  # the kernel reads the model's columns straight from the plan's tabular input
-            kernel = ForestKernel.from_onnx(m.graph, columns=cols)
+            kernel = ForestKernel.from_onnx(m.graph, columns=cols, parallel_min_rows=PARALLEL_BATCH)
         except ValueError as exc:
-            self.choices[key] = {"engine": "onnxruntime", "forest_kernel": f"not eligible: {exc}"}
+            self.choices[key] = PlanChoice("onnxruntime", f"forest kernel not eligible: {exc}")
             return False
-        out = np.zeros((self.batch, kernel.n_targets), dtype=np.float32)
-        choice = {"engine": "forest", "calibration": "forced by config"}
+        out = np.zeros((self.batch, kernel.n_outputs), dtype=np.float32)
+        rows = np.ascontiguousarray(kernel.calibration_rows(self.batch), dtype=np.float32)
+        wide = np.zeros((self.batch, self.tabular_input.shape[1]), dtype=np.float32)
+        wide[:, : rows.shape[1]] = rows
+        timings: dict[str, float] = {}
+        for mode in kernel.modes:
+            kernel.mode = mode
+            for threads in sorted({1, self.threads}):
+                kernel.n_threads = threads
+                timings[f"forest:{mode}" + (f"x{threads}" if threads > 1 else "")] = _median_us(
+                    lambda: kernel.predict(wide, out)
+                )
+        best = min(timings, key=timings.get)
+        mode, _, threads = best.partition("x")
+        kernel.mode, kernel.n_threads = mode.split(":", 1)[1], int(threads or 1)
         if settings.forest_kernel == "auto":
-            x = np.zeros((self.batch, len(cols)), dtype=np.float32)
-            ort_us = _median_us(lambda: m.run(x))
-            forest_us = _median_us(lambda: kernel.predict(self.tabular_input, out))
-            choice["calibration"] = {"onnxruntime_us": ort_us, "forest_us": forest_us}
-            if forest_us >= ort_us:
-                self.choices[key] = {**choice, "engine": "onnxruntime"}
+            x = np.ascontiguousarray(wide[:, cols])
+            timings["onnxruntime"] = _median_us(lambda: m.runtime.run_latency(x))
+            if timings["onnxruntime"] <= timings[best]:
+                self.choices[key] = PlanChoice("onnxruntime", "faster than the forest kernel here", 1, timings)
                 return False
-        self.choices[key] = choice
+        reason = "forced by executor.forest_kernel: on" if settings.forest_kernel == "on" else "fastest here"
+        self.choices[key] = PlanChoice(mode, reason, kernel.n_threads, timings)
         self._forests.append((kernel, out, dst))
         return True
 

@@ -258,9 +258,8 @@ class LivePredictor:
         _copy_finite(feats, self.plan.tabular_input)  # +/-inf reaches no model: NaN, then the nan_policy
         if self._seq_inputs:
             _rows_for_sequences(feats, self.features.stale, self._seq_rows)
-        for buf, seq_input in self._seq_inputs:
-            buf.push_all(self._seq_rows, timestamp=stamp, strict=False)  # warming-up (NaN) and missing rows stay out
-            buf.get_batch(None, out=seq_input)
+        for buf, seq_input in self._seq_inputs:  # warming-up (NaN) and missing rows stay out
+            buf.push_all_and_get_batch(self._seq_rows, seq_input, timestamp=stamp, strict=False)
         self._clock.accept(stamp)
         for buf, row in self._ready_rows:
             buf.ready_mask(stamp, out=row)

@@ -175,6 +175,7 @@ class GraphRuntime:
         self.forest_mode = forest_kernel  # auto: a candidate; on: always; off: never
         self.cache = cache
         self.choices: dict[int, Choice] = {}
+        self.run_latency = run_latency  # the 1-thread ONNX Runtime session: the live path's reference
         self._run = {ORT_LATENCY: run_latency}
         self._open_batch_session = open_batch_session
         self._forest = None

@@ -199,10 +199,10 @@ def _with_forest(mode: str) -> Settings:
 def test_forest_kernel_serves_trees_beside_the_fused_graph(market_run, goog):
     off = LivePredictor(market_run, ["A", "B"], DAILY, settings=_with_forest("off"))
     on = LivePredictor(market_run, ["A", "B"], DAILY, settings=_with_forest("on"))
-    served = {key: c["engine"] for key, c in on.plan.choices.items()}
-    assert {f for (_, f), e in served.items() if e == "forest"} >= {"xgboost"}, on.plan.choices
+    served = {key: c.engine for key, c in on.plan.choices.items()}
+    assert {f for (_, f), e in served.items() if e.startswith("forest:")} >= {"xgboost"}, on.plan.choices
     assert {f for (_, f), e in served.items() if e == "onnxruntime"} >= {"ridge", "mlp", "lstm"}
-    assert all(c["engine"] != "forest" for c in off.plan.choices.values())
+    assert all(not c.engine.startswith("forest") for c in off.plan.choices.values())
     frames = [goog.iloc[1000:1090], goog.iloc[1200:1290]]
     for (_, a), (_, b) in zip(_replay(off, frames), _replay(on, frames)):
         np.testing.assert_array_equal(a, b)  # the kernel is bit-identical to ORT
@@ -210,11 +210,23 @@ def test_forest_kernel_serves_trees_beside_the_fused_graph(market_run, goog):
 
 def test_forest_kernel_auto_records_its_calibration(market_run):
     auto = LivePredictor(market_run, ["A"], DAILY, settings=_with_forest("auto"))
-    calibrated = [c for c in auto.plan.choices.values() if isinstance(c.get("calibration"), dict)]
-    assert calibrated and all(c["engine"] in ("forest", "onnxruntime") for c in calibrated)
+    calibrated = [c for c in auto.plan.choices.values() if c.timings_us]
+    assert calibrated and all(c.engine.startswith(("forest:", "onnxruntime")) for c in calibrated)
     for c in calibrated:
-        faster = "forest" if c["calibration"]["forest_us"] < c["calibration"]["onnxruntime_us"] else "onnxruntime"
-        assert c["engine"] == faster
+        fastest = min(c.timings_us, key=c.timings_us.get)
+        assert c.engine == fastest.partition("x")[0], c  # a forest variant's name carries its thread count
+        assert "onnxruntime" in c.timings_us and any(k.startswith("forest:node") for k in c.timings_us)
+
+
+def test_many_symbols_run_tree_batches_on_the_batch_threads(market_run):
+    from fastinfer.executor import PARALLEL_BATCH
+
+    settings = replace(Settings(), executor=replace(Settings().executor, forest_kernel="on", batch_threads=2))
+    wide = LivePredictor(market_run, [f"S{i}" for i in range(PARALLEL_BATCH)], DAILY, settings=settings)
+    one = LivePredictor(market_run, ["S0"], DAILY, settings=settings)
+    assert wide.plan.threads == 2 and one.plan.threads == 1
+    assert all(c.threads == 1 for c in one.plan.choices.values())
+    assert all(c.threads in (1, 2) for c in wide.plan.choices.values() if c.engine.startswith("forest"))
 
 
 # ---------------------------------------------------------------- bar time: a refused bar changes nothing
