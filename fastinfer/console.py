@@ -44,6 +44,9 @@ def convert_with_progress(
     console.print(parity_table(lock, title=f"fastinfer.lock.json — {loader.run_root}"))
     served = sum(e.status == "onnx" for e in lock.entries)
     console.print(f"{served}/{len(lock.entries)} models served from ONNX")
+    for e in lock.entries:  # the table's reason column is cut to fit a terminal: every reason whole here
+        if e.status != "onnx":
+            console.print(f"{e.target}/{e.family} ({e.status}): {e.reason}", soft_wrap=True, markup=False)
     return lock
 
 
@@ -65,7 +68,8 @@ def parity_table(lock: Lock, title: str) -> Table:
     for e in lock.entries:
         err = f"{e.parity['max_rel']:.2e}" if e.parity else "-"
         tol = f"{e.parity['tolerance']:.0e}" if e.parity else "-"
-        table.add_row(e.target, e.family, e.status, err, tol, f"{e.convert_seconds:.2f}", e.reason[:80])
+        reason = e.reason if len(e.reason) <= 60 else e.reason[:57] + "..."  # in full below the table
+        table.add_row(e.target, e.family, e.status, err, tol, f"{e.convert_seconds:.2f}", reason)
     return table
 
 

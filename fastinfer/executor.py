@@ -26,7 +26,7 @@ import onnx
 from .config import ExecutorSettings
 from .converters import INPUT_NAME  # the graph contract every converter keeps
 from .converters.graph import FuseMember, fuse
-from .errors import ConfigError
+from .errors import ConfigError, InferenceError
 from .layout import OutputLayout
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class Plan:
         self.sequence_inputs = {t: np.zeros((batch, t, width), dtype=np.float32) for t in self.layout.sequence_lengths}
         self.threads = batch_threads(settings.batch_threads) if batch >= PARALLEL_BATCH else 1
 
-        self._groups: list[tuple[BoundGraph, list[tuple[np.ndarray, np.ndarray]]]] = []
+        self._groups: list[tuple[str, BoundGraph, list[tuple[np.ndarray, np.ndarray]]]] = []
         self._native: list[tuple[object, np.ndarray, np.ndarray, np.ndarray]] = []
         self.fused_graphs: dict[str, onnx.ModelProto] = {}
         kinds: dict[int, list[int]] = {}  # 0 = tabular, T = sequence length
@@ -215,7 +215,7 @@ class Plan:
             copies = [
                 (bound.outputs[fm.name], self.out[:, self.model_slices[i]]) for fm, i in zip(fuse_members, members)
             ]
-            self._groups.append((bound, copies))
+            self._groups.append((name, bound, copies))
 
     def _forest_member(self, m, cols: np.ndarray, dst: np.ndarray, settings: ExecutorSettings) -> bool:
         """Serve a pure tree-ensemble graph with the forest kernel when configured or faster.
@@ -268,8 +268,11 @@ class Plan:
         for kernel, out, dst in self._forests:
             kernel.predict(self.tabular_input, out)
             np.copyto(dst, out)
-        for bound, copies in self._groups:
-            bound.run()
+        for name, bound, copies in self._groups:
+            try:
+                bound.run()
+            except Exception as exc:  # ONNX Runtime's own error types: a typed error naming the graph
+                raise InferenceError(f"{name} ({len(copies)} models): ONNX Runtime failed: {str(exc)[:300]}") from exc
             for src, dst in copies:
                 np.copyto(dst, src)
         for model, cols, source, dst in self._native:

@@ -308,3 +308,29 @@ def test_config_turns_on_signature_checking_for_predict_and_verify(runner, signe
         assert bad.exit_code != 0 and _one_line_error(bad), bad.output
         assert "signed file changed" in bad.output and "model_meta.json" in bad.output
     assert runner.invoke(main, predict).exit_code == 0  # control: the packaged config does not check signatures
+
+
+class _ConstantModel:
+    """A user's own estimator class: served natively, never converted."""
+
+    def predict(self, X):
+        import numpy as np
+
+        return np.zeros(len(X))
+
+
+def test_convert_prints_every_non_onnx_reason_whole(runner, run_copy):
+    import joblib
+
+    from fastinfer.integrity import sha256_file
+
+    folder = run_copy / "targets" / TARGET / "models" / "view=CROSS_SECTIONAL" / "family=ridge"
+    joblib.dump(_ConstantModel(), folder / "model.joblib")
+    meta = json.loads((folder / "model_meta.json").read_text())
+    meta["model_checksum"] = sha256_file(folder / "model.joblib")
+    (folder / "model_meta.json").write_text(json.dumps(meta))
+    result = runner.invoke(main, ["convert", str(run_copy), "--families", "ridge,lasso"], terminal_width=80)
+    assert result.exit_code == 0, result.output
+    entry = next(e for e in read_lock(run_copy).entries if e.family == "ridge")
+    assert entry.status == "native" and len(entry.reason) > 100
+    assert f"{TARGET}/ridge (native): {entry.reason}" in " ".join(result.output.split("\n"))

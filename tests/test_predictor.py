@@ -186,7 +186,7 @@ def test_cuda_provider_serves_the_fused_graph(market_run, goog):
             settings, executor=replace(settings.executor, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
         ),
     )
-    assert all(b.session.get_providers()[0] == "CUDAExecutionProvider" for b, _ in gpu.plan._groups)
+    assert all(b.session.get_providers()[0] == "CUDAExecutionProvider" for _, b, _ in gpu.plan._groups)
     for (_, a), (_, b) in zip(_replay(cpu, [goog.iloc[1000:1100]]), _replay(gpu, [goog.iloc[1000:1100]])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 

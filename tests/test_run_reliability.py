@@ -157,3 +157,28 @@ def test_stale_temp_files_of_a_killed_convert_are_removed(run_copy):
         p.write_bytes(b"partial")
     compile_run(run_copy, families=["ridge"])
     assert not any(p.exists() for p in left) and kept.exists()
+
+
+def test_onnx_runtime_failures_at_run_time_are_typed_errors(compiled_copy, synthetic, monkeypatch):
+    """A failure inside ONNX Runtime (here: made to raise its own RuntimeError) reaches the caller
+    as an InferenceError naming the model (engine path) or the fused graph (live path)."""
+    from fastinfer import executor
+    from fastinfer.errors import InferenceError
+
+    hostile("ONNX graph", "ONNX Runtime failing at run time")
+    X, _ = synthetic
+    model = ModelLoader(compiled_copy).load(TARGET, "ridge")
+    rows = X[list(model.feature_order)].to_numpy()[:4]
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : bad allocation")
+
+    monkeypatch.setattr(model.runtime, "run", explode)
+    monkeypatch.setattr(model, "_run", explode)
+    with pytest.raises(InferenceError, match=f"target='{TARGET}' family='ridge'.*bad allocation"):
+        model.predict(rows)
+    monkeypatch.undo()
+    monkeypatch.setattr(executor.BoundGraph, "run", explode)
+    plan = executor.Plan([model], list(model.feature_order), 1, replace(ExecutorSettings(), forest_kernel="off"))
+    with pytest.raises(InferenceError, match="fused-tabular.*bad allocation"):
+        plan.run()
