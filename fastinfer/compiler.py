@@ -175,6 +175,10 @@ def compile_run(
         log.info("%s/%s: %s %s", loc.target, loc.family.name, entry.status, entry.reason)
         if progress:
             progress(CompileEvent(entry, i, len(locations)))
-    lock = Lock(entries, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    lock = Lock(
+        entries,
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        definitions_sha256=loader.definitions_sha256(),
+    )
     write_lock(run_root, lock)
     return lock

@@ -26,7 +26,7 @@ from . import families as fam
 from .adapters import Adapter, adapter_of
 from .artifacts import ModelLocation, ModelSpec
 from .config import Settings, load_config
-from .errors import ConfigError, InferenceError, ModelLoadError, SignatureError
+from .errors import ConfigError, InferenceError, IntegrityError, ModelLoadError, SignatureError
 from .integrity import ChecksumPolicy, TrustPolicy, sha256_file
 from .lock import Lock, LockEntry, read_lock
 from .runtime import GraphRuntime, batch_threads, default_cache
@@ -339,6 +339,42 @@ class ModelLoader:
     def get_feature_list(self, target: str, family: str, view: str | None = None, **scope: Any) -> list[str]:
         """The meta's ``feature_list`` (as TRAINING wrote it); a handle's ``feature_order`` is the model's."""
         return list(self.spec(target, family, view, **scope).feature_list)
+
+    def definitions(self):
+        """The run's ``feature_definitions.yaml`` (a ``FeatureDefinitions``), or None when it has none.
+
+        Read like every file of the run: in a signed run it must be covered by the signature with
+        the bytes read; otherwise it is checked against the sha256 the lock recorded when the run
+        was converted (a change warns, or raises under ``strict_checksums``).
+        """
+        from .features import DEFINITIONS_FILE, FeatureDefinitions
+        from .integrity import sha256_bytes
+
+        path = artifacts.inside(self.run_root, DEFINITIONS_FILE, what=f"{DEFINITIONS_FILE} link")
+        recorded = self.lock.definitions_sha256 if self.lock is not None else None
+        if not path.is_file():
+            if recorded or (self.signed is not None and self.signed.digest(path)):
+                raise ModelLoadError(None, None, f"{DEFINITIONS_FILE} is missing (the run recorded one)", path)
+            return None
+        signed = self._signed_digest(path)
+        data = path.read_bytes()
+        digest = sha256_bytes(data)
+        if signed is not None and digest != signed:
+            raise SignatureError(None, None, "signed feature definitions changed since the run was opened", path)
+        if recorded and digest != recorded:
+            if self.policy.strict:
+                raise IntegrityError(
+                    None, None, "feature definitions differ from the ones the run was converted with", path
+                )
+            log.warning("%s: feature definitions changed since the run was converted", path)
+        return FeatureDefinitions.loads(data, where=str(path))
+
+    def definitions_sha256(self) -> str | None:
+        """sha256 of the run's ``feature_definitions.yaml`` as it is now (None: the run has none)."""
+        from .features import DEFINITIONS_FILE
+
+        path = artifacts.inside(self.run_root, DEFINITIONS_FILE, what=f"{DEFINITIONS_FILE} link")
+        return sha256_file(path) if path.is_file() else None
 
     def get_routing_decision(self, target: str, view: str = artifacts.CROSS_SECTIONAL) -> dict | None:
         return artifacts.read_routing_decision(self.run_root, target, view, digest=self._signed_digest)

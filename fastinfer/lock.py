@@ -57,6 +57,8 @@ class Lock:
     entries: list[LockEntry]
     created: str = ""
     version: int = LOCK_VERSION
+    # sha256 of the run's feature_definitions.yaml when it was converted (None: the run has none).
+    definitions_sha256: str | None = None
 
     def find(self, key: tuple) -> LockEntry | None:
         return next((e for e in self.entries if e.key == key), None)
@@ -68,9 +70,10 @@ def lock_path(run_root: Path) -> Path:
 
 def write_lock(run_root: Path, lock: Lock) -> Path:
     path = lock_path(run_root)
-    write_atomic_json(
-        path, {"version": lock.version, "created": lock.created, "entries": [asdict(e) for e in lock.entries]}
-    )
+    data = {"version": lock.version, "created": lock.created, "entries": [asdict(e) for e in lock.entries]}
+    if lock.definitions_sha256 is not None:
+        data["definitions_sha256"] = lock.definitions_sha256
+    write_atomic_json(path, data)
     return path
 
 
@@ -206,4 +209,7 @@ def _validate(run_root: Path, path: Path, data: Any) -> Lock:
             entries.append(LockEntry(**raw))
         except TypeError as exc:
             raise StateError(f"{where}: {exc}") from None
-    return Lock(entries, str(data.get("created", "")))
+    definitions = data.get("definitions_sha256")
+    if definitions is not None and not (isinstance(definitions, str) and _is_sha256(definitions)):
+        raise StateError(f"{path}: definitions_sha256: not a 64-hex-digit sha256")
+    return Lock(entries, str(data.get("created", "")), definitions_sha256=definitions)

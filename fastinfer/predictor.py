@@ -26,7 +26,6 @@ from .buffers import SeqBufferManager
 from .config import Settings, load_config
 from .errors import FeatureBuildError, InferenceError, ModelLoadError, StateError
 from .features import FeatureDefinitionError, FeatureDefinitions, StreamingFeatures, compile_features
-from .features.runs import read_run_definitions
 from .features.streaming import check_bar_input
 from .latency import LatencyHistogram
 from .layout import OutputLayout, feature_union, horizon_of, point_column
@@ -102,7 +101,7 @@ def _mask_not_ready(features, needs, pass_nan, stale, ready, ready_of_model, mod
 
 def compile_run_features(
     models: Sequence[LoadedModel],
-    run_root: Path,
+    loader: ModelLoader,
     *,
     definitions: FeatureDefinitions | Mapping | None = None,
     interval_minutes: float | None = None,
@@ -112,7 +111,7 @@ def compile_run_features(
     run's ``feature_definitions.yaml`` (or ``definitions``) and the vocabulary. A feature neither
     knows is a ``ModelLoadError`` naming the model, the feature, what the vocabulary understood
     of it and how to define it or pass it in as an external column."""
-    defs = definitions if definitions is not None else read_run_definitions(run_root)
+    defs = definitions if definitions is not None else loader.definitions()
     union = feature_union(models)
     try:
         return compile_features(union, defs, interval_minutes=interval_minutes, bars_per_day=bars_per_day)
@@ -172,7 +171,7 @@ class LivePredictor:
             )
         program = compile_run_features(
             self.models,
-            self.loader.run_root,
+            self.loader,
             definitions=definitions,
             interval_minutes=self.interval_minutes,
             bars_per_day=bars_per_day,

@@ -163,7 +163,7 @@ class RunPredictor:
 
         program = compile_run_features(
             self.models,
-            self.loader.run_root,
+            self.loader,
             definitions=definitions,
             interval_minutes=self.interval_minutes,
             bars_per_day=bars_per_day,

@@ -6,10 +6,10 @@ first one that changed. ``ModelLoader`` calls ``verify_run`` once, when it opens
 ``models.verify_signature`` is true.
 
 What is signed: the lock's exact bytes (by sha256) and, for every lock entry, its native
-file, its ONNX graph and its model folder's ``model_meta.json``, plus ``manifest.json`` and
-the ``routing_decision.json`` files. A signed loader reads no file of the run that is not
-listed (``ModelLoader._signed_digest``). Before signing, the lock's own sha256 records are checked
-against the files, so a tampered run is refused rather than signed.
+file, its ONNX graph and its model folder's ``model_meta.json``, plus ``manifest.json``, the
+``routing_decision.json`` files and the run's ``feature_definitions.yaml``. A signed loader reads
+no file of the run that is not listed (``ModelLoader._signed_digest``). Before signing, the lock's
+own sha256 records are checked against the files, so a tampered run is refused rather than signed.
 
 Format: the layout of the OpenSSF model-signing v1.0 signature (a Sigstore-bundle-shaped
 JSON holding a DSSE envelope whose payload is an in-toto Statement v1 with predicate type
@@ -48,6 +48,7 @@ STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://model_signing/signature/v1.0"
 MAX_SIG_BYTES = 16 << 20  # a signature lists a few hundred files at most
 METADATA_FILES = ("manifest.json", "routing_decision.json")
+DEFINITIONS_FILE = "feature_definitions.yaml"  # the run's feature definitions (fastinfer.features)
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,9 @@ def _signed_paths(run_root: Path, lock: Lock) -> list[str]:
         paths.add((folder / artifacts.META_FILE).relative_to(run_root).as_posix())
         if e.onnx_file:
             paths.add(e.onnx_file)
+    definitions = run_root / DEFINITIONS_FILE
+    if definitions.is_file() and not definitions.is_symlink():
+        paths.add(DEFINITIONS_FILE)
     for name in METADATA_FILES:
         for p in run_root.rglob(name):
             if p.is_file() and not p.is_symlink():

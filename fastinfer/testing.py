@@ -144,6 +144,7 @@ def write_training_run(
     progress: Callable[[str, str], None] | None = None,
     task: str | Mapping[str, str] = "regression",
     categorical: Sequence[str] = (),
+    definitions: Any = None,
 ) -> Path:
     """Train every family on every target and write ``out_dir/run_id/timestamp``; returns that run root.
 
@@ -151,7 +152,9 @@ def write_training_run(
     lists the names sorted). Sequence families train on sliding windows of ``sequence_length``
     rows and go under ``view=SEQUENTIAL``; the others under ``view=CROSS_SECTIONAL``.
     ``progress(target, family)`` is called after each model is written. ``task`` (one for all
-    targets, or per target) and ``categorical`` as in the module docstring.
+    targets, or per target) and ``categorical`` as in the module docstring. ``definitions``: the
+    feature definitions the features were built with (a ``FeatureDefinitions`` or its dict),
+    recorded in the run as ``feature_definitions.yaml``.
     """
     root = Path(out_dir) / run_id / timestamp
     training_order = [str(c) for c in features.columns]
@@ -201,6 +204,10 @@ def write_training_run(
         write_atomic_json(decision / "routing_decision.json", {"selected_family": written[0], "candidates": written})
         index[target] = {"families": written}
     write_atomic_json(root / "manifest.json", {"run_id": run_id, "timestamp": timestamp, "target_index": index})
+    if definitions is not None:
+        from .features import write_run_definitions
+
+        write_run_definitions(root, definitions)
     return root
 
 
@@ -232,15 +239,22 @@ def market_dataset(
     horizons: tuple[int, ...],
     interval_minutes: float,
     feature_names: tuple[str, ...] | None = None,
+    definitions: Any = None,
+    bars_per_day: int | None = None,
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Features of every bar (rows where all are defined) and forward returns per horizon.
 
-    Features come from ``FeatureBuilder`` in its default (non-alphabetical) order, so the
-    meta's sorted ``feature_list`` differs from the training order, as in TRAINING.
+    Features are the batch execution of the compiled program (``FeatureBuilder``: the vocabulary
+    plus ``definitions``; external columns read from ``ohlcv`` by name), in the order given
+    (default: the spec's 14, not alphabetical), so the meta's sorted ``feature_list`` differs from
+    the training order, as in TRAINING.
     """
-    from .feature_builder import FeatureBuilder, ohlcv_arrays
+    from .features import FeatureBuilder, ohlcv_arrays
 
-    frame = FeatureBuilder(feature_names).frame(ohlcv)
+    builder = FeatureBuilder(
+        feature_names, definitions=definitions, interval_minutes=interval_minutes, bars_per_day=bars_per_day
+    )
+    frame = builder.frame(ohlcv)
     close = pd.Series(ohlcv_arrays(ohlcv)["close"], index=ohlcv.index).loc[frame.index]
     keep = frame.notna().all(axis=1).to_numpy()
     targets = {
@@ -258,8 +272,13 @@ def write_market_run(
     horizons: tuple[int, ...] = (1, 5, 10),
     interval_minutes: float = 1440.0,
     feature_names: tuple[str, ...] | None = None,
+    definitions: Any = None,
+    bars_per_day: int | None = None,
     **kwargs: Any,
 ) -> Path:
-    """Train ``families`` on features and forward returns of real bars; returns the run root."""
-    X, targets = market_dataset(ohlcv, horizons, interval_minutes, feature_names)
-    return write_training_run(out_dir, X, targets, families, interval_minutes=interval_minutes, **kwargs)
+    """Train ``families`` on features and forward returns of real bars; returns the run root (which
+    records ``definitions`` when given)."""
+    X, targets = market_dataset(ohlcv, horizons, interval_minutes, feature_names, definitions, bars_per_day)
+    return write_training_run(
+        out_dir, X, targets, families, interval_minutes=interval_minutes, definitions=definitions, **kwargs
+    )
