@@ -54,9 +54,19 @@ DEFAULT_FAMILIES = ("lightgbm", "xgboost", "ridge", "mlp", "lstm")
 DEFAULT_BARS = 1000
 DEFAULT_SEED_BARS = 30
 SEQUENCE_LENGTH = 10
-# Replayed untimed before the measured bars: the longest indicator (ret_60) and the
-# sequence buffers fill, ONNX Runtime and numba run once; a live loop warms up the same way.
+# Replayed untimed before the measured bars: the longest feature (60-bar windows, 26-bar EMAs
+# seeded over their window) and the sequence buffers fill, ONNX Runtime and numba run once; a
+# live loop warms up the same way.
 WARMUP_BARS = 100
+# The run's own features beyond the vocabulary, recorded in it as feature_definitions.yaml.
+DEMO_DEFINITIONS = {
+    "features": {
+        "gap": "open / lag(close, 1) - 1",
+        "rsi_spread": "rsi(close, 7) - rsi(close, 28)",
+        "vol_of_vol": "rolling_std(rolling_std(log_return(close, 1), 10), 20)",
+        "range_z": "rolling_zscore(high / low - 1, 20)",
+    }
+}
 MIN_TRAIN_ROWS = 200
 FINAL_BARS_SHOWN = 3
 # Sized like benchmarks/bench_predictor.py: 200-tree ensembles, a 32-unit MLP and LSTM (testing.TrainSize).
@@ -64,6 +74,14 @@ DEMO_SIZE = {"trees": 200, "depth": 6, "leaves": 31, "epochs": 5, "hidden": 32}
 
 _UNIT_MINUTES = {"m": 1.0, "h": 60.0, "d": 1440.0}
 _OHLCV = ("open", "high", "low", "close", "volume")
+
+
+def demo_features(interval_minutes: float) -> tuple[str, ...]:
+    """The vocabulary's realistic set (returns, volatilities, RSI, ATR, z-scores, Bollinger, volume,
+    ...) for this interval, and the run's own definitions."""
+    from .features import default_feature_set
+
+    return (*default_feature_set(interval_minutes), *DEMO_DEFINITIONS["features"])
 
 
 def parse_horizons(text: str, interval_minutes: float) -> tuple[int, ...]:
@@ -175,9 +193,11 @@ def run_demo(options: DemoOptions, console: Console) -> dict[str, Any]:
         f"[bold]fastinfer demo[/bold] — {spec.description} of {symbol}: {len(data):,} bars, "
         f"{data.index[0]:%Y-%m-%d} … {data.index[-1]:%Y-%m-%d}"
     )
+    features = demo_features(spec.interval_minutes)
     console.print(
         f"training {', '.join(families)} × {len(horizons)} horizon{'s' * (len(horizons) > 1)} "
-        f"on the first {len(train):,} bars; "
+        f"on {len(features)} features of the first {len(train):,} bars "
+        f"({len(DEMO_DEFINITIONS['features'])} of them defined in the run's feature_definitions.yaml); "
         f"replaying the last {options.bars:,}; output folder {out}"
     )
 
@@ -192,6 +212,8 @@ def run_demo(options: DemoOptions, console: Console) -> dict[str, Any]:
             list(families),
             horizons=horizons,
             interval_minutes=spec.interval_minutes,
+            feature_names=features,
+            definitions=DEMO_DEFINITIONS,
             run_id="demo",
             timestamp=time.strftime("%Y%m%dT%H%M%S"),
             sequence_length=SEQUENCE_LENGTH,
@@ -256,6 +278,8 @@ def run_demo(options: DemoOptions, console: Console) -> dict[str, Any]:
         "train_period": [f"{train.index[0]:%Y-%m-%d %H:%M}", f"{train.index[-1]:%Y-%m-%d %H:%M}"],
         "horizons": {testing.horizon_label(h, spec.interval_minutes): h for h in horizons},
         "families": list(families),
+        "features": len(features),
+        "definitions": DEMO_DEFINITIONS,
         "run_root": str(root),
         "parity": [
             {
