@@ -178,6 +178,7 @@ class Plan:
         self.fused_graphs: dict[str, onnx.ModelProto] = {}
         kinds: dict[int, list[int]] = {}  # 0 = tabular, T = sequence length
         self._forests: list[tuple[object, np.ndarray, np.ndarray]] = []  # (kernel, its out, dst in out)
+        self.forest_kernels: dict[tuple[str, str], object] = {}  # (target, family) -> the kernel serving it
         self.choices: dict[tuple[str, str], PlanChoice] = {}
         for i, (m, slot) in enumerate(zip(self.models, self.layout.slots)):
             kind = slot.sequence_length
@@ -261,6 +262,7 @@ class Plan:
         reason = "forced by executor.forest_kernel: on" if settings.forest_kernel == "on" else "fastest here"
         self.choices[key] = PlanChoice(mode, reason, kernel.n_threads, timings)
         self._forests.append((kernel, out, dst))
+        self.forest_kernels[key] = kernel
         return True
 
     def run(self) -> np.ndarray:

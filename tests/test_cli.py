@@ -221,9 +221,17 @@ def test_bench_no_match_is_an_error(runner, tmp_path):
         ("one-symbol-bar", "seed path (pandas + native predict)", ("P1a", 1000.0)),
         ("one-symbol-bar-vs-peer", "TA-Lib + one ORT session per model", ("P1b", 3.0)),
         ("P2 lightgbm 500 trees, 1 row", "onnxruntime", ("P2", 3.0)),
-        ("P2 xgboost 500 trees, 512 rows", "onnxruntime", ("P2", 2.0)),
+        ("P2 xgboost 500 trees, 512 rows", "onnxruntime", ("P2", 3.0)),
+        ("P2 xgboost 500 trees, 512 rows", "tl2cgen compiled C", ("P2", 1.0)),
         ("P2 xgboost 500 trees, 512 rows", "native", None),
-        ("500-symbols-bar", "per-symbol loop of fastinfer", ("P3", 20.0)),
+        ("P1c one-symbol bar vs the sum of its parts", "sum of the parts", ("P1c", 0.8)),
+        ("P3 500 symbols per bar", "TA-Lib + ORT sessions looped over the symbols", ("P3", 50.0)),
+        ("P3 500-symbol bar vs the sum of its parts", "sum of the parts", ("P3", 0.8)),
+        ("P6 200-feature run, one symbol", "TA-Lib + pandas features + one ORT session per model", ("P6", 3.0)),
+        ("P7 engine.predict xgboost, 512 rows", "the library's own predict", ("P7", 1.0)),
+        ("P7 engine.predict xgboost, 512 rows", "one ONNX Runtime session, 2 threads", ("P7", 2.0)),
+        ("P7 engine.predict xgboost, 64 rows", "one ONNX Runtime session, 2 threads", None),
+        ("T1 tail, gc on: on_bar p99.9 against 5 × p50", "5 × on_bar p50", ("T1", 1.0)),
         ("P4 features, 500 symbols per bar", "test_features_500_symbols[pandas]", ("P4", 1000.0)),
         ("P4 features, 500 symbols per bar", "test_features_500_symbols[talib]", ("P4", 50.0)),
         ("fused-vs-sessions", "per-model", None),
@@ -334,3 +342,14 @@ def test_convert_prints_every_non_onnx_reason_whole(runner, run_copy):
     entry = next(e for e in read_lock(run_copy).entries if e.family == "ridge")
     assert entry.status == "native" and len(entry.reason) > 100
     assert f"{TARGET}/ridge (native): {entry.reason}" in " ".join(result.output.split("\n"))
+
+
+def test_readme_vocabulary_table_is_the_vocabulary():
+    """The README's table is generated from the vocabulary: a name added there must be added here."""
+    from pathlib import Path
+
+    from fastinfer.features import vocabulary_table
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("<!-- vocabulary:start -->\n```\n", 1)[1].split("\n```\n<!-- vocabulary:end -->", 1)[0]
+    assert block == vocabulary_table().rstrip()
