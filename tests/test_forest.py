@@ -51,7 +51,7 @@ def _training_data(seed: int = 0, nan: bool = True):
     return X, y.astype(np.float32)
 
 
-def _lightgbm(objective: str = "regression"):
+def _lightgbm(objective: str = "regression", num_leaves: int = 15):
     import lightgbm as lgb
     import onnxmltools
     from onnxmltools.convert.common.data_types import FloatTensorType
@@ -60,9 +60,11 @@ def _lightgbm(objective: str = "regression"):
     kw = {"alpha": 0.8} if objective == "quantile" else {}
     if objective in ("poisson", "gamma", "tweedie"):
         y = np.exp(y / 3).astype(np.float32)  # positive targets for the log-link objectives
-    m = lgb.LGBMRegressor(n_estimators=30, num_leaves=15, objective=objective, verbose=-1, random_state=0, **kw).fit(
-        X, y
-    )
+    if num_leaves > 15:
+        kw["min_child_samples"] = 2  # 400 rows: small leaves, so trees really grow past 64 leaves
+    m = lgb.LGBMRegressor(
+        n_estimators=30, num_leaves=num_leaves, objective=objective, verbose=-1, random_state=0, **kw
+    ).fit(X, y)
     return onnxmltools.convert_lightgbm(m, initial_types=[("x", FloatTensorType([None, F]))], target_opset=15)
 
 
@@ -187,6 +189,7 @@ def _sklearn_classifier():
 FAMILIES = [
     "lightgbm",
     "lightgbm-quantile",
+    "lightgbm-100-leaves",  # trees past 64 leaves: multi-word bitvectors
     "xgboost",
     "catboost",
     "random-forest",
@@ -220,6 +223,7 @@ def graphs(tmp_path_factory):
         return {
             "lightgbm": _lightgbm(),
             "lightgbm-quantile": _lightgbm("quantile"),
+            "lightgbm-100-leaves": _lightgbm(num_leaves=100),
             "xgboost": _xgboost(),
             "catboost": _catboost(tmp_path_factory),
             "random-forest": _sklearn(RandomForestRegressor),
@@ -328,6 +332,11 @@ def test_layout_chosen(graphs):
         k = ForestKernel.from_onnx(graphs[family])
         assert k.layout == ("generic" if family in MULTI_WEIGHT else "fast"), family
         assert k.modes == (("node",) if family in MULTI_WEIGHT else ("node", "bitvector")), family
+
+
+def test_bitvectors_span_words_past_64_leaves(graphs):
+    k = ForestKernel.from_onnx(graphs["lightgbm-100-leaves"], mode="bitvector")
+    assert k._bits.n_words == 2 and not k._bits.vectorised  # the one-row-at-a-time scan serves batches
 
 
 def test_bitvector_refuses_several_weights_per_leaf(graphs):
@@ -1095,7 +1104,7 @@ def test_one_row_never_starts_a_thread(graphs, monkeypatch):
     def refuse(*args):
         raise AssertionError("a parallel kernel ran for one row")
 
-    for name in ("node_rows_parallel", "bitvector_rows_parallel", "generic_rows_parallel"):
+    for name in ("node_rows_parallel", "bitvector_rows_parallel", "bitvector_blocks_parallel", "generic_rows_parallel"):
         monkeypatch.setattr(kernel_module, name, refuse)
     X = np.zeros((1, F), dtype=np.float32)
     for family in ("lightgbm", "random-forest-2-targets"):

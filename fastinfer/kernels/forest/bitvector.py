@@ -11,6 +11,11 @@ split clearing its leaf range [lo, hi).
 NaN compares false with every threshold, so a NaN scans the whole column: every split on it
 is false, as in the node kernels (splits that send NaN to ``<=`` read the NaN-as--inf column).
 Leaf values are summed per target in tree order in float32, as ORT sums them.
+
+Batches use the vectorised variant (V-QuickScorer, Lucchese et al. 2016, blockwise as in
+BWQS): `VQ_ROWS` rows scan each column's thresholds together, one SIMD compare-and-mask per
+threshold for all of them, until every row's value is at or below it; trees go `VQ_TREES` at a
+time so the block's bitvectors stay in L1.
 """
 
 from __future__ import annotations
@@ -39,9 +44,18 @@ from .codes import (
     BV_TARGETS_AT,
     BV_THRESHOLDS_AT,
     BV_TREE_OF_AT,
+    BV_VQ_BLOCKS_AT,
+    BV_VQ_COLS_AT,
+    BV_VQ_MASK_AT,
+    BV_VQ_N_BLOCKS,
+    BV_VQ_STARTS_AT,
+    BV_VQ_THR_AT,
+    BV_VQ_TREE_AT,
     BV_WORDS,
     FCONST_BASE,
     FIN_FIELDS,
+    VQ_BLOCK_FIELDS,
+    VQ_ROWS,
 )
 from .extend import fill_ext
 from .finish import finish_row
@@ -139,3 +153,84 @@ def bitvector_rows_parallel(X, out, prog, words, consts, scratch_size, bv_size):
         bv = np.empty(bv_size, dtype=np.uint64)
         for i in range(b * BLOCK, min(N, (b + 1) * BLOCK)):
             bitvector_row(X[i], out[i], prog, words, consts, scratch, bv)
+
+
+@njit(cache=True, nogil=True)
+def _vq_block(X, out, r0, r1, prog, words, consts, scratch, bv):
+    """Rows r0..r1 (at most VQ_ROWS; short blocks repeat their last row) by the vectorised variant."""
+    F = np.int64(prog[BV_N_FEATURES])
+    K = np.int64(prog[BV_N_TARGETS])
+    n_chains = np.int64(prog[BV_N_CHAINS])
+    n_ext = 2 * F + 1 + n_chains
+    n = r1 - r0
+    row = scratch[:n_ext]
+    ext_t = scratch[n_ext : n_ext * (1 + VQ_ROWS)]  # column-major: ext_t[c * VQ_ROWS + r]
+    acc = scratch[n_ext * (1 + VQ_ROWS) : n_ext * (1 + VQ_ROWS) + K * VQ_ROWS]
+    chains_at = np.int64(prog[BV_CHAINS_AT])
+    for r in range(VQ_ROWS):
+        fill_ext(X[r0 + min(r, n - 1)], row, F, prog[BV_NAN_LOW], n_chains, chains_at, prog, consts)
+        for c in range(n_ext):
+            ext_t[c * VQ_ROWS + r] = row[c]
+    for j in range(K * VQ_ROWS):
+        acc[j] = _ZERO
+    init_at = np.int64(prog[BV_INIT_AT])
+    blocks_at = np.int64(prog[BV_VQ_BLOCKS_AT])
+    cols_at = np.int64(prog[BV_VQ_COLS_AT])
+    starts_at = np.int64(prog[BV_VQ_STARTS_AT])
+    tree_at = np.int64(prog[BV_VQ_TREE_AT])
+    thr_at = np.int64(prog[BV_VQ_THR_AT])
+    mask_at = np.int64(prog[BV_VQ_MASK_AT])
+    leaves_at = np.int64(prog[BV_LEAVES_AT])
+    targets_at = np.int64(prog[BV_TARGETS_AT])
+    for b in range(prog[BV_VQ_N_BLOCKS]):
+        first = np.int64(prog[blocks_at + VQ_BLOCK_FIELDS * b])
+        end = np.int64(prog[blocks_at + VQ_BLOCK_FIELDS * b + 1])
+        for t in range(end - first):
+            start = words[init_at + first + t]
+            for r in range(VQ_ROWS):
+                bv[t * VQ_ROWS + r] = start
+        for e in range(prog[blocks_at + VQ_BLOCK_FIELDS * b + 2], prog[blocks_at + VQ_BLOCK_FIELDS * b + 3]):
+            v = ext_t[np.int64(prog[cols_at + e]) * VQ_ROWS : (np.int64(prog[cols_at + e]) + 1) * VQ_ROWS]
+            highest = v[0]  # NaN if any row is NaN (a NaN is never at or below a threshold)
+            for r in range(1, VQ_ROWS):
+                if v[r] > highest or v[r] != v[r]:
+                    highest = v[r]
+            for k in range(np.int64(prog[starts_at + e]), np.int64(prog[starts_at + e + 1])):
+                t = consts[thr_at + k]
+                if highest <= t:
+                    break  # every row is at or below this threshold, and the ones after it
+                base = np.int64(prog[tree_at + k]) * VQ_ROWS
+                keep = words[mask_at + k]
+                for r in range(VQ_ROWS):
+                    bv[base + r] &= _ALL if v[r] <= t else keep
+        for t in range(end - first):
+            tree = first + t
+            k = np.int64(prog[targets_at + tree])
+            leaves = leaves_at + 64 * tree
+            for r in range(n):
+                acc[r * K + k] += consts[leaves + _lowest_set_bit(bv[t * VQ_ROWS + r])]
+    fin_at = np.int64(prog[BV_FIN_AT])
+    has_at = np.int64(prog[BV_HAS_AT])
+    fin = prog[fin_at : fin_at + FIN_FIELDS]
+    has = prog[has_at : has_at + K]
+    fconst = consts[: FCONST_BASE + K]
+    for r in range(n):
+        finish_row(acc[r * K : (r + 1) * K], has, out[r0 + r], fin, fconst)
+
+
+@njit(cache=True, nogil=True)
+def bitvector_blocks(X, out, prog, words, consts, scratch, bv):
+    N = X.shape[0]
+    for r0 in range(0, N, VQ_ROWS):
+        _vq_block(X, out, r0, min(N, r0 + VQ_ROWS), prog, words, consts, scratch, bv)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def bitvector_blocks_parallel(X, out, prog, words, consts, scratch_size, bv_size):
+    N = X.shape[0]
+    n_blocks = (N + BLOCK - 1) // BLOCK
+    for b in prange(n_blocks):
+        scratch = np.empty(scratch_size, dtype=np.float32)
+        bv = np.empty(bv_size, dtype=np.uint64)
+        for r0 in range(b * BLOCK, min(N, (b + 1) * BLOCK), VQ_ROWS):
+            _vq_block(X, out, r0, min(N, r0 + VQ_ROWS, (b + 1) * BLOCK), prog, words, consts, scratch, bv)

@@ -93,15 +93,29 @@ def n_ext_columns(n_features: int, n_chains: int) -> int:
 
 CHAIN_THRESHOLD = 0.5  # member -> 0.0 <= 0.5 (the "equal" branch), non-member -> 1.0
 
-# A chain's row in the chain table (``prog[chains_at + CHAIN_FIELDS * c + field]``).
+# The chain section of prog, at chains_at: [n_tables, n_tables table records, one row per chain].
+# A table serves every chain of one categorical feature at once: row k of a (codes + 2) x chains
+# float32 matrix holds those chains' columns for code k (row `codes`: not a code; row codes + 1:
+# NaN), so a row copies one table row instead of testing each chain (thousands in a LightGBM
+# model with a 40-code feature).
+TABLE_FEATURE = 0
+TABLE_CODES = 1  # M: codes 0..M-1 have their own row
+TABLE_FIRST_CHAIN = 2
+TABLE_N_CHAINS = 3
+TABLE_OFFSET = 4  # first float32 in consts
+TABLE_FIELDS = 5
+TABLE_MAX_CODES = 4096
+TABLE_MAX_FLOATS = 1 << 22  # 16 MB per feature at most
+# A chain's row (``prog[rows_at + CHAIN_FIELDS * c + field]``).
 CHAIN_FEATURE = 0
-CHAIN_KIND = 1  # CHAIN_BITSET or CHAIN_LIST
+CHAIN_KIND = 1  # CHAIN_BITSET, CHAIN_LIST or CHAIN_TABLED
 CHAIN_OFFSET = 2  # bitset: first uint32 word in prog; list: first float32 value in consts
 CHAIN_COUNT = 3  # bitset: words; list: values
 CHAIN_NAN_MEMBER = 4  # 1 when NaN takes the "equal" branch (as ORT routes it: normalise._equal_run)
 CHAIN_FIELDS = 5
 CHAIN_BITSET = 0  # categories are integers in [0, 32 * words): one bit each
 CHAIN_LIST = 1  # anything else: compared one by one, as ORT compares them
+CHAIN_TABLED = 2  # filled by its feature's table
 BITSET_MAX_CATEGORY = 1 << 16  # larger integer categories use the list
 
 # ------------------------------------------------------------------ finishing a row
@@ -188,4 +202,16 @@ BV_HAS_AT = 13
 BV_THRESHOLDS_AT = 14  # in consts: each sorted split's threshold
 BV_LEAVES_AT = 15  # in consts: leaf values, tree t's at [t * 64 * words, ...)
 BV_INIT_AT = 16  # in words: each tree's starting bitvector (its leaves, minus always-false splits)
-BV_HEADER = 17
+# The vectorised variant (one-word trees only): VQ_ROWS rows scan each threshold list together,
+# trees taken VQ_TREES at a time so the block's bitvectors (16 x 128 x 8 bytes) stay in L1.
+BV_VQ_N_BLOCKS = 17  # tree blocks (0: no vectorised variant, trees over 64 leaves)
+BV_VQ_BLOCKS_AT = 18  # per tree block: first tree, end tree, first column entry, end column entry
+BV_VQ_COLS_AT = 19  # per column entry: its extended column
+BV_VQ_STARTS_AT = 20  # per column entry (+1): first split, in the block's split order
+BV_VQ_TREE_AT = 21  # per split: its tree within the block
+BV_VQ_THR_AT = 22  # in consts: per split, its threshold
+BV_VQ_MASK_AT = 23  # in words: per split, the leaves it keeps when false
+BV_HEADER = 24
+VQ_ROWS = 16
+VQ_TREES = 128
+VQ_BLOCK_FIELDS = 4

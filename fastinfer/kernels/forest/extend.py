@@ -13,6 +13,13 @@ from .codes import (
     CHAIN_KIND,
     CHAIN_NAN_MEMBER,
     CHAIN_OFFSET,
+    CHAIN_TABLED,
+    TABLE_CODES,
+    TABLE_FEATURE,
+    TABLE_FIELDS,
+    TABLE_FIRST_CHAIN,
+    TABLE_N_CHAINS,
+    TABLE_OFFSET,
 )
 
 _ONE = np.float32(1.0)
@@ -56,6 +63,23 @@ def fill_ext(x, ext, n_features, nan_low, n_chains, chains_at, prog, consts):
             v = x[f]
             ext[F + f] = _NEG_INF if v != v else v
     ext[2 * F] = np.nan
+    n_tables = np.int64(prog[chains_at])
+    for t in range(n_tables):  # one table row per categorical feature: all its chains at once
+        rec = chains_at + 1 + TABLE_FIELDS * t
+        v = x[prog[rec + TABLE_FEATURE]]
+        M = np.int64(prog[rec + TABLE_CODES])
+        if v != v:
+            code = M + 1
+        elif v >= _ZERO and v < np.float32(M) and np.float32(np.int64(v)) == v:
+            code = np.int64(v)
+        else:
+            code = M
+        width = np.int64(prog[rec + TABLE_N_CHAINS])
+        src = np.int64(prog[rec + TABLE_OFFSET]) + code * width
+        dst = 2 * F + 1 + np.int64(prog[rec + TABLE_FIRST_CHAIN])
+        ext[dst : dst + width] = consts[src : src + width]
+    rows_at = chains_at + 1 + TABLE_FIELDS * n_tables
     for c in range(n_chains):
-        row = chains_at + CHAIN_FIELDS * c
-        ext[2 * F + 1 + c] = _ZERO if is_member(x[prog[row + CHAIN_FEATURE]], prog, consts, row) else _ONE
+        row = rows_at + CHAIN_FIELDS * c
+        if prog[row + CHAIN_KIND] != CHAIN_TABLED:
+            ext[2 * F + 1 + c] = _ZERO if is_member(x[prog[row + CHAIN_FEATURE]], prog, consts, row) else _ONE

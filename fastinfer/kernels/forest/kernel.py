@@ -4,12 +4,15 @@ Modes (``mode=``):
 
 ``"node"``       the node kernels (``node.py``) on the node layout, or the generic kernel where
                  the node layout cannot take the ensemble (MIN/MAX, several weights per leaf).
-``"bitvector"``  QuickScorer (``bitvector.py``); same eligibility as the node layout.
-``"auto"``       both built where eligible; ``node`` serves until `calibrate` has timed both on
-                 a batch size and kept the faster (it records why in ``mode_choice``).
+``"bitvector"``  QuickScorer (``bitvector.py``): one row at a time, or its vectorised variant
+                 for batches; ensembles the node layout takes, made of plain trees.
+``"auto"``       ``node`` serves until `calibrate` has timed every available mode on a batch
+                 size and kept the faster (it records why in ``mode_choice``); the bitvector
+                 layout is packed then, on first use.
 
 Every mode's output is bit-identical to ONNX Runtime 1.32 CPU (1 intra-op thread) on the
-same graph, including post-transforms, the ``Exp`` link and the binary tail (``finish.py``).
+same graph, including post-transforms, the ``Exp``/``Sigmoid`` links and the binary tail
+(``finish.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 import onnx
 
 from . import codes as C
-from .bitvector import bitvector_rows, bitvector_rows_parallel
+from .bitvector import bitvector_blocks, bitvector_blocks_parallel, bitvector_rows, bitvector_rows_parallel
 from .generic import generic_rows, generic_rows_parallel
 from .node import node_one_row, node_rows, node_rows_parallel
 from .normalise import TreeStructure, normalise
@@ -137,6 +140,7 @@ class ForestKernel:
             finish = Finish.build(structure.attrs, len(structure.roots), tail)
             self._bits = pack_bitvectors(structure, normalise(structure), finish)
             self._bv_scratch, self._bv = self._bits.scratch()
+            self._vq_scratch, self._vq_bv = self._bits.block_scratch()
         self._mode = mode
 
     # -- construction --------------------------------------------------------
@@ -148,7 +152,7 @@ class ForestKernel:
 
     @classmethod
     def from_onnx(cls, model: onnx.ModelProto, *, columns=None, **kw) -> ForestKernel:
-        """Kernel for a graph "input -> TreeEnsembleRegressor -> [Exp] -> [binary tail] -> output".
+        """Kernel for a graph "input -> TreeEnsembleRegressor -> [Exp | Sigmoid] -> [binary tail] -> output".
 
         Reshape-only ops (Identity, Cast to FLOAT, Reshape, Flatten, Squeeze, Unsqueeze) may sit
         anywhere after the trees: `predict` returns (N, n_outputs) whatever shape the graph
@@ -232,11 +236,19 @@ class ForestKernel:
         parallel = self.n_threads > 1 and self.parallel_min_rows <= N and N > 1
         if self._mode == "bitvector":
             b = self._bits
-            if parallel:
+            if N == 1 or not b.vectorised:
+                if parallel:
+                    with _threads(self.n_threads):
+                        bitvector_rows_parallel(X, out, b.prog, b.words, b.consts, len(self._bv_scratch), len(self._bv))
+                else:
+                    bitvector_rows(X, out, b.prog, b.words, b.consts, self._bv_scratch, self._bv)
+            elif parallel:
                 with _threads(self.n_threads):
-                    bitvector_rows_parallel(X, out, b.prog, b.words, b.consts, len(self._bv_scratch), len(self._bv))
+                    bitvector_blocks_parallel(
+                        X, out, b.prog, b.words, b.consts, len(self._vq_scratch), len(self._vq_bv)
+                    )
             else:
-                bitvector_rows(X, out, b.prog, b.words, b.consts, self._bv_scratch, self._bv)
+                bitvector_blocks(X, out, b.prog, b.words, b.consts, self._vq_scratch, self._vq_bv)
         elif self._nodes is not None:
             n = self._nodes
             if N == 1:

@@ -171,7 +171,7 @@ def normalise_splits(attrs: EnsembleAttributes) -> tuple[np.ndarray, np.ndarray,
     tracking[: len(attrs.missing)] = attrs.missing == 1
     low_side_true = (modes == BRANCH_LEQ) | (modes == BRANCH_LT)
     strict = (modes == BRANCH_LT) | (modes == BRANCH_GTE)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):  # below -max is -inf; below -inf is handled next
         tt = np.where(strict, np.nextafter(t, np.float32(-np.inf)), t)
     tt[strict & (t == -np.inf)] = np.nan  # nothing is below -inf
     tt[~low_side_true & np.isnan(t)] = np.inf  # x >= NaN / x > NaN never hold: "x <= inf" is their false side
@@ -298,7 +298,11 @@ def normalise(structure: TreeStructure) -> NormalForest:
                     work.append(src)
                 side[s] = made[src]
         trees.append(tree)
-    ordered = sorted(chains, key=chains.__getitem__)
+    # Chains grouped by feature (a feature's chains then fill adjacent columns: one table row).
+    ordered = sorted(chains, key=lambda c: (c.feature, chains[c]))
+    new_column = {chain_column(chains[c], F): chain_column(k, F) for k, c in enumerate(ordered)}
+    for tree in trees:
+        tree.column = [new_column.get(col, col) for col in tree.column]
     return NormalForest(trees, ordered, F)
 
 

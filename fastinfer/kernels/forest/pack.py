@@ -61,19 +61,47 @@ class Finish:
         return cls(fin, fconst)
 
 
+def _chain_section_size(forest: NormalForest) -> int:
+    return len(_chain_table(forest, 0, 0)[0])
+
+
 def _chain_table(forest: NormalForest, words_base: int, values_base: int) -> tuple[list[int], list[int], list[float]]:
-    """(chain table rows, bitset words, list values) with offsets relative to the given bases."""
-    table, words, values = [], [], []
-    for chain in forest.chains:
-        if chain.is_bitset:
+    """(the chain section, bitset words, consts values) with offsets relative to the given bases.
+
+    Chains come grouped by feature (``normalise``); a feature whose chains are all bitsets over
+    at most TABLE_MAX_CODES codes gets a table (``codes.py``), its chains marked CHAIN_TABLED.
+    """
+    records, rows, words, values = [], [], [], []
+    by_feature: dict[int, list[int]] = {}
+    for c, chain in enumerate(forest.chains):
+        by_feature.setdefault(chain.feature, []).append(c)
+    tabled = set()
+    for f, members in by_feature.items():
+        chains = [forest.chains[c] for c in members]
+        if not all(ch.is_bitset for ch in chains):
+            continue
+        M = int(max(max(ch.values) for ch in chains)) + 1
+        if M > C.TABLE_MAX_CODES or (M + 2) * len(members) > C.TABLE_MAX_FLOATS:
+            continue
+        table = np.ones((M + 2, len(members)), dtype=np.float32)  # 1.0: not a member
+        for j, ch in enumerate(chains):
+            table[np.asarray(ch.values, dtype=np.float32).astype(np.int64), j] = 0.0
+            table[M + 1, j] = 0.0 if ch.nan_member else 1.0
+        records += [f, M, members[0], len(members), values_base + len(values)]
+        values += table.ravel().tolist()
+        tabled.update(members)
+    for c, chain in enumerate(forest.chains):
+        if c in tabled:
+            row = [chain.feature, C.CHAIN_TABLED, 0, 0, chain.nan_member]
+        elif chain.is_bitset:
             w = chain.bitset_words()
             row = [chain.feature, C.CHAIN_BITSET, words_base + len(words), len(w), chain.nan_member]
             words += w.tolist()
         else:
             row = [chain.feature, C.CHAIN_LIST, values_base + len(values), len(chain.values), chain.nan_member]
             values += list(chain.values)
-        table += row
-    return table, words, values
+        rows += row
+    return [len(records) // C.TABLE_FIELDS, *records, *rows], words, values
 
 
 def _tree_targets(structure: TreeStructure, forest: NormalForest) -> np.ndarray | None:
@@ -236,7 +264,7 @@ def pack_nodes(structure: TreeStructure, forest: NormalForest, finish: Finish) -
         groups += [roots[i] if i >= 0 else roots[real[0]] for i in idx]
         groups += [i if i >= 0 else T for i in idx]
     chains_at = C.NODE_HEADER + 3 * T + len(groups)
-    words_at = chains_at + C.CHAIN_FIELDS * n_chains
+    words_at = chains_at + _chain_section_size(forest)
     table, words, list_values = _chain_table(forest, words_at, len(finish.fconst))
     fin_at = words_at + len(words)
     has_at = fin_at + C.FIN_FIELDS
@@ -271,6 +299,18 @@ class BitvectorLayout:
         return (
             np.empty(self.n_ext + self.n_targets, dtype=np.float32),
             np.empty(self.n_trees * self.n_words, dtype=np.uint64),
+        )
+
+    @property
+    def vectorised(self) -> bool:
+        """Whether the row-block (vectorised) variant exists (one-word trees)."""
+        return self.prog[C.BV_VQ_N_BLOCKS] > 0
+
+    def block_scratch(self) -> tuple[np.ndarray, np.ndarray]:
+        """(one row's ext, VQ_ROWS rows' ext column-major, their per-target sums; one block's bitvectors)."""
+        return (
+            np.empty(self.n_ext * (1 + C.VQ_ROWS) + self.n_targets * C.VQ_ROWS, dtype=np.float32),
+            np.empty(C.VQ_ROWS * C.VQ_TREES, dtype=np.uint64),
         )
 
 
@@ -318,15 +358,17 @@ def pack_bitvectors(structure: TreeStructure, forest: NormalForest, finish: Fini
     else:
         split_words = (lo_hi[:, 0] | (lo_hi[:, 1] << 32)).astype(np.uint64)
     n = len(col)
+    vq = _vectorised_blocks(col, thr, tree_of, split_words, T) if W == 1 else None
     active_at = C.BV_HEADER
     starts_at = active_at + len(active)
     tree_of_at = starts_at + len(starts)
     targets_at = tree_of_at + n
     chains_at = targets_at + T
-    words_at = chains_at + C.CHAIN_FIELDS * n_chains
+    words_at = chains_at + _chain_section_size(forest)
     table, words, list_values = _chain_table(forest, words_at, len(finish.fconst))
     fin_at = words_at + len(words)
     has_at = fin_at + C.FIN_FIELDS
+    vq_at = has_at + K
     thresholds_at = len(finish.fconst) + len(list_values)
     header = np.zeros(C.BV_HEADER, dtype=np.int64)
     header[C.BV_N_TREES], header[C.BV_N_FEATURES], header[C.BV_N_TARGETS] = T, F, K
@@ -338,14 +380,53 @@ def pack_bitvectors(structure: TreeStructure, forest: NormalForest, finish: Fini
     header[C.BV_FIN_AT], header[C.BV_HAS_AT] = fin_at, has_at
     header[C.BV_THRESHOLDS_AT], header[C.BV_LEAVES_AT] = thresholds_at, thresholds_at + n
     header[C.BV_INIT_AT] = n
+    vq_prog, vq_thr, vq_mask = [], np.zeros(0, np.float32), np.zeros(0, np.uint64)
+    if vq is not None:
+        blocks, entry_cols, entry_starts, vq_tree, vq_thr, vq_mask = vq
+        header[C.BV_VQ_N_BLOCKS] = len(blocks) // C.VQ_BLOCK_FIELDS
+        header[C.BV_VQ_BLOCKS_AT] = vq_at
+        header[C.BV_VQ_COLS_AT] = vq_at + len(blocks)
+        header[C.BV_VQ_STARTS_AT] = vq_at + len(blocks) + len(entry_cols)
+        header[C.BV_VQ_TREE_AT] = vq_at + len(blocks) + len(entry_cols) + len(entry_starts)
+        header[C.BV_VQ_THR_AT] = thresholds_at + n + len(leaves.ravel())
+        header[C.BV_VQ_MASK_AT] = n + T * W
+        vq_prog = [blocks, entry_cols, entry_starts, vq_tree]
     prog = np.concatenate(
-        [header, active, starts, tree_of, targets, table, words, finish.fin, _has_flags(targets, K)]
+        [header, active, starts, tree_of, targets, table, words, finish.fin, _has_flags(targets, K), *vq_prog]
     ).astype(np.uint32)
-    consts = np.concatenate([finish.fconst, np.asarray(list_values, np.float32), thr, leaves.ravel()]).astype(
+    consts = np.concatenate([finish.fconst, np.asarray(list_values, np.float32), thr, leaves.ravel(), vq_thr]).astype(
         np.float32
     )
     return BitvectorLayout(
-        prog, np.concatenate([split_words, init.ravel()]), consts, C.n_ext_columns(F, n_chains), T, K, W
+        prog, np.concatenate([split_words, init.ravel(), vq_mask]), consts, C.n_ext_columns(F, n_chains), T, K, W
+    )
+
+
+def _vectorised_blocks(col, thr, tree_of, masks, T: int):
+    """The splits regrouped by blocks of VQ_TREES trees, each block's sorted by column then
+    threshold: (blocks, entry columns, entry starts + end, tree within block, thresholds, masks)."""
+    blocks, entry_cols, entry_starts, trees, thrs, kept = [], [], [], [], [], []
+    n_splits = 0
+    for first in range(0, T, C.VQ_TREES):
+        end = min(T, first + C.VQ_TREES)
+        mine = np.flatnonzero((tree_of >= first) & (tree_of < end))  # keeps the (column, threshold) order
+        cols = col[mine]
+        block_cols = np.unique(cols)
+        blocks += [first, end, len(entry_cols), len(entry_cols) + len(block_cols)]
+        entry_cols += block_cols.tolist()
+        entry_starts += (n_splits + np.searchsorted(cols, block_cols)).tolist()
+        trees.append(tree_of[mine] - first)
+        thrs.append(thr[mine])
+        kept.append(masks[mine])
+        n_splits += len(mine)
+    entry_starts.append(n_splits)
+    return (
+        np.asarray(blocks, np.int64),
+        np.asarray(entry_cols, np.int64),
+        np.asarray(entry_starts, np.int64),
+        np.concatenate(trees),
+        np.concatenate(thrs).astype(np.float32),
+        np.concatenate(kept).astype(np.uint64),
     )
 
 
