@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import logging
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from .config import ExecutorSettings
 from .converters import INPUT_NAME  # the graph contract every converter keeps
 from .converters.graph import FuseMember, fuse
 from .errors import ConfigError, InferenceError
+from .latency import median_us
 from .layout import OutputLayout
 
 log = logging.getLogger(__name__)
@@ -247,7 +247,7 @@ class Plan:
             kernel.mode = mode
             for threads in sorted({1, self.threads}):
                 kernel.n_threads = threads
-                timings[f"forest:{mode}" + (f"x{threads}" if threads > 1 else "")] = _median_us(
+                timings[f"forest:{mode}" + (f"x{threads}" if threads > 1 else "")] = median_us(
                     lambda: kernel.predict(wide, out)
                 )
         best = min(timings, key=timings.get)
@@ -255,7 +255,7 @@ class Plan:
         kernel.mode, kernel.n_threads = mode.split(":", 1)[1], int(threads or 1)
         if settings.forest_kernel == "auto":
             x = np.ascontiguousarray(wide[:, cols])
-            timings["onnxruntime"] = _median_us(lambda: m.runtime.run_latency(x))
+            timings["onnxruntime"] = median_us(lambda: m.runtime.run_latency(x))
             if timings["onnxruntime"] <= timings[best]:
                 self.choices[key] = PlanChoice("onnxruntime", "faster than the forest kernel here", 1, timings)
                 return False
@@ -285,14 +285,3 @@ class Plan:
                 pred = np.asarray(model.run(X[rows]), dtype=np.float32)
                 dst[rows] = pred.reshape(-1, dst.shape[1])
         return self.out
-
-
-def _median_us(fn, repeat: int = 31) -> float:
-    """Median wall time of ``fn`` in microseconds, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter_ns()
-        fn()
-        times.append(time.perf_counter_ns() - start)
-    return float(np.median(times)) / 1e3

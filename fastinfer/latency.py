@@ -19,6 +19,20 @@ def format_duration(seconds: float) -> str:
     return f"{seconds * 1e9:,.0f} ns"
 
 
+def median_us(fn, repeat: int = 31) -> float:
+    """Median wall time of ``fn()`` in microseconds over ``repeat`` calls, after one warm-up call
+    (first-call costs — allocation, a thread pool starting — are not the steady state)."""
+    import time
+
+    fn()
+    times = np.empty(repeat)
+    for i in range(repeat):
+        start = time.perf_counter_ns()
+        fn()
+        times[i] = time.perf_counter_ns() - start
+    return float(np.median(times)) / 1e3
+
+
 class LatencyHistogram:
     """Log-spaced bins (2 % wide, 100 ns … 100 s); ``record`` is O(1) and allocates no arrays."""
 

@@ -20,13 +20,14 @@ import logging
 import os
 import platform
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .latency import median_us
 
 log = logging.getLogger(__name__)
 
@@ -140,16 +141,6 @@ def default_cache() -> ChoiceCache:
     return _DEFAULT_CACHE
 
 
-def _median_us(fn: Callable[[], Any], repeat: int) -> float:
-    fn()  # warm-up: first-call costs (allocation, thread pool start) are not the steady state
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter_ns()
-        fn()
-        times.append(time.perf_counter_ns() - start)
-    return float(np.median(times)) / 1e3
-
-
 class GraphRuntime:
     """The backends of one verified graph and the choice among them per size class.
 
@@ -251,7 +242,7 @@ class GraphRuntime:
         timings = {}
         for name in candidates:
             runner = self._runner(name)
-            timings[name] = _median_us(lambda run=runner: run(rows), repeat)
+            timings[name] = median_us(lambda run=runner: run(rows), repeat)
         return Choice(min(timings, key=timings.get), len(rows), timings)
 
     def run(self, X: np.ndarray) -> np.ndarray:
