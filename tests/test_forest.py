@@ -1161,3 +1161,4 @@ def test_numba_cache_follows_the_package_source():
 
 def test_warmup_runs():
     forest.warmup()
+    forest.warmup(("node", "bitvector"))

@@ -14,8 +14,8 @@ One module per step, as the data flows:
 ``node`` · ``bitvector`` · ``generic``   the kernels
 ``kernel``     `ForestKernel`: builds the layouts, chooses a mode, dispatches ``predict``
 ``codes``      every split mode, aggregate, post-transform and packed offset, named
-``cache``      numba's on-disk cache kept in step with the whole package's source (the kernels
-               inline helpers and constants from sibling modules, which numba does not track)
+``cache``      numba's on-disk cache kept in step with every module the kernels are built from
+               (they inline helpers and constants from sibling modules, which numba does not track)
 
 Semantics reproduced bit for bit: a split compares the float32 feature with the float32
 threshold; NaN follows IEEE comparison unless ``nodes_missing_value_tracks_true`` sends it to the

@@ -3,8 +3,8 @@
 numba (``cache=True``) revalidates a cached kernel against its own file only, but these kernels
 inline helpers (``extend``, ``finish``) and constants (``codes``) from sibling modules: an edit
 there, or a ``git pull`` that changes only those files, would keep serving the old machine code.
-`refresh` stamps the whole package's source next to the cache and empties every kernel's cache
-index when the stamp changes, so the next call compiles afresh.
+`refresh` stamps the source of every module the kernels are built from next to the cache and
+empties every kernel's cache index when the stamp changes, so the next call compiles afresh.
 """
 
 from __future__ import annotations
@@ -14,14 +14,16 @@ from pathlib import Path
 from types import ModuleType
 
 _STAMP = "forest-kernels.source-sha256"
+# The modules numba compiles into the kernels: the kernels' own, their helpers, the constants.
+KERNEL_SOURCES = ("bitvector.py", "codes.py", "extend.py", "finish.py", "generic.py", "node.py")
 
 
 def _source_digest() -> str:
     here = Path(__file__).parent
     h = hashlib.sha256()
-    for path in sorted(here.glob("*.py")):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
+    for name in KERNEL_SOURCES:
+        h.update(name.encode())
+        h.update((here / name).read_bytes())
     return h.hexdigest()
 
 

@@ -56,8 +56,13 @@ def synthetic_node(
     )
 
 
-def warmup() -> None:
-    """Compile (or load from numba's cache) every kernel on a tiny forest."""
+def warmup(modes: tuple[str, ...] = ("node",)) -> None:
+    """Compile (or load from numba's cache) the kernels ``modes`` run, on a tiny forest.
+
+    By default the node and generic kernels: what a plan runs until `ForestKernel.calibrate`
+    picks a mode; the bitvector kernels load when calibration first packs that layout (pass
+    ``("node", "bitvector")`` to load them now).
+    """
     from .kernel import ForestKernel
 
     X = np.array([[0.1, np.nan, 2.0]] * 3, dtype=np.float32)
@@ -67,7 +72,7 @@ def warmup() -> None:
         (synthetic_node(n_targets=2), {"layout": "generic"}),
     ):
         k = ForestKernel.from_node(node, n_threads=2, parallel_min_rows=2, **kw)
-        for mode in k.modes:
+        for mode in (m for m in k.modes if m in modes):
             k.mode = mode
             k.predict(X[:1])
             k.predict(X)  # parallel path
