@@ -4,6 +4,14 @@ The public API is the spec's (``ModelLoader``, ``InferenceEngine``, ``FeatureBui
 ``SeqBufferManager``, ``ModelLoadError``) plus the live predictor and ``warmup``.
 """
 
+import os
+
+# OpenMP worker threads (numba's parallel tree kernels, LightGBM, XGBoost) sleep after a parallel
+# region instead of spinning: spinning steals the trading loop's core (as executor.allow_spinning
+# does for ONNX Runtime). Read when the OpenMP runtime loads, so set before it; a caller's own
+# setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .buffers import SeqBufferManager
 from .engine import InferenceEngine
 from .errors import (

@@ -135,6 +135,7 @@ class PlanChoice:
 # A plan batch (symbols per bar) from this size runs its tree kernels on the batch threads: at 500
 # symbols × 500 trees a bar is ~1 ms of tree work, far above a thread hand-off.
 PARALLEL_BATCH = 128
+BITVECTOR_MIN_ROWS = 64  # fewer rows: the forest kernel's bitvector mode is not even tried
 
 
 class Plan:
@@ -244,6 +245,8 @@ class Plan:
         wide[:, : rows.shape[1]] = rows
         timings: dict[str, float] = {}
         for mode in kernel.modes:
+            if mode == "bitvector" and self.batch < BITVECTOR_MIN_ROWS:
+                continue  # node-by-node always wins on a few rows, and packing the bitvectors costs ~0.3 s
             kernel.mode = mode
             for threads in sorted({1, self.threads}):
                 kernel.n_threads = threads

@@ -193,7 +193,8 @@ class GraphRuntime:
 
     def _candidates(self, n_rows: int) -> list[str]:
         kernel = self._forest_kernel()
-        forest = [f"forest:{m}" for m in kernel.modes] if kernel is not None else []
+        modes = [] if kernel is None else [m for m in kernel.modes if m == "node" or n_rows >= SIZE_CLASSES[1]]
+        forest = [f"forest:{m}" for m in modes]  # bitvector only for batches: on a few rows node always wins
         if forest and self.forest_mode == "on":
             return forest
         names = [ORT_LATENCY]
