@@ -205,7 +205,7 @@ def test_forest(benchmark, record_ratio, model, rows, threads, impl):
         benchmark(_native(model["family"], model["booster"], threads), X)
     else:
         if model["lib"] is None:
-            pytest.skip("treelite/tl2cgen are not installed (.venv/bin/pip install treelite==4.8.1 tl2cgen==1.0.0)")
+            pytest.skip("treelite/tl2cgen are not installed: make bench installs them (the [bench] extra)")
         import tl2cgen
 
         predictor = tl2cgen.Predictor(model["lib"], nthread=threads)
