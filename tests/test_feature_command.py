@@ -141,3 +141,24 @@ def test_explain_and_vocabulary(tmp_path):
     assert (
         result.exit_code == 0 and "bb_pct_{n}_{k}" in result.output and "rolling_zscore(x, n, ddof=1)" in result.output
     )
+
+
+def test_build_records_the_definitions_in_the_training_run(tmp_path):
+    """--record-in writes the definitions (with the interval the durations were resolved with)
+    into the run, where the live path reads them; a missing run folder fails before any work."""
+    from fastinfer.features.runs import read_run_definitions
+
+    bars = long_bars(60)
+    src, defs_path, out, run = tmp_path / "b.csv", tmp_path / "f.yaml", tmp_path / "o.csv", tmp_path / "run"
+    bars.to_csv(src, index=False)
+    defs_path.write_text(DEFINITIONS)
+    args = ["features", "build", str(src), "-o", str(out), "--definitions", str(defs_path)]
+    args += ["--symbol-column", "symbol", "--interval", "1440", "--record-in", str(run)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "no such run folder" in result.output and not out.exists()
+    run.mkdir()
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    recorded = read_run_definitions(run)
+    assert recorded.features == FeatureDefinitions.loads(DEFINITIONS).features
+    assert recorded.external == ("spread",) and recorded.interval_minutes == 1440

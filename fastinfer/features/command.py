@@ -45,6 +45,13 @@ def features() -> None:
 @click.option("--interval", "interval_minutes", type=float, default=None, help="Bar interval in minutes.")
 @click.option("--bars-per-day", type=int, default=None, help="Bars of one session (for `d` durations intraday).")
 @click.option("--progress/--no-progress", default=None, help=f"Progress bar (default: from {PROGRESS_ROWS} rows).")
+@click.option(
+    "--record-in",
+    "run_root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="A TRAINING run folder: record the definitions used there (feature_definitions.yaml beside manifest.json).",
+)
 def build(
     bars: Path,
     out: Path,
@@ -54,8 +61,10 @@ def build(
     interval_minutes: float | None,
     bars_per_day: int | None,
     progress: bool | None,
+    run_root: Path | None,
 ) -> None:
-    """Compute features for every row of BARS (OHLCV, CSV or Parquet) and write them to --out."""
+    """Compute features for every row of BARS (OHLCV, CSV or Parquet) and write them to --out
+    (with --record-in, also record the definitions in the TRAINING run they train)."""
     import pandas as pd
 
     from .compiler import compile_features
@@ -69,6 +78,8 @@ def build(
             raise click.UsageError("nothing to build: give --feature names or --definitions with features")
         wanted = list(defs.features)
     program = compile_features(wanted, defs, interval_minutes=interval_minutes, bars_per_day=bars_per_day)
+    if run_root is not None and not run_root.is_dir():  # before the work, not after it
+        raise FeatureBuildError(f"--record-in {run_root}: no such run folder")
     if not bars.is_file():
         raise FeatureBuildError(f"{bars}: no such file")
     frame = read_table(bars, "bars")
@@ -102,6 +113,16 @@ def build(
     result = pd.concat([frame[keys], values], axis=1).reset_index(drop=True)
     write_table(result, out)
     click.echo(f"wrote {len(result)} rows × {len(program.features)} features to {out}")
+    if run_root is not None:
+        from .runs import write_run_definitions
+
+        content = defs.to_dict() if defs is not None else {"features": {}}
+        for key in ("interval_minutes", "bars_per_day"):  # what the durations were resolved with
+            if getattr(program, key) is not None:
+                content[key] = getattr(program, key)
+        recorded = FeatureDefinitions.from_dict(content)
+        path = write_run_definitions(run_root, recorded)
+        click.echo(f"recorded the definitions in {path}")
 
 
 @features.command("explain")
