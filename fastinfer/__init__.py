@@ -60,7 +60,7 @@ def __getattr__(name: str):
 def warmup() -> None:
     """Compile every numba kernel now (from numba's on-disk cache when warm), not on the first bar."""
     from . import features
-    from .kernels import forest, ring, spsc
+    from .kernels import forest, ring, screen, spsc
 
-    for kernel in (features, ring, spsc, forest):
+    for kernel in (features, ring, spsc, forest, screen):
         kernel.warmup()

@@ -28,6 +28,7 @@ from .artifacts import ModelLocation, ModelSpec
 from .config import Settings, load_config
 from .errors import ConfigError, InferenceError, IntegrityError, ModelLoadError, SignatureError
 from .integrity import ChecksumPolicy, TrustPolicy, sha256_file
+from .kernels.screen import count_nonfinite_float32, float32_screened
 from .lock import Lock, LockEntry, read_lock
 from .runtime import GraphRuntime, batch_threads, default_cache
 
@@ -190,17 +191,23 @@ class LoadedModel:
         """Apply ``nan_policy``; the array returned is the one the model gets (inf never reaches it).
 
         Values beyond float32's range count as inf: every ONNX graph (and XGBoost, Keras)
-        reads float32, where they would become inf.
+        reads float32, where they would become inf. A graph gets its float32 copy from the same
+        pass that checks it.
         """
-        with np.errstate(over="ignore", invalid="ignore"):
-            finite = np.isfinite(X.astype(np.float32, copy=False)) if X.dtype.kind == "f" else None
-        if finite is None or finite.all():
+        given = X
+        if self.backend is Backend.ONNX:
+            X, bad = float32_screened(X)
+        else:
+            bad = count_nonfinite_float32(np.ascontiguousarray(X).reshape(-1))
+        if not bad:
             return X
+        with np.errstate(over="ignore", invalid="ignore"):
+            finite = np.isfinite(X.astype(np.float32, copy=False))
         rows = np.flatnonzero(~finite.reshape(len(X), -1).all(axis=1)) if X.ndim > 1 else np.array([0])
         col = int(np.flatnonzero(~finite.reshape(len(X), -1)[rows[0]])[0]) % self.n_features
         what = (
             f"row {int(rows[0])} feature {self.feature_order[col]!r} is "
-            f"{X.reshape(len(X), -1)[rows[0]].flat[col]!r} ({len(rows)} row(s) with NaN/inf)"
+            f"{given.reshape(len(X), -1)[rows[0]].flat[col]!r} ({len(rows)} row(s) with NaN/inf)"
         )
         if self.nan_policy == "pass" and self.family.handles_nan:
             return np.where(finite, X, np.nan)  # a copy: the caller's array is not touched

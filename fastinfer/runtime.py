@@ -1,11 +1,14 @@
 """One runtime behind every entry point: each verified graph served by its fastest backend, per
 batch size.
 
-A model served from its verified ONNX graph has up to three backends, all computing the same
+A model served from its verified ONNX graph has up to four backends, all computing the same
 graph: ONNX Runtime with one thread (latency first), ONNX Runtime with the batch thread count
-(``executor.batch_threads``), and, for a pure tree ensemble, the forest kernel
-(``fastinfer.kernels.forest``: node or bitvector traversal, bit-identical to ONNX Runtime, its
-row blocks on every core for big batches). Which one serves a batch is decided per size class
+(``executor.batch_threads``), for a pure tree ensemble the forest kernel
+(``fastinfer.kernels.forest``: node, bitvector or oblivious traversal, bit-identical to ONNX Runtime, its
+row blocks on every core for big batches), and for a plain linear model (one
+``LinearRegressor``) its float32 product through numpy's BLAS, which ONNX Runtime runs as a
+slow GEMV on big batches (equal to it to float32 rounding). A candidate must agree with the
+1-thread session on the calibration rows to be chosen. Which one serves a batch is decided per size class
 (1, 64, 512, 4,096, 65,536 rows and up) by timing the candidates once on the caller's own rows
 (the first batch of that class, capped at ``CALIBRATION_ROWS``), and the choice is kept in a
 small on-disk cache keyed by the graph's sha256 and the machine (``FASTINFER_CACHE_DIR``, else
@@ -36,8 +39,13 @@ CALIBRATION_ROWS = 4096  # rows timed per candidate (a bigger batch is timed on 
 CACHE_FILE = "runtime-choices.json"
 MAX_CACHE_ENTRIES = 10_000
 ORT_LATENCY, ORT_BATCH = "onnxruntime", "onnxruntime-threads"
-FOREST_MODES = ("node", "bitvector")  # the forest kernel's traversals, as backends "forest:<mode>"
-BACKENDS = (ORT_LATENCY, ORT_BATCH, *(f"forest:{m}" for m in FOREST_MODES))
+LINEAR = "linear"
+FOREST_MODES = ("node", "bitvector", "oblivious")  # the forest kernel's modes, as backends "forest:<mode>"
+BACKENDS = (ORT_LATENCY, ORT_BATCH, LINEAR, *(f"forest:{m}" for m in FOREST_MODES))
+# ONNX Runtime on the batch thread count and the linear backend round differently from the
+# 1-thread session (GEMM blocking, summation order): 1e-5 of the output's scale is 100 float32 ulps.
+AGREEMENT_RTOL = 1e-5
+RESHAPES = {"Identity", "Reshape", "Flatten"}  # ops that leave (N, K) values as they are
 
 
 def size_class(n_rows: int) -> int:
@@ -141,6 +149,48 @@ def default_cache() -> ChoiceCache:
     return _DEFAULT_CACHE
 
 
+def linear_weights(graph: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(W (F, K), b (K,))`` in float32 when the graph is one ``LinearRegressor`` without a
+    post-transform on the graph's input, then only reshapes; else None."""
+    from onnx import helper
+
+    nodes = list(graph.graph.node)
+    if not nodes or nodes[0].op_type != "LinearRegressor" or any(n.op_type not in RESHAPES for n in nodes[1:]):
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in nodes[0].attribute}
+    if attrs.get("post_transform", b"NONE") not in (b"NONE", "NONE") or len(graph.graph.input) != 1:
+        return None
+    targets = int(attrs.get("targets", 1))
+    coefficients = np.asarray(attrs.get("coefficients", []), dtype=np.float32)
+    if targets < 1 or coefficients.size == 0 or coefficients.size % targets:
+        return None
+    intercepts = np.asarray(attrs.get("intercepts", np.zeros(targets)), dtype=np.float32)
+    if intercepts.size != targets:
+        return None
+    return np.ascontiguousarray(coefficients.reshape(targets, -1).T), intercepts
+
+
+class single_thread_blas:
+    """numpy's BLAS on one thread for the ``with`` block, then as it was: its threaded GEMV
+    stalls whenever another thread holds a core (65,536 × 16 rows with one core busy: 1.5 ms
+    on two threads, 0.23 ms on one), and a product this small gains nothing from threads."""
+
+    def __init__(self):
+        from threadpoolctl import ThreadpoolController
+
+        self.libraries = ThreadpoolController().select(user_api="blas").lib_controllers
+        self.before: list[int] = []
+
+    def __enter__(self) -> None:
+        self.before = [lib.num_threads for lib in self.libraries]
+        for lib in self.libraries:
+            lib.set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        for lib, n in zip(self.libraries, self.before, strict=True):
+            lib.set_num_threads(n)
+
+
 class GraphRuntime:
     """The backends of one verified graph and the choice among them per size class.
 
@@ -170,6 +220,7 @@ class GraphRuntime:
         self._run = {ORT_LATENCY: run_latency}
         self._open_batch_session = open_batch_session
         self._forest = None
+        self._linear = linear_weights(graph)
         self.forest_reason = ""  # why the forest kernel does not serve this graph, when it does not
         self._lock = threading.Lock()
         self._forest_lock = threading.Lock()
@@ -200,12 +251,26 @@ class GraphRuntime:
         names = [ORT_LATENCY]
         if self.threads > 1 and n_rows >= SIZE_CLASSES[2]:
             names.append(ORT_BATCH)
+        if self._linear is not None:
+            names.append(LINEAR)
         return names + forest
 
     def _runner(self, name: str) -> Callable[[np.ndarray], np.ndarray]:
         if name not in self._run:
             if name == ORT_BATCH:
                 self._run[name] = self._open_batch_session()
+            elif name == LINEAR:
+                W, b = self._linear
+                shape = self.run_latency(np.zeros((2, W.shape[0]), np.float32)).shape[1:]  # the graph's own
+                blas = single_thread_blas()
+
+                def run(X: np.ndarray) -> np.ndarray:
+                    with blas:
+                        Y = np.ascontiguousarray(X, dtype=np.float32) @ W
+                    Y += b
+                    return Y.reshape(len(Y), *shape)
+
+                self._run[name] = run
             else:
                 kernel, mode, lock = self._forest_kernel(), name.split(":", 1)[1], self._forest_lock
 
@@ -228,7 +293,8 @@ class GraphRuntime:
         with self._lock:
             found = self.choices.get(size) or (self.cache.get(self.sha256, size) if self.cache else None)
             candidates = self._candidates(len(X))
-            if found is None or found.backend not in candidates:
+            # a cached choice made without one of today's candidates is made again
+            if found is None or found.backend not in candidates or not set(candidates) <= set(found.timings_us):
                 found = self._calibrate(X, candidates)
                 if self.cache is not None and len(candidates) > 1:
                     self.cache.put(self.sha256, size, found)
@@ -236,15 +302,35 @@ class GraphRuntime:
         return found
 
     def _calibrate(self, X: np.ndarray, candidates: list[str]) -> Choice:
+        """Time each candidate on the caller's rows; one whose output there is not ONNX Runtime's
+        (bit for bit for the forest kernel, to ``AGREEMENT_RTOL`` of the output's scale for the
+        others) is logged and never chosen."""
         rows = np.ascontiguousarray(X[:CALIBRATION_ROWS], dtype=np.float32)
         if len(candidates) == 1:
             return Choice(candidates[0], len(rows), {})
         repeat = 5 if len(rows) >= 512 else 21
+        reference = np.asarray(self.run_latency(rows))
         timings = {}
         for name in candidates:
             runner = self._runner(name)
+            if name != ORT_LATENCY and not self._agrees(name, np.asarray(runner(rows)), reference):
+                continue
             timings[name] = median_us(lambda run=runner: run(rows), repeat)
         return Choice(min(timings, key=timings.get), len(rows), timings)
+
+    def _agrees(self, name: str, got: np.ndarray, reference: np.ndarray) -> bool:
+        if got.size == reference.size:
+            got, want = got.reshape(-1), reference.reshape(-1)
+            if name.startswith("forest:"):
+                if np.array_equal(got, want, equal_nan=True):
+                    return True
+            else:
+                with np.errstate(invalid="ignore"):
+                    scale = float(np.nanmax(np.abs(want), initial=0.0))
+                    if np.allclose(got, want, rtol=0.0, atol=AGREEMENT_RTOL * max(scale, 1e-30), equal_nan=True):
+                        return True
+        log.warning("graph %s: backend %s disagrees with ONNX Runtime on these rows; not used", self.sha256[:12], name)
+        return False
 
     def run(self, X: np.ndarray) -> np.ndarray:
         return self._runner(self.choice(X).backend)(X)

@@ -123,3 +123,118 @@ def test_named_inputs_are_placed_by_name_once_per_column_set(compiled_run, synth
         model.predict(FeatureVector(shuffled.to_numpy()[:, 1:], shuffled.columns[1:]))
     with pytest.raises(InferenceError, match="in the model's feature_order"):
         model.predict(shuffled.to_numpy()[:, 1:])  # unnamed: only its width can be checked
+
+
+def test_screen_makes_the_float32_copy_and_counts_what_float32_cannot_hold():
+    """One pass gives the graph's float32 rows and the count numpy's astype + isfinite would give:
+    NaN, ±inf and float64 values beyond float32's range (which become inf there)."""
+    from fastinfer.kernels.screen import float32_screened
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((50, 7)) * 1e3
+    X[[1, 2, 3, 4, 5], [0, 1, 2, 3, 4]] = [np.nan, np.inf, -np.inf, 1e39, -3.5e38]
+    X[6, 5] = 3.4e38  # fits in float32
+    with np.errstate(over="ignore"):
+        cases = (X, np.asfortranarray(X), X[:, ::2], X.reshape(5, 10, 7), X.astype(np.float32), X[:0])
+    for given in cases:
+        with np.errstate(over="ignore"):
+            want = np.asarray(given).astype(np.float32)
+        got, bad = float32_screened(given)
+        assert got.dtype == np.float32 and got.flags.c_contiguous and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+        assert bad == int((~np.isfinite(want)).sum())
+    same = cases[4]
+    assert float32_screened(same)[0] is same  # already the graph's dtype: no copy
+    ints = np.arange(12, dtype=np.int64).reshape(3, 4)
+    got, bad = float32_screened(ints)
+    assert bad == 0 and np.array_equal(got, ints.astype(np.float32))
+
+
+def _session(graph):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda X: session.run(None, {name: np.ascontiguousarray(X, dtype=np.float32)})[0]
+
+
+def _linear_graph(coefficients, intercepts, targets: int, post_transform: str = "NONE"):
+    from onnx import TensorProto, helper
+
+    n_features = len(coefficients) // targets
+    node = helper.make_node(
+        "LinearRegressor",
+        ["features"],
+        ["variable"],
+        domain="ai.onnx.ml",
+        coefficients=list(coefficients),
+        intercepts=list(intercepts),
+        targets=targets,
+        post_transform=post_transform,
+    )
+    graph = helper.make_graph(
+        [node],
+        "linear",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, n_features])],
+        [helper.make_tensor_value_info("variable", TensorProto.FLOAT, [None, targets])],
+    )
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)], ir_version=9
+    )
+
+
+def test_linear_backend_serves_plain_linear_graphs_and_agrees_with_onnx_runtime(compiled_run, synthetic):
+    """A run's Ridge (one LinearRegressor, then a Reshape) gets the BLAS product as a candidate,
+    equal to ONNX Runtime to float32 rounding and of the same shape; so does a two-target
+    LinearRegressor. A post-transform or any other graph is not offered the backend."""
+    X, _ = synthetic
+    ridge = ModelLoader(compiled_run).load(TARGET, "ridge")
+    assert ridge.runtime._linear is not None
+    rows = _rows(ridge, X, 4096).astype(np.float32)
+    got, want = ridge.runtime._runner(runtime.LINEAR)(rows), ridge.runtime.run_latency(rows)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=runtime.AGREEMENT_RTOL * np.abs(want).max())
+    ridge.predict(rows)
+    assert runtime.LINEAR in ridge.runtime.choices[4096].timings_us
+    assert ModelLoader(compiled_run).load(TARGET, "lightgbm").runtime._linear is None
+
+    rng = np.random.default_rng(5)
+    coefficients, intercepts = rng.standard_normal(2 * 9), rng.standard_normal(2)
+    graph = _linear_graph(coefficients, intercepts, targets=2)
+    rt = runtime.GraphRuntime(graph, "two-targets", _session(graph), lambda: _session(graph))
+    rows = rng.standard_normal((300, 9)).astype(np.float32)
+    got, want = rt._runner(runtime.LINEAR)(rows), rt.run_latency(rows)
+    assert got.shape == want.shape == (300, 2)
+    np.testing.assert_allclose(got, want, rtol=0, atol=runtime.AGREEMENT_RTOL * np.abs(want).max())
+    assert runtime.linear_weights(_linear_graph(coefficients, intercepts, 2, "SOFTMAX")) is None
+
+
+def test_a_backend_that_disagrees_with_onnx_runtime_is_never_chosen(
+    compiled_run, synthetic, caplog, tmp_path, monkeypatch
+):
+    X, _ = synthetic
+    monkeypatch.setattr(runtime, "_DEFAULT_CACHE", runtime.ChoiceCache(tmp_path))  # no choice made before
+    ridge = ModelLoader(compiled_run).load(TARGET, "ridge")
+    rows = _rows(ridge, X, 700)
+    honest = ridge.runtime._runner(runtime.LINEAR)
+    ridge.runtime._run[runtime.LINEAR] = lambda R: honest(R) * (1 + 1e-3)  # fast and wrong
+    with caplog.at_level("WARNING", logger="fastinfer.runtime"):
+        ridge.predict(rows)
+    choice = ridge.runtime.choices[runtime.size_class(700)]
+    assert runtime.LINEAR not in choice.timings_us and choice.backend != runtime.LINEAR
+    assert "backend linear disagrees with ONNX Runtime" in caplog.text
+
+
+def test_a_cached_choice_made_without_a_candidate_is_made_again(compiled_run, synthetic, tmp_path, monkeypatch):
+    """A choice cached before a backend existed (an older fastinfer, the same version string)
+    is calibrated again, so a new, faster backend is not ignored for ever."""
+    X, _ = synthetic
+    cache = runtime.ChoiceCache(tmp_path)
+    monkeypatch.setattr(runtime, "_DEFAULT_CACHE", cache)
+    ridge = ModelLoader(compiled_run).load(TARGET, "ridge")
+    cache.put(ridge.runtime.sha256, 512, runtime.Choice(runtime.ORT_LATENCY, 512, {runtime.ORT_LATENCY: 1.0}))
+    ridge.predict(_rows(ridge, X, 512))
+    assert runtime.LINEAR in ridge.runtime.choices[512].timings_us
+    assert runtime.LINEAR in runtime.ChoiceCache(tmp_path).get(ridge.runtime.sha256, 512).timings_us
