@@ -31,6 +31,7 @@ from fastinfer import testing
 from fastinfer.compiler import compile_run
 from fastinfer.features import default_feature_set, ohlcv_arrays
 from fastinfer.features.pandas_reference import peer_features
+from fastinfer.latency import median_us
 from fastinfer.loader import ModelLoader
 from fastinfer.predictor import LivePredictor
 from fastinfer.reference import SeedPath
@@ -77,13 +78,7 @@ def _warm(predictor, bars, n_symbols, upto=200):
 
 
 def _median_s(fn, repeat: int = 201) -> float:
-    fn()
-    times = np.empty(repeat)
-    for i in range(repeat):
-        start = time.perf_counter_ns()
-        fn()
-        times[i] = time.perf_counter_ns() - start
-    return float(np.median(times)) / 1e9
+    return median_us(fn, repeat) / 1e6
 
 
 def _peer(models, goog, t: int):

@@ -94,3 +94,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_sep("=", "hardening report: hostile inputs and properties")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def no_subprocess(monkeypatch):
+    """Fails the test if anything starts a child process (crafted and damaged files are refused in-process)."""
+    import subprocess
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a subprocess was started: {args[0] if args else kwargs}")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    monkeypatch.setattr(subprocess, "run", refuse)

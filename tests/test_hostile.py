@@ -160,18 +160,6 @@ def _in_child(fn):
     return got[1]
 
 
-@pytest.fixture
-def no_subprocess(monkeypatch):
-    """Fails the test if anything starts a child process (the loader opens every model in-process)."""
-    import subprocess
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"a subprocess was started: {args[0] if args else kwargs}")
-
-    monkeypatch.setattr(subprocess, "Popen", refuse)
-    monkeypatch.setattr(subprocess, "run", refuse)
-
-
 @pytest.mark.parametrize("how", ["truncated", "bit-flipped"])
 def test_unverified_damaged_model_txt_is_refused_in_process(run_copy, how, no_subprocess):
     """Default policy (strict_checksums false) loads a mismatching non-pickle file with a warning.

@@ -61,18 +61,6 @@ def _path(root: Path, family: str, name: str) -> Path:
     return root / "targets" / TARGET / "models" / "view=CROSS_SECTIONAL" / f"family={family}" / name
 
 
-@pytest.fixture
-def no_subprocess(monkeypatch):
-    """Fails the test if anything starts a child process (crafted files are refused in-process)."""
-    import subprocess
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"a subprocess was started: {args[0] if args else kwargs}")
-
-    monkeypatch.setattr(subprocess, "Popen", refuse)
-    monkeypatch.setattr(subprocess, "run", refuse)
-
-
 # ---------------------------------------------------------------- LightGBM model.txt
 
 

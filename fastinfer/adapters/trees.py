@@ -333,6 +333,11 @@ def tree_graph(
         width = 2
     elif link is not None:
         raise ValueError(f"unknown link {link!r}")
+    return rows_graph(nodes, name, n_features, width, initializers)
+
+
+def rows_graph(nodes: list, name: str, n_features: int, width: int, initializers: list) -> onnx.ModelProto:
+    """The model of ``nodes``: (N, n_features) float rows in, (N, width) out, fastinfer's opsets."""
     graph = helper.make_graph(
         nodes,
         name,

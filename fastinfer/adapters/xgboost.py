@@ -39,10 +39,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from ..converters import INPUT_NAME, OUTPUT_NAME
-from ..converters.graph import OPSETS, finish, input_dims
+from ..converters.graph import finish
 from ..errors import ConversionError
 from .base import (
     BINARY,
@@ -60,7 +60,20 @@ from .base import (
     memo,
     task_of,
 )
-from .trees import EXP, LEFT, LT, RIGHT, SIGMOID, Forest, Objective, binary_objective, membership, single, tree_graph
+from .trees import (
+    EXP,
+    LEFT,
+    LT,
+    RIGHT,
+    SIGMOID,
+    Forest,
+    Objective,
+    binary_objective,
+    membership,
+    rows_graph,
+    single,
+    tree_graph,
+)
 from .xgboost_file import LEGACY_MESSAGE, Malformed, read_model
 
 if TYPE_CHECKING:
@@ -243,16 +256,7 @@ def _linear_graph(weights: np.ndarray, bias: np.ndarray, objective: Objective, n
         else:
             op = {EXP: "Exp", SIGMOID: "Sigmoid"}.get(objective.link, "Identity")
             nodes.append(helper.make_node(op, ["margin"], [OUTPUT_NAME], name="link"))
-    graph = helper.make_graph(
-        nodes,
-        "xgboost_gblinear",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, input_dims(n_features, None))],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", width])],
-        init,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(OPSETS.items())])
-    model.ir_version = 8
-    return model
+    return rows_graph(nodes, "xgboost_gblinear", n_features, width, init)
 
 
 def xgboost_graph(native: Any, n_features: int) -> onnx.ModelProto:

@@ -59,6 +59,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
+from ..features.vocabulary import KNOWN_FEATURES
+
 RETURN_HORIZONS = (1, 5, 10, 20, 60)
 RSI_PERIOD = 14
 ATR_PERIOD = 14
@@ -68,28 +70,7 @@ VOL_PERIOD = 20
 MACD_FAST, MACD_SLOW, MACD_SIGNAL = 12, 26, 9
 CLOSE_WINDOW = 61  # ret_60 needs c[t-60]
 
-# Kernel output order: fastinfer.features.KNOWN_FEATURES (tested equal).
-FEATURES = (
-    "ret_1",
-    "ret_5",
-    "ret_10",
-    "ret_20",
-    "ret_60",
-    "rsi_14",
-    "macd",
-    "macd_signal",
-    "macd_hist",
-    "bb_upper",
-    "bb_lower",
-    "bb_pct",
-    "atr_14",
-    "vol_ratio",
-    "rsi_14_sma",
-    "atr_14_sma",
-    "bb_upper_ddof1",
-    "bb_lower_ddof1",
-    "bb_pct_ddof1",
-)
+FEATURES = KNOWN_FEATURES  # the kernel's output order: the names fastinfer computed first
 N_FEATURES = len(FEATURES)
 (
     X_RET1,
