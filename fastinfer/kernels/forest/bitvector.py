@@ -58,7 +58,7 @@ from .codes import (
     VQ_ROWS,
 )
 from .extend import fill_ext
-from .finish import finish_row
+from .finish import finish_rows
 
 _ZERO = np.float32(0.0)
 _ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -92,8 +92,8 @@ def _clear_range(bv, base, lo, hi):
 
 
 @njit(cache=True, nogil=True)
-def bitvector_row(x, out_row, prog, words, consts, scratch, bv):
-    """One row x into out_row; scratch: ext + per-target sums, bv: one bitvector per tree."""
+def bitvector_row(X, out, r, prog, words, consts, scratch, bv):
+    """Row X[r] into out[r]; scratch: ext + per-target sums, bv: one bitvector per tree."""
     T = np.int64(prog[BV_N_TREES])
     F = np.int64(prog[BV_N_FEATURES])
     K = np.int64(prog[BV_N_TARGETS])
@@ -102,7 +102,7 @@ def bitvector_row(x, out_row, prog, words, consts, scratch, bv):
     n_ext = 2 * F + 1 + n_chains
     ext = scratch[:n_ext]
     sums = scratch[n_ext : n_ext + K]
-    fill_ext(x, ext, F, prog[BV_NAN_LOW], n_chains, np.int64(prog[BV_CHAINS_AT]), prog, consts)
+    fill_ext(X[r], ext, F, prog[BV_NAN_LOW], n_chains, np.int64(prog[BV_CHAINS_AT]), prog, consts)
     init_at = np.int64(prog[BV_INIT_AT])
     for t in range(T * W):
         bv[t] = words[init_at + t]
@@ -135,13 +135,15 @@ def bitvector_row(x, out_row, prog, words, consts, scratch, bv):
         sums[prog[targets_at + t]] += consts[leaves_at + leaf]
     fin_at = np.int64(prog[BV_FIN_AT])
     has_at = np.int64(prog[BV_HAS_AT])
-    finish_row(sums, prog[has_at : has_at + K], out_row, prog[fin_at : fin_at + FIN_FIELDS], consts[: FCONST_BASE + K])
+    finish_rows(
+        sums, prog[has_at : has_at + K], out, r, 1, prog[fin_at : fin_at + FIN_FIELDS], consts[: FCONST_BASE + K]
+    )
 
 
 @njit(cache=True, nogil=True)
 def bitvector_rows(X, out, prog, words, consts, scratch, bv):
     for i in range(X.shape[0]):
-        bitvector_row(X[i], out[i], prog, words, consts, scratch, bv)
+        bitvector_row(X, out, i, prog, words, consts, scratch, bv)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -152,7 +154,7 @@ def bitvector_rows_parallel(X, out, prog, words, consts, scratch_size, bv_size):
         scratch = np.empty(scratch_size, dtype=np.float32)
         bv = np.empty(bv_size, dtype=np.uint64)
         for i in range(b * BLOCK, min(N, (b + 1) * BLOCK)):
-            bitvector_row(X[i], out[i], prog, words, consts, scratch, bv)
+            bitvector_row(X, out, i, prog, words, consts, scratch, bv)
 
 
 @njit(cache=True, nogil=True)
@@ -211,11 +213,9 @@ def _vq_block(X, out, r0, r1, prog, words, consts, scratch, bv):
                 acc[r * K + k] += consts[leaves + _lowest_set_bit(bv[t * VQ_ROWS + r])]
     fin_at = np.int64(prog[BV_FIN_AT])
     has_at = np.int64(prog[BV_HAS_AT])
-    fin = prog[fin_at : fin_at + FIN_FIELDS]
-    has = prog[has_at : has_at + K]
-    fconst = consts[: FCONST_BASE + K]
-    for r in range(n):
-        finish_row(acc[r * K : (r + 1) * K], has, out[r0 + r], fin, fconst)
+    finish_rows(
+        acc, prog[has_at : has_at + K], out, r0, n, prog[fin_at : fin_at + FIN_FIELDS], consts[: FCONST_BASE + K]
+    )
 
 
 @njit(cache=True, nogil=True)

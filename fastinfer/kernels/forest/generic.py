@@ -27,7 +27,7 @@ from .codes import (
     GEN_TRACKS,
     LEAF,
 )
-from .finish import finish_row
+from .finish import finish_rows
 
 _ZERO = np.float32(0.0)
 
@@ -77,7 +77,7 @@ def _generic_row(x, sums, has, gi, thr, wt, wv, roots, agg):
 def generic_rows(X, out, sums, has, gi, thr, wt, wv, roots, fin, fconst, agg):
     for i in range(X.shape[0]):
         _generic_row(X[i], sums, has, gi, thr, wt, wv, roots, agg)
-        finish_row(sums, has, out[i], fin, fconst)
+        finish_rows(sums, has, out, i, 1, fin, fconst)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -89,4 +89,4 @@ def generic_rows_parallel(X, out, gi, thr, wt, wv, roots, fin, fconst, agg, K):
         has = np.empty(K, dtype=np.bool_)
         for i in range(b * BLOCK, min(N, (b + 1) * BLOCK)):
             _generic_row(X[i], sums, has, gi, thr, wt, wv, roots, agg)
-            finish_row(sums, has, out[i], fin, fconst)
+            finish_rows(sums, has, out, i, 1, fin, fconst)

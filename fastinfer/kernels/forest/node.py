@@ -38,7 +38,7 @@ from .codes import (
     NODE_WORD,
 )
 from .extend import fill_ext
-from .finish import finish_row
+from .finish import finish_rows
 
 # Unsigned constants keep slot arithmetic unsigned: numba then emits no negative-index
 # wraparound code on the traversal's critical path (a negative offset wraps around in uint64).
@@ -121,7 +121,9 @@ def node_one_row(X, out, prog, nodes, consts, scratch):
             sums[prog[targets_at + t]] += vals[t]
     fin_at = np.int64(prog[NODE_FIN_AT])
     has_at = np.int64(prog[NODE_HAS_AT])
-    finish_row(sums, prog[has_at : has_at + K], out[0], prog[fin_at : fin_at + FIN_FIELDS], consts[: FCONST_BASE + K])
+    finish_rows(
+        sums, prog[has_at : has_at + K], out, 0, 1, prog[fin_at : fin_at + FIN_FIELDS], consts[: FCONST_BASE + K]
+    )
 
 
 @njit(cache=True, nogil=True)
@@ -205,11 +207,9 @@ def _node_block(X, out, r0, r1, prog, nodes, consts, scratch):
             i += 1
     fin_at = np.int64(prog[NODE_FIN_AT])
     has_at = np.int64(prog[NODE_HAS_AT])
-    fin = prog[fin_at : fin_at + FIN_FIELDS]
-    has = prog[has_at : has_at + K]
-    fconst = consts[: FCONST_BASE + K]
-    for i in range(n):
-        finish_row(acc[i * K : (i + 1) * K], has, out[r0 + i], fin, fconst)
+    finish_rows(
+        acc, prog[has_at : has_at + K], out, r0, n, prog[fin_at : fin_at + FIN_FIELDS], consts[: FCONST_BASE + K]
+    )
 
 
 @njit(cache=True, nogil=True)
