@@ -38,8 +38,14 @@ SETTINGS = settings(
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-# Kernel variants every parity test runs: the node layout, the generic (reference) layout, QuickScorer.
-VARIANTS = {"node": {"mode": "node"}, "generic": {"layout": "generic"}, "bitvector": {"mode": "bitvector"}}
+# Kernel variants the parity tests run: the node layout, the generic (reference) layout, QuickScorer,
+# and for oblivious ensembles (CatBoost's) the oblivious layout.
+VARIANTS = {
+    "node": {"mode": "node"},
+    "generic": {"layout": "generic"},
+    "bitvector": {"mode": "bitvector"},
+    "oblivious": {"mode": "oblivious"},
+}
 
 
 def _training_data(seed: int = 0, nan: bool = True):
@@ -210,6 +216,7 @@ CLASSIFIERS_AND_LINKS = [
 ]
 # Several weights per leaf: the node and bitvector layouts refuse these (generic kernel only).
 MULTI_WEIGHT = {"random-forest-2-targets", "random-forest-classifier"}
+OBLIVIOUS = {"catboost"}  # symmetric trees: the oblivious layout too (tests/test_forest_oblivious.py)
 
 
 @pytest.fixture(scope="module")
@@ -316,8 +323,13 @@ def _session_cache(model: onnx.ModelProto) -> ort.InferenceSession:
     return _SESSIONS[key]
 
 
+def _modes_for(family: str) -> tuple[str, ...]:
+    """The modes `ForestKernel.modes` offers for a family's graph."""
+    return ("node",) + ("bitvector",) * (family not in MULTI_WEIGHT) + ("oblivious",) * (family in OBLIVIOUS)
+
+
 def _variants_for(family: str) -> list[str]:
-    return ["node", "generic"] if family in MULTI_WEIGHT else list(VARIANTS)
+    return ["generic", *_modes_for(family)]
 
 
 @pytest.mark.parametrize("family,variant", [(f, v) for f in FAMILIES + CLASSIFIERS_AND_LINKS for v in _variants_for(f)])
@@ -331,7 +343,7 @@ def test_layout_chosen(graphs):
     for family in FAMILIES + CLASSIFIERS_AND_LINKS:
         k = ForestKernel.from_onnx(graphs[family])
         assert k.layout == ("generic" if family in MULTI_WEIGHT else "fast"), family
-        assert k.modes == (("node",) if family in MULTI_WEIGHT else ("node", "bitvector")), family
+        assert k.modes == _modes_for(family), family
 
 
 def test_bitvectors_span_words_past_64_leaves(graphs):
@@ -371,7 +383,7 @@ def test_large_batch_blocks_and_tails(graphs):
     for family in ("lightgbm", "catboost", "lightgbm-multiclass", "lightgbm-binary"):
         X = rng.normal(size=(300, F)).astype(np.float32)
         X[rng.random(X.shape) < 0.1] = np.nan
-        for variant in ("node", "bitvector"):
+        for variant in _modes_for(family):
             k = ForestKernel.from_onnx(graphs[family], **VARIANTS[variant])
             ref = _ort_predict(_session_cache(graphs[family]), X, k.n_outputs)
             for n in (2, 7, 9, 129, 300):
@@ -497,8 +509,8 @@ def _check_synthetic(model: onnx.ModelProto, X: np.ndarray, n_outputs: int) -> N
     for variant, kw in VARIANTS.items():
         try:
             k = ForestKernel.from_onnx(model, **kw)
-        except ValueError as e:  # MIN/MAX and several-weight leaves: generic only
-            assert variant == "bitvector" and "no bitvector mode" in str(e)
+        except ValueError as e:  # MIN/MAX and several-weight leaves: generic only; symmetric trees only
+            assert variant in ("bitvector", "oblivious") and f"no {variant} mode" in str(e)
             continue
         _assert_bits_equal(k.predict(X), ref)
         _assert_bits_equal(np.concatenate([k.predict(X[i : i + 1]) for i in range(len(X))]), ref)
@@ -711,7 +723,7 @@ def test_categorical_runs_become_chains(categorical):
     assert k.n_chains < eq / 2, (k.n_chains, eq)  # runs of several EQ nodes, one test each
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", _variants_for("lightgbm"))
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(X=_categorical_rows(24))
 def test_categorical_matches_onnxruntime(categorical, variant, X):
@@ -920,7 +932,7 @@ def test_every_compiled_family_graph(compiled_run):
             kernel = ForestKernel.from_onnx(model)
             values = _row_values(_tree_node(model), kernel.n_features)
             rows = [[rng.choice(v) for v in values] for _ in range(64)] + [[np.nan] * kernel.n_features]
-            for variant in _variants_for("random-forest-2-targets" if len(kernel.modes) == 1 else "lightgbm"):
+            for variant in ("generic", *kernel.modes):
                 _check_rows(model, np.array(rows, dtype=np.float32), variant)
             checked.append(path.parent.name)
     assert {"family=lightgbm", "family=xgboost", "family=catboost", "family=random_forest"} <= set(checked), checked
@@ -1104,10 +1116,16 @@ def test_one_row_never_starts_a_thread(graphs, monkeypatch):
     def refuse(*args):
         raise AssertionError("a parallel kernel ran for one row")
 
-    for name in ("node_rows_parallel", "bitvector_rows_parallel", "bitvector_blocks_parallel", "generic_rows_parallel"):
+    for name in (
+        "node_rows_parallel",
+        "bitvector_rows_parallel",
+        "bitvector_blocks_parallel",
+        "generic_rows_parallel",
+        "oblivious_rows_parallel",
+    ):
         monkeypatch.setattr(kernel_module, name, refuse)
     X = np.zeros((1, F), dtype=np.float32)
-    for family in ("lightgbm", "random-forest-2-targets"):
+    for family in ("lightgbm", "random-forest-2-targets", "catboost"):
         for variant in _variants_for(family):
             k = ForestKernel.from_onnx(graphs[family], n_threads=2, parallel_min_rows=1, **VARIANTS[variant])
             k.predict(X)
@@ -1117,7 +1135,9 @@ def test_one_row_never_starts_a_thread(graphs, monkeypatch):
 
 def test_predict_into_out_allocates_nothing(graphs):
     kernels = [
-        ForestKernel.from_onnx(graphs[f], **VARIANTS[v]) for f in ("lightgbm", "lightgbm-binary") for v in VARIANTS
+        ForestKernel.from_onnx(graphs[f], **VARIANTS[v])
+        for f in ("lightgbm", "lightgbm-binary", "catboost")
+        for v in _variants_for(f)
     ]
     X1 = np.zeros((1, F), dtype=np.float32)
     XB = np.zeros((64, F), dtype=np.float32)

@@ -11,7 +11,7 @@ One module per step, as the data flows:
 ``pack``       the flat arrays of the node, bitvector (QuickScorer) and generic layouts
 ``extend`` · ``finish``   kernel helpers: the extended row; sums to outputs (aggregation,
                post-transform, link, tail)
-``node`` · ``bitvector`` · ``generic``   the kernels
+``node`` · ``bitvector`` · ``generic`` · ``oblivious``   the kernels
 ``kernel``     `ForestKernel`: builds the layouts, chooses a mode, dispatches ``predict``
 ``codes``      every split mode, aggregate, post-transform and packed offset, named
 ``cache``      numba's on-disk cache kept in step with every module the kernels are built from
@@ -24,13 +24,13 @@ double tensors for a float input), divided by the number of trees for AVERAGE, b
 added last, then the post-transform (several targets only: ORT ignores LOGISTIC/SOFTMAX on one).
 """
 
-from . import bitvector, cache, extend, finish, generic, node
+from . import bitvector, cache, extend, finish, generic, node, oblivious
 from .codes import Aggregate, Link, PostTransform, SplitMode
 from .kernel import ForestKernel, ModeChoice, TreeEnsembleInfo, find_tree_ensembles
 from .read import OutputTail
 from .synthetic import synthetic_node, warmup
 
-cache.refresh(bitvector, extend, finish, generic, node)
+cache.refresh(bitvector, extend, finish, generic, node, oblivious)
 
 __all__ = [
     "Aggregate",

@@ -15,7 +15,7 @@ from types import ModuleType
 
 _STAMP = "forest-kernels.source-sha256"
 # The modules numba compiles into the kernels: the kernels' own, their helpers, the constants.
-KERNEL_SOURCES = ("bitvector.py", "codes.py", "extend.py", "finish.py", "generic.py", "node.py")
+KERNEL_SOURCES = ("bitvector.py", "codes.py", "extend.py", "finish.py", "generic.py", "node.py", "oblivious.py")
 
 
 def _source_digest() -> str:

@@ -215,3 +215,35 @@ BV_HEADER = 24
 VQ_ROWS = 16
 VQ_TREES = 128
 VQ_BLOCK_FIELDS = 4
+
+# ------------------------------------------------------------------ the oblivious layout
+# Oblivious (symmetric) trees, CatBoost's: every node of one level tests the same extended column
+# against the same threshold, so a row's leaf is the integer whose bit k is level k's test
+# (``ext[column] <= threshold``, level 0 at the root) and the tree needs no walk: one table lookup.
+# Batches hold a block of OB_ROWS rows feature-major (one contiguous run of values per extended
+# column some level reads: a "slot"), so each level's test runs across the block's rows in SIMD,
+# OB_GROUP levels per pass over the block's leaf indices. A tree's levels are padded to a multiple
+# of OB_GROUP with tests that never hold (threshold NaN), which set no bit.
+OB_N_TREES = 0
+OB_N_FEATURES = 1
+OB_N_TARGETS = 2
+OB_N_CHAINS = 3
+OB_NAN_LOW = 4
+OB_N_SLOTS = 5  # extended columns some level reads (sorted: features, NaN-as--inf copies, chains)
+OB_SLOTS_AT = 6  # their column ids
+OB_TREES_AT = 7  # per tree: OB_TREE_FIELDS fields
+OB_LEVEL_COLUMN_AT = 8  # per (padded) level of every tree, in tree order: the extended column it tests
+OB_LEVEL_SLOT_AT = 9  # the same levels: the slot holding that column in a block
+OB_CHAINS_AT = 10
+OB_FIN_AT = 11
+OB_HAS_AT = 12
+OB_THRESHOLDS_AT = 13  # in consts: per (padded) level, its threshold
+OB_LEAVES_AT = 14  # in consts: per tree, 2^depth leaves x n_targets values (leaf-major)
+OB_HEADER = 15
+OB_TREE_LEVELS = 0  # the tree's depth padded to a multiple of OB_GROUP
+OB_TREE_FIRST_LEVEL = 1
+OB_TREE_FIRST_LEAF = 2  # offset of its first leaf value from OB_LEAVES_AT
+OB_TREE_FIELDS = 3
+OB_MAX_DEPTH = 16  # CatBoost's own limit; a leaf table of 2^16 x targets values per tree at most
+OB_GROUP = 3  # levels tested per pass (CatBoost's default depth 6: two passes, no padding)
+OB_ROWS = 256  # rows per block: a slot's run (1 KB) and the leaf indices stay in L1

@@ -6,6 +6,8 @@ Modes (``mode=``):
                  the node layout cannot take the ensemble (MIN/MAX, several weights per leaf).
 ``"bitvector"``  QuickScorer (``bitvector.py``): one row at a time, or its vectorised variant
                  for batches; ensembles the node layout takes, made of plain trees.
+``"oblivious"``  one leaf lookup per tree (``oblivious.py``), levels tested across a block of rows
+                 in SIMD; ensembles of oblivious trees (CatBoost's), any targets, SUM or AVERAGE.
 ``"auto"``       ``node`` serves until `calibrate` has timed every available mode on a batch
                  size and kept the faster (it records why in ``mode_choice``); the bitvector
                  layout is packed then, on first use.
@@ -29,10 +31,20 @@ from .bitvector import bitvector_blocks, bitvector_blocks_parallel, bitvector_ro
 from .generic import generic_rows, generic_rows_parallel
 from .node import node_one_row, node_rows, node_rows_parallel
 from .normalise import TreeStructure, normalise
-from .pack import Finish, bitvector_reason, pack_bitvectors, pack_generic, pack_nodes, single_target_trees_reason
+from .oblivious import oblivious_one_row, oblivious_rows, oblivious_rows_parallel
+from .pack import (
+    Finish,
+    bitvector_reason,
+    oblivious_trees,
+    pack_bitvectors,
+    pack_generic,
+    pack_nodes,
+    pack_oblivious,
+    single_target_trees_reason,
+)
 from .read import EnsembleAttributes, OutputTail, read_forest_graph, remap_features
 
-MODES = ("auto", "node", "bitvector")
+MODES = ("auto", "node", "bitvector", "oblivious")
 LAYOUTS = ("auto", "generic")
 _F32 = np.dtype(np.float32)
 
@@ -118,16 +130,25 @@ class ForestKernel:
         self._bitvector_reason = why_not or bitvector_reason(forest)
         if mode == "bitvector" and self._bitvector_reason:
             raise ValueError(f"{node.op_type} {attrs.name!r}: no bitvector mode for {self._bitvector_reason}")
+        # The oblivious layout is packed now: finding the levels is the same walk as packing them.
+        trees, self._oblivious_reason = oblivious_trees(structure, forest) if layout == "auto" else ([], why_not)
+        self._oblivious = pack_oblivious(trees, structure, forest, finish) if not self._oblivious_reason else None
+        if self._oblivious is not None:
+            self._ob_one_scratch = self._oblivious.one_row_scratch()
+            self._ob_scratch, self._ob_index = self._oblivious.block_scratch()
+        if mode == "oblivious" and self._oblivious_reason:
+            raise ValueError(f"{node.op_type} {attrs.name!r}: no oblivious mode for {self._oblivious_reason}")
         self._checked: tuple = (None, None)  # the last (X, out) that passed the checks
-        self.mode = "bitvector" if mode == "bitvector" else "node"
-        no_bits = f" (no bitvector mode: {self._bitvector_reason})" if self._bitvector_reason else ""
+        self.mode = mode if mode != "auto" else "node"
+        reasons = (("bitvector", self._bitvector_reason), ("oblivious", self._oblivious_reason))
+        no_modes = "".join(f" (no {m} mode: {r})" for m, r in reasons if r)
         self.mode_choice = ModeChoice(
-            self.mode, reason="asked for" if mode != "auto" else "node until calibrated" + no_bits
+            self.mode, reason="asked for" if mode != "auto" else "node until calibrated" + no_modes
         )
 
     @property
     def mode(self) -> str:
-        """The kernel `predict` runs: "node" or "bitvector" (see the module docstring)."""
+        """The kernel `predict` runs: "node", "bitvector" or "oblivious" (see the module docstring)."""
         return self._mode
 
     @mode.setter
@@ -170,7 +191,11 @@ class ForestKernel:
     @property
     def modes(self) -> tuple[str, ...]:
         """The modes this ensemble can run in."""
-        return ("node",) if self._bitvector_reason else ("node", "bitvector")
+        return (
+            "node",
+            *(("bitvector",) if not self._bitvector_reason else ()),
+            *(("oblivious",) if not self._oblivious_reason else ()),
+        )
 
     # -- choosing a mode -----------------------------------------------------
 
@@ -182,7 +207,8 @@ class ForestKernel:
         for f, values in enumerate(self._split_values()):
             if len(values):
                 pick = rng.choice(values, size=n_rows)
-                X[:, f] = np.nextafter(pick, rng.choice([-np.inf, np.inf], size=n_rows).astype(np.float32))
+                with np.errstate(over="ignore"):  # past the largest float32 is inf, a value rows may take
+                    X[:, f] = np.nextafter(pick, rng.choice([-np.inf, np.inf], size=n_rows).astype(np.float32))
         X[rng.random(X.shape) < 0.02] = np.nan
         return X
 
@@ -234,7 +260,16 @@ class ForestKernel:
             out = self._check(X, out)
         N = X.shape[0]
         parallel = self.n_threads > 1 and self.parallel_min_rows <= N and N > 1
-        if self._mode == "bitvector":
+        if self._mode == "oblivious":
+            o = self._oblivious
+            if N == 1:
+                oblivious_one_row(X, out, o.prog, o.consts, self._ob_one_scratch)
+            elif parallel:
+                with _threads(self.n_threads):
+                    oblivious_rows_parallel(X, out, o.prog, o.consts, o.block_scratch_size())
+            else:
+                oblivious_rows(X, out, o.prog, o.consts, self._ob_scratch, self._ob_index)
+        elif self._mode == "bitvector":
             b = self._bits
             if N == 1 or not b.vectorised:
                 if parallel:

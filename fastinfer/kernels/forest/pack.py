@@ -8,6 +8,8 @@ every offset).
                     boosters), SUM or AVERAGE.
 ``BitvectorLayout`` QuickScorer: per extended column the splits sorted by threshold with the
                     leaves each rules out; the node layout's ensembles made of plain trees.
+``ObliviousLayout`` oblivious (symmetric, CatBoost's) trees: per tree one test per level and a
+                    leaf table indexed by the tests' bits; SUM or AVERAGE, any targets.
 ``GenericLayout``   ORT's modes as they are, any targets and aggregates; the reference path.
 """
 
@@ -490,3 +492,163 @@ def pack_generic(structure: TreeStructure, finish: Finish) -> GenericLayout:
         finish.fin,
         finish.fconst,
     )
+
+
+@dataclass(frozen=True)
+class ObliviousTree:
+    """One tree whose every level tests one split: leaf ``sum(test_k << k)`` is ``leaves[...]``."""
+
+    columns: tuple[int, ...]  # per level, root first: the extended column tested
+    thresholds: tuple[float, ...]  # its threshold (the test is ``ext[column] <= threshold``)
+    leaves: tuple[int, ...]  # 2^depth ONNX leaf nodes; bit k of the index: level k's test holds
+
+
+def _same_split(tree: NormalTree, i: int, j: int) -> bool:
+    a, b = np.float32(tree.threshold[i]), np.float32(tree.threshold[j])
+    return tree.column[i] == tree.column[j] and a.tobytes() == b.tobytes()
+
+
+def oblivious_form(tree: NormalTree) -> ObliviousTree | str:
+    """The tree in oblivious form, or why it has none.
+
+    Level by level from the root: every node of a level is a leaf (the tree ends there) or every
+    one is a split testing the same column against the same threshold. The nodes of level k are
+    reached with the tests of levels 0..k-1 as bits of a prefix (a ``<=`` child sets its level's
+    bit), so each leaf's index is derived from the tree itself, whatever order the ONNX nodes
+    were listed in. Shared nodes (a DAG) are followed like copies.
+    """
+    frontier = [(0, 0)]  # (normal node, index prefix)
+    columns, thresholds = [], []
+    for level in range(C.OB_MAX_DEPTH + 1):
+        leaves = [tree.is_leaf(i) for i, _ in frontier]
+        if all(leaves):
+            order = sorted(frontier, key=lambda node_prefix: node_prefix[1])
+            return ObliviousTree(tuple(columns), tuple(thresholds), tuple(tree.source[i] for i, _ in order))
+        if any(leaves):
+            return f"leaves at depth {level} beside splits (not complete to its depth)"
+        first = frontier[0][0]
+        if not all(_same_split(tree, first, i) for i, _ in frontier):
+            return f"level {level} tests more than one split"
+        if level == C.OB_MAX_DEPTH:
+            break
+        columns.append(tree.column[first])
+        thresholds.append(tree.threshold[first])
+        frontier = [(c, prefix | (b << level)) for i, prefix in frontier for c, b in ((tree.le[i], 1), (tree.gt[i], 0))]
+    return f"deeper than {C.OB_MAX_DEPTH} levels"
+
+
+def _leaf_targets(structure: TreeStructure, src: int) -> dict[int, np.float32] | None:
+    """{target: weight} of one leaf as ORT adds it (one target: the first weight only), or None
+    when the leaf adds to one target twice (ORT's two additions cannot be one table entry)."""
+    weights = structure.leaf_weights[src]
+    if structure.attrs.n_targets == 1:
+        return {0: np.float32(weights[0][1])}
+    out = {}
+    for target, w in weights:
+        if target in out:
+            return None
+        out[target] = np.float32(w)
+    return out
+
+
+def oblivious_trees(structure: TreeStructure, forest: NormalForest) -> tuple[list[ObliviousTree], str]:
+    """(every tree in oblivious form, "") or ([], why the oblivious layout cannot take the ensemble)."""
+    a = structure.attrs
+    if a.aggregate not in ("SUM", "AVERAGE"):
+        return [], f"aggregate_function {a.aggregate} (the oblivious layout takes SUM and AVERAGE)"
+    trees = []
+    for t, tree in enumerate(forest.trees):
+        form = oblivious_form(tree)
+        if isinstance(form, str):
+            return [], f"trees that are not oblivious: tree {t} has {form}"
+        targets = [_leaf_targets(structure, src) for src in form.leaves]
+        if any(m is None for m in targets) or any(m.keys() != targets[0].keys() for m in targets):
+            return [], f"leaves of tree {t} adding to different targets, or to one target twice"
+        trees.append(form)
+    return trees, ""
+
+
+@dataclass
+class ObliviousLayout:
+    prog: np.ndarray  # uint32
+    consts: np.ndarray  # float32: fconst, chain list values, level thresholds, leaf values
+    n_ext: int
+    n_slots: int
+    n_targets: int
+
+    def one_row_scratch(self) -> np.ndarray:
+        """ext + per-target sums."""
+        return np.empty(self.n_ext + self.n_targets, dtype=np.float32)
+
+    def block_scratch_size(self) -> int:
+        """One row's ext (for chain slots), the block's slots feature-major, its per-target sums."""
+        return self.n_ext + (self.n_slots + self.n_targets) * C.OB_ROWS
+
+    def block_scratch(self) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 scratch of `block_scratch_size`, each row's leaf index)."""
+        return np.empty(self.block_scratch_size(), dtype=np.float32), np.empty(C.OB_ROWS, dtype=np.uint32)
+
+
+def pack_oblivious(
+    trees: list[ObliviousTree], structure: TreeStructure, forest: NormalForest, finish: Finish
+) -> ObliviousLayout:
+    """The oblivious layout of `oblivious_trees`' trees.
+
+    Each tree's levels are padded to a multiple of OB_GROUP with tests that never hold
+    (``ext[slot 0's column] <= NaN``): they set no bit, so the leaf index is unchanged.
+    Leaf values are a dense table per tree, ``2^depth x K``: a target a tree does not score
+    holds 0.0 there, which leaves the row's float32 sum unchanged (a sum from +0 is never -0, so
+    adding +0 is exact), and ``has`` marks the targets some tree scores, as ORT's has_score does
+    for trees whose leaves all score the same targets (`oblivious_trees` requires it).
+    """
+    F, n_chains, T = forest.n_features, len(forest.chains), len(trees)
+    K = int(finish.fin[C.FIN_N_TARGETS])
+    slots = sorted({c for tree in trees for c in tree.columns})
+    slot_of = {c: s for s, c in enumerate(slots)}
+    tree_rows, level_columns, level_slots, thresholds, leaf_values = [], [], [], [], []
+    has = np.zeros(K, dtype=np.uint32)
+    n_leaf_values = 0
+    for tree in trees:
+        depth = len(tree.columns)
+        pad = -depth % C.OB_GROUP
+        tree_rows += [depth + pad, len(level_columns), n_leaf_values]
+        level_columns += [*tree.columns, *slots[:1] * pad]
+        level_slots += [*(slot_of[c] for c in tree.columns), *[0] * pad]
+        thresholds += [*tree.thresholds, *[np.nan] * pad]
+        table = np.zeros((1 << depth, K), dtype=np.float32)
+        for leaf, src in enumerate(tree.leaves):
+            for target, w in _leaf_targets(structure, src).items():
+                table[leaf, target] = w
+                has[target] = 1
+        leaf_values.append(table.ravel())
+        n_leaf_values += table.size
+    slots_at = C.OB_HEADER
+    trees_at = slots_at + len(slots)
+    level_column_at = trees_at + len(tree_rows)
+    level_slot_at = level_column_at + len(level_columns)
+    chains_at = level_slot_at + len(level_slots)
+    words_at = chains_at + _chain_section_size(forest)
+    table, words, list_values = _chain_table(forest, words_at, len(finish.fconst))
+    fin_at = words_at + len(words)
+    has_at = fin_at + C.FIN_FIELDS
+    thresholds_at = len(finish.fconst) + len(list_values)
+    header = np.zeros(C.OB_HEADER, dtype=np.int64)
+    header[C.OB_N_TREES], header[C.OB_N_FEATURES], header[C.OB_N_TARGETS] = T, F, K
+    header[C.OB_N_CHAINS], header[C.OB_N_SLOTS] = n_chains, len(slots)
+    header[C.OB_NAN_LOW] = any(F <= c < 2 * F for c in slots)
+    header[C.OB_SLOTS_AT], header[C.OB_TREES_AT] = slots_at, trees_at
+    header[C.OB_LEVEL_COLUMN_AT], header[C.OB_LEVEL_SLOT_AT] = level_column_at, level_slot_at
+    header[C.OB_CHAINS_AT], header[C.OB_FIN_AT], header[C.OB_HAS_AT] = chains_at, fin_at, has_at
+    header[C.OB_THRESHOLDS_AT], header[C.OB_LEAVES_AT] = thresholds_at, thresholds_at + len(thresholds)
+    prog = np.concatenate([header, slots, tree_rows, level_columns, level_slots, table, words, finish.fin, has]).astype(
+        np.uint32
+    )
+    consts = np.concatenate(
+        [
+            finish.fconst,
+            np.asarray(list_values, np.float32),
+            np.asarray(thresholds, np.float32),
+            *leaf_values,
+        ]
+    ).astype(np.float32)
+    return ObliviousLayout(prog, consts, C.n_ext_columns(F, n_chains), len(slots), K)

@@ -10,15 +10,15 @@ from .read import ML_DOMAIN, TREE_OP
 
 
 def synthetic_node(
-    n_trees: int = 9, aggregate: str = "SUM", n_targets: int = 1, mode: str = "BRANCH_LEQ"
+    n_trees: int = 9, aggregate: str = "SUM", n_targets: int = 1, mode: str = "BRANCH_LEQ", oblivious: bool = False
 ) -> onnx.NodeProto:
-    """A small forest of depth-2 trees over 3 features."""
+    """A small forest of depth-2 trees over 3 features; ``oblivious``: both nodes of level 1 test
+    one split (feature 1), as in CatBoost's symmetric trees."""
+    level_1 = [(1, -0.25, mode, 3, 4), (1, -0.25, mode, 5, 6) if oblivious else (2, 1.0, mode, 5, 6)]
     tree, node, feat, val, mode_, true, false, miss = [], [], [], [], [], [], [], []
     t_tree, t_node, t_id, t_w = [], [], [], []
     for t in range(n_trees):
-        for nid, (f, v, m, tt, ff) in enumerate(
-            [(t % 3, 0.5, mode, 1, 2), (1, -0.25, mode, 3, 4), (2, 1.0, mode, 5, 6)] + [(0, 0.0, "LEAF", 0, 0)] * 4
-        ):
+        for nid, (f, v, m, tt, ff) in enumerate([(t % 3, 0.5, mode, 1, 2), *level_1] + [(0, 0.0, "LEAF", 0, 0)] * 4):
             tree.append(t)
             node.append(nid)
             feat.append(f)
@@ -56,11 +56,12 @@ def synthetic_node(
     )
 
 
-def warmup(modes: tuple[str, ...] = ("node",)) -> None:
+def warmup(modes: tuple[str, ...] = ("node", "oblivious")) -> None:
     """Compile (or load from numba's cache) the kernels ``modes`` run, on a tiny forest.
 
-    By default the node and generic kernels: what a plan runs until `ForestKernel.calibrate`
-    picks a mode; the bitvector kernels load when calibration first packs that layout (pass
+    By default the node and generic kernels, what a plan runs until `ForestKernel.calibrate`
+    picks a mode, and the oblivious kernels, which a plan times for every CatBoost model; the
+    bitvector kernels load when calibration first packs that layout (pass
     ``("node", "bitvector")`` to load them now).
     """
     from .kernel import ForestKernel
@@ -69,6 +70,7 @@ def warmup(modes: tuple[str, ...] = ("node",)) -> None:
     for node, kw in (
         (synthetic_node(), {}),
         (synthetic_node(mode="BRANCH_EQ"), {}),
+        (synthetic_node(mode="BRANCH_GT", oblivious=True), {}),
         (synthetic_node(n_targets=2), {"layout": "generic"}),
     ):
         k = ForestKernel.from_node(node, n_threads=2, parallel_min_rows=2, **kw)
