@@ -37,6 +37,7 @@ from .codes import (
     OB_TREE_FIELDS,
     OB_TREE_FIRST_LEAF,
     OB_TREE_FIRST_LEVEL,
+    OB_TREE_LEAVES,
     OB_TREE_LEVELS,
     OB_TREES_AT,
 )
@@ -93,12 +94,13 @@ def oblivious_one_row(X, out, prog, consts, scratch):
         leaf = np.int64(0)
         for k in range(np.int64(prog[tree + OB_TREE_LEVELS])):
             leaf |= np.int64(ext[columns[first + k]] <= thresholds[first + k]) << k
-        at = np.int64(prog[tree + OB_TREE_FIRST_LEAF]) + leaf * K
+        at = np.int64(prog[tree + OB_TREE_FIRST_LEAF]) + leaf
         if K == 1:
             s += leaves[at]
         else:
+            n_leaves = np.int64(prog[tree + OB_TREE_LEAVES])
             for j in range(K):
-                sums[j] += leaves[at + j]
+                sums[j] += leaves[at + j * n_leaves]
     if K == 1:
         sums[0] = s
     fin_at = np.int64(prog[OB_FIN_AT])
@@ -166,8 +168,9 @@ def _leaf_indices(idx, block, n, slots, thresholds, first, levels):
 def _oblivious_block(X, out, r0, r1, prog, consts, scratch, index):
     """Rows r0..r1 (at most OB_ROWS): tree by tree, its levels tested across the block's rows.
 
-    scratch: one row's ext, the block's slots (slot s: rows 0..n-1 at ``s * OB_ROWS``), per-row
-    per-target sums; index: each row's leaf in the current tree.
+    scratch: one row's ext, the block's slots (slot s: rows 0..n-1 at ``s * OB_ROWS``), the sums
+    target-major (target j: rows at ``j * OB_ROWS``), the same row-major; index: each row's leaf in
+    the current tree.
     """
     T = np.int64(prog[OB_N_TREES])
     F = np.int64(prog[OB_N_FEATURES])
@@ -177,9 +180,9 @@ def _oblivious_block(X, out, r0, r1, prog, consts, scratch, index):
     n = r1 - r0
     row = scratch[:n_ext]
     block = scratch[n_ext : n_ext + n_slots * OB_ROWS]
-    acc = scratch[n_ext + n_slots * OB_ROWS : n_ext + n_slots * OB_ROWS + n * K]
+    acc = scratch[n_ext + n_slots * OB_ROWS : n_ext + (n_slots + K) * OB_ROWS]
     _fill_block(X, r0, n, prog, consts, row, block)
-    for j in range(n * K):
+    for j in range(K * OB_ROWS):
         acc[j] = _ZERO
     trees_at = np.int64(prog[OB_TREES_AT])
     slots = prog[np.int64(prog[OB_LEVEL_SLOT_AT]) :]
@@ -193,15 +196,19 @@ def _oblivious_block(X, out, r0, r1, prog, consts, scratch, index):
             for i in range(n):
                 idx[i] = 0
         _leaf_indices(idx, block, n, slots, thresholds, np.int64(prog[tree + OB_TREE_FIRST_LEVEL]), levels)
-        table = leaves[np.int64(prog[tree + OB_TREE_FIRST_LEAF]) :]
-        if K == 1:
+        first_leaf = np.int64(prog[tree + OB_TREE_FIRST_LEAF])
+        n_leaves = np.int64(prog[tree + OB_TREE_LEAVES])
+        for j in range(K):
+            table = leaves[first_leaf + j * n_leaves :]
+            sums = acc[j * OB_ROWS : j * OB_ROWS + n]
             for i in range(n):
-                acc[i] += table[idx[i]]
-        else:
+                sums[i] += table[idx[i]]
+    if K > 1:  # finish_rows reads each row's sums side by side
+        rows = scratch[n_ext + (n_slots + K) * OB_ROWS : n_ext + (n_slots + 2 * K) * OB_ROWS]
+        for j in range(K):
             for i in range(n):
-                at = np.int64(idx[i]) * K
-                for j in range(K):
-                    acc[i * K + j] += table[at + j]
+                rows[i * K + j] = acc[j * OB_ROWS + i]
+        acc = rows
     fin_at = np.int64(prog[OB_FIN_AT])
     has_at = np.int64(prog[OB_HAS_AT])
     finish_rows(

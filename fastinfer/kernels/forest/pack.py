@@ -581,8 +581,9 @@ class ObliviousLayout:
         return np.empty(self.n_ext + self.n_targets, dtype=np.float32)
 
     def block_scratch_size(self) -> int:
-        """One row's ext (for chain slots), the block's slots feature-major, its per-target sums."""
-        return self.n_ext + (self.n_slots + self.n_targets) * C.OB_ROWS
+        """One row's ext (for chain slots), the block's slots feature-major, its sums target-major
+        and row-major (what `finish_rows` reads)."""
+        return self.n_ext + (self.n_slots + 2 * self.n_targets) * C.OB_ROWS
 
     def block_scratch(self) -> tuple[np.ndarray, np.ndarray]:
         """(float32 scratch of `block_scratch_size`, each row's leaf index)."""
@@ -596,7 +597,8 @@ def pack_oblivious(
 
     Each tree's levels are padded to a multiple of OB_GROUP with tests that never hold
     (``ext[slot 0's column] <= NaN``): they set no bit, so the leaf index is unchanged.
-    Leaf values are a dense table per tree, ``2^depth x K``: a target a tree does not score
+    Leaf values are a dense table per tree and target (target-major: one gather loop per target
+    in a batch), ``K x 2^depth``: a target a tree does not score
     holds 0.0 there, which leaves the row's float32 sum unchanged (a sum from +0 is never -0, so
     adding +0 is exact), and ``has`` marks the targets some tree scores, as ORT's has_score does
     for trees whose leaves all score the same targets (`oblivious_trees` requires it).
@@ -611,14 +613,14 @@ def pack_oblivious(
     for tree in trees:
         depth = len(tree.columns)
         pad = -depth % C.OB_GROUP
-        tree_rows += [depth + pad, len(level_columns), n_leaf_values]
+        tree_rows += [depth + pad, len(level_columns), n_leaf_values, 1 << depth]
         level_columns += [*tree.columns, *slots[:1] * pad]
         level_slots += [*(slot_of[c] for c in tree.columns), *[0] * pad]
         thresholds += [*tree.thresholds, *[np.nan] * pad]
-        table = np.zeros((1 << depth, K), dtype=np.float32)
+        table = np.zeros((K, 1 << depth), dtype=np.float32)
         for leaf, src in enumerate(tree.leaves):
             for target, w in _leaf_targets(structure, src).items():
-                table[leaf, target] = w
+                table[target, leaf] = w
                 has[target] = 1
         leaf_values.append(table.ravel())
         n_leaf_values += table.size
