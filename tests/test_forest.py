@@ -398,7 +398,7 @@ def test_columns_read_a_wider_matrix_in_place(graphs):
     wide[rng.random(wide.shape) < 0.1] = np.nan
     columns = rng.permutation(F + 5)[:F]
     narrow = np.ascontiguousarray(wide[:, columns])
-    for family in ("xgboost", "random-forest-2-targets", "lightgbm-multiclass"):
+    for family in ("xgboost", "random-forest-2-targets", "lightgbm-multiclass", "catboost"):
         for variant in _variants_for(family):
             reference = ForestKernel.from_onnx(graphs[family], **VARIANTS[variant])
             mapped = ForestKernel.from_onnx(graphs[family], columns=columns, **VARIANTS[variant])

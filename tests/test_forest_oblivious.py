@@ -335,8 +335,9 @@ def _heap_node(depth: int = 2, n_targets: int = 1) -> onnx.NodeProto:
 
 def test_ensembles_that_are_not_oblivious_do_not_offer_the_mode(monkeypatch):
     """A real LightGBM model (leaf-wise trees), a level testing two splits (another threshold,
-    another feature, another NaN side), a tree not complete to its depth, MIN, a leaf adding to
-    one target twice, leaves of one tree adding to different targets: no oblivious mode, and why."""
+    another feature, another NaN side), a tree not complete to its depth, MIN, shared nodes, a
+    leaf adding to one target twice, leaves of one tree adding to different targets, a tree past
+    the depth limit: no oblivious mode, and why."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lightgbm = ForestKernel.from_onnx(_lightgbm())
@@ -355,6 +356,7 @@ def test_ensembles_that_are_not_oblivious_do_not_offer_the_mode(monkeypatch):
     shallow = _with(shallow, target_ids=[0] * 5, target_weights=[1.0, 2.0, 3.0, 4.0, 5.0])
     assert "leaves at depth 1 beside splits" in _reason(shallow)
     assert "aggregate_function MIN" in _reason(_with(node, aggregate_function="MIN"))
+    assert "tree 0 has shared nodes" in _reason(_with(node, nodes_truenodeids={2: 3}))  # leaf 3 under both
     two = _heap_node(n_targets=2)
     assert ForestKernel.from_node(two).modes[-1] == "oblivious"
     assert "to one target twice" in _reason(_with(two, target_ids={1: 0}), n_targets=2)

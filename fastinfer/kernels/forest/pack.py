@@ -515,8 +515,11 @@ def oblivious_form(tree: NormalTree) -> ObliviousTree | str:
     one is a split testing the same column against the same threshold. The nodes of level k are
     reached with the tests of levels 0..k-1 as bits of a prefix (a ``<=`` child sets its level's
     bit), so each leaf's index is derived from the tree itself, whatever order the ONNX nodes
-    were listed in. Shared nodes (a DAG) are followed like copies.
+    were listed in. Trees with shared nodes are refused: a level's nodes, and the leaf table,
+    then stay as many as the nodes the graph lists.
     """
+    if tree.shared:
+        return "shared nodes"
     frontier = [(0, 0)]  # (normal node, index prefix)
     columns, thresholds = [], []
     for level in range(C.OB_MAX_DEPTH + 1):
