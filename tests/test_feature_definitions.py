@@ -204,8 +204,10 @@ def test_merging_definitions():
 
 
 HOSTILE_FILES = {
-    "duplicate definition": ("features:\n  a: close\n  a: open\n", "duplicate key 'a' \\(line 3\\)"),
-    "duplicate top key": ("features: {}\nfeatures: {}\n", "duplicate key 'features'"),
+    # duplicate keys: the config's loader (fastinfer.config) says where
+    "duplicate definition": ("features:\n  a: close\n  a: open\n", "line 3: key 'a' given twice \\(first at line 2\\)"),
+    "duplicate top key": ("features: {}\nfeatures: {}\n", "key 'features' given twice"),
+    "merge key": ("features: {<<: {a: close}, a: open}\n", r"merge keys \(<<\) are not allowed"),
     "alias bomb": (
         "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b, *b]\n",
         "anchors and aliases are not allowed",
@@ -230,6 +232,13 @@ HOSTILE_FILES = {
     "bars_per_day bool": ("bars_per_day: true\n", "bars_per_day must be a whole number"),
     "interval negative": ("interval_minutes: -5\n", "interval_minutes must be a positive number"),
     "interval infinite": ("interval_minutes: .inf\n", "interval_minutes must be a positive number"),
+    "interval of 400 digits": ("interval_minutes: " + "9" * 400 + "\n", "interval_minutes must be a positive number"),
+    "interval over 100 years": ("interval_minutes: 52560001\n", r"at most 5.256e\+07, 100 years"),
+    "bars_per_day of 400 digits": ("bars_per_day: " + "9" * 400 + "\n", r"bars_per_day must be a whole number"),
+    "bars_per_day over the limit": (
+        "bars_per_day: 100001\n",
+        r"bars_per_day must be a whole number of bars \(1..100000\)",
+    ),
     "other version": ("version: 2\n", "version 2; this fastinfer reads 1"),
     "syntax error inside": ("features: {a: 'rsi(close'}\n", "feature 'a': expected"),
     "deep nesting": ("[" * 10_000 + "]" * 10_000, "nested too deeply|not valid YAML"),
@@ -244,8 +253,46 @@ HOSTILE_FILES = {
 def test_hostile_definitions_files_are_typed_errors(case):
     hostile("feature definitions", case)
     text, match = HOSTILE_FILES[case]
-    with pytest.raises(FeatureDefinitionError, match=match):
+    with pytest.raises(FeatureDefinitionError, match=match) as info:
         FeatureDefinitions.loads(text)
+    assert len(str(info.value)) < 600  # a 400-digit number is shown cut short
+
+
+def test_interval_and_session_bounds_are_artifacts_limits():
+    """Files, the compiler and explain share one check; the interval's bound is the one
+    model_meta.json intervals have (fastinfer.artifacts), not a copy."""
+    from fastinfer import artifacts
+    from fastinfer.features import definitions as D
+    from fastinfer.features import explain
+
+    assert D.MAX_INTERVAL_MINUTES is artifacts._LIMITS["interval_minutes"] == 100 * 365 * 24 * 60
+    edge = FeatureDefinitions.loads(
+        f"interval_minutes: {D.MAX_INTERVAL_MINUTES:.0f}\nbars_per_day: {D.MAX_BARS_PER_DAY}\n"
+    )
+    assert edge.interval_minutes == D.MAX_INTERVAL_MINUTES and edge.bars_per_day == D.MAX_BARS_PER_DAY
+    for kwargs, key in (
+        ({"interval_minutes": 10**400}, "interval_minutes"),
+        ({"interval_minutes": D.MAX_INTERVAL_MINUTES * 2}, "interval_minutes"),
+        ({"bars_per_day": 10**400}, "bars_per_day"),
+        ({"bars_per_day": 7.5}, "bars_per_day"),
+    ):
+        hostile("feature definitions", f"caller's {key}: {str(kwargs[key])[:12]}")
+        with pytest.raises(FeatureDefinitionError, match=key):  # was OverflowError from float()
+            compile_features(["ret_1"], **kwargs)
+        with pytest.raises(FeatureDefinitionError, match=key):
+            explain("ret_1d", **kwargs)
+    hostile("feature definitions", "definitions dict with a 400-digit interval")
+    with pytest.raises(FeatureDefinitionError, match="interval_minutes"):
+        compile_features(["ret_1"], {"interval_minutes": 10**400})
+
+
+def test_definitions_read_yaml_through_the_config_loader():
+    """One strict YAML loader: the config's (duplicate keys), refusing aliases on top."""
+    from fastinfer import config
+    from fastinfer.features import definitions as D
+
+    assert issubclass(D._StrictLoader, config._Loader)
+    assert FeatureDefinitions.loads("features: {a: close}\nbars_per_day: 78.0\n").bars_per_day == 78
 
 
 def test_json_duplicates_and_unreadable_files(tmp_path):

@@ -228,6 +228,27 @@ def test_a_state_of_another_program_is_refused_and_changes_nothing(monkeypatch):
         StreamingFeatures.from_state_dict(saved)
 
 
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("interval_minutes", 10**400),
+        ("bars_per_day", 10**400),
+        ("definitions", {"interval_minutes": 10**400, "features": {}}),
+        ("definitions", {"bars_per_day": 10**400, "features": {}}),
+    ],
+    ids=["interval", "bars_per_day", "definitions interval", "definitions bars_per_day"],
+)
+def test_a_state_with_a_huge_number_is_a_state_error(field, value):
+    """A 400-digit integer (valid JSON, checksum recomputed) is a StateError naming the key,
+    never an OverflowError from float()."""
+    hostile("feature state", f"400-digit {field} ({'inside definitions' if isinstance(value, dict) else 'top level'})")
+    env = StreamingFeatures(["A"], ["ret_1"], interval_minutes=5, bars_per_day=78).state_dict()
+    payload = {**env["payload"], field: value}
+    key = field if field != "definitions" else next(k for k in value if k != "features")
+    with pytest.raises(StateError, match=rf"do not compile here .*{key} must be"):
+        StreamingFeatures.from_state_dict(envelope.wrap(env["kind"], env["version"], payload))
+
+
 def test_a_corrupt_deque_in_the_state_is_refused():
     sf = StreamingFeatures(["A", "B"], ["min_5", "max_3"])
     for t in range(10):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from ..kernels import feature_program as K
 from . import primitives, vocabulary
-from .definitions import FeatureDefinitions
+from .definitions import FeatureDefinitions, check_bars_per_day, check_interval_minutes
 from .errors import FeatureDefinitionError
 from .grammar import BinOp, Call, Duration, Expr, Name, Neg, Num, parse, unparse
 from .graph import OHLCV, Graph, Ref
@@ -45,13 +45,8 @@ def compile_features(
     """
     names = check_names(features)
     defs = _as_definitions(definitions)
-    interval = _agree("interval_minutes", interval_minutes, defs.interval_minutes)
-    per_day = _agree("bars_per_day", bars_per_day, defs.bars_per_day)
-    if interval is not None and (isinstance(interval, bool) or not 0 < float(interval) < math.inf):
-        raise FeatureDefinitionError(f"interval_minutes must be a positive number, got {interval!r}")
-    if per_day is not None and (isinstance(per_day, bool) or int(per_day) != per_day or per_day < 1):
-        raise FeatureDefinitionError(f"bars_per_day must be a positive whole number, got {per_day!r}")
-    lowering = _Lowering(defs, None if interval is None else float(interval), None if per_day is None else int(per_day))
+    interval, per_day = resolution(defs, interval_minutes, bars_per_day)
+    lowering = _Lowering(defs, interval, per_day)
     outputs = tuple(lowering.feature(name) for name in names)
     return FeatureProgram.build(
         lowering.graph,
@@ -93,9 +88,20 @@ def _as_definitions(definitions: FeatureDefinitions | dict | None) -> FeatureDef
     return FeatureDefinitions.from_dict(definitions)
 
 
+def resolution(
+    definitions: FeatureDefinitions | dict | None, interval_minutes=None, bars_per_day=None
+) -> tuple[float | None, int | None]:
+    """(interval_minutes, bars_per_day) durations become bars with: the caller's, else the ones
+    the definitions fix; both given must agree. Each is checked (bounded) first."""
+    defs = _as_definitions(definitions)
+    interval = _agree("interval_minutes", check_interval_minutes(interval_minutes), defs.interval_minutes)
+    per_day = _agree("bars_per_day", check_bars_per_day(bars_per_day), defs.bars_per_day)
+    return interval, per_day
+
+
 def _agree(key: str, given, fixed):
-    if given is not None and fixed is not None and float(given) != float(fixed):
-        raise FeatureDefinitionError(f"{key} is {given} here but the definitions fix it at {fixed}")
+    if given is not None and fixed is not None and given != fixed:
+        raise FeatureDefinitionError(f"{key} is {given:g} here but the definitions fix it at {fixed:g}")
     return fixed if given is None else given
 
 
@@ -269,8 +275,11 @@ class _Lowering:
 def explain(
     name: str, definitions: FeatureDefinitions | None = None, *, interval_minutes=None, bars_per_day=None
 ) -> str:
-    """What ``name`` means: its definition, or the vocabulary's reading of it."""
+    """What ``name`` means: its definition, or the vocabulary's reading of it (durations resolved
+    as ``compile_features`` resolves them: the caller's interval / bars_per_day, else the
+    definitions')."""
     defs = _as_definitions(definitions)
+    interval_minutes, bars_per_day = resolution(defs, interval_minutes, bars_per_day)
     if name in defs.features:
         return f"{name} = {defs.features[name]} (definition)"
     if name in defs.external:

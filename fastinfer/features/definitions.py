@@ -14,9 +14,10 @@
 
 A definition may use OHLCV inputs, externals, vocabulary names and other definitions; a
 definition takes precedence over the vocabulary name it shadows (a run whose ``ret_1d`` is a
-log return defines it). YAML is read with ``yaml.safe_load`` semantics through a loader that
-refuses duplicate keys and anchors/aliases; JSON (``.json``) with duplicate keys refused too.
-Files are small: size, counts and expression lengths are bounded. ``hash`` is the sha256 of
+log return defines it). YAML is read with ``yaml.safe_load`` semantics through the config's
+loader (``fastinfer.config``: duplicate keys refused) that here refuses anchors/aliases too;
+JSON (``.json``) with duplicate keys refused too. Files are small: size, counts, expression
+lengths, ``interval_minutes`` and ``bars_per_day`` are bounded. ``hash`` is the sha256 of
 the canonical content (expressions re-printed by the grammar), so formatting does not change it.
 """
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
+import numbers
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from typing import Any
 
 import yaml
 
+from .. import artifacts, config
+from ..state import short_repr
 from .errors import FeatureDefinitionError
 from .grammar import Expr, parse, unparse
 from .graph import OHLCV
@@ -43,6 +46,8 @@ MAX_BYTES = 256 << 10
 MAX_DEFINITIONS = 5000
 MAX_EXTERNALS = 256
 MAX_NAME = 128
+MAX_INTERVAL_MINUTES = artifacts._LIMITS["interval_minutes"]  # 100 years, as model_meta.json intervals
+MAX_BARS_PER_DAY = 100_000  # more than one bar a second around the clock (86,400)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _KEYS = ("version", "interval_minutes", "bars_per_day", "external", "features")
 
@@ -83,18 +88,8 @@ class FeatureDefinitions:
         version = data.get("version", FORMAT_VERSION)
         if version != FORMAT_VERSION or isinstance(version, bool):
             raise FeatureDefinitionError(f"{where}: version {version!r}; this fastinfer reads {FORMAT_VERSION}")
-        interval = data.get("interval_minutes")
-        if interval is not None and (
-            isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval < math.inf
-        ):
-            raise FeatureDefinitionError(f"{where}: interval_minutes must be a positive number, got {interval!r}")
-        bars_per_day = data.get("bars_per_day")
-        if bars_per_day is not None and (
-            isinstance(bars_per_day, bool) or not isinstance(bars_per_day, int) or not 1 <= bars_per_day <= 100_000
-        ):
-            raise FeatureDefinitionError(
-                f"{where}: bars_per_day must be a whole number of bars (1..100000), got {bars_per_day!r}"
-            )
+        interval = check_interval_minutes(data.get("interval_minutes"), where)
+        bars_per_day = check_bars_per_day(data.get("bars_per_day"), where)
         external = data.get("external", ())
         if isinstance(external, str) or not isinstance(external, (list, tuple)):
             raise FeatureDefinitionError(f"{where}: external must be a list of column names, got {external!r}")
@@ -136,7 +131,7 @@ class FeatureDefinitions:
             canonical,
             tuple(external),
             bars_per_day,
-            None if interval is None else float(interval),
+            interval,
             trees,
         )
 
@@ -228,6 +223,32 @@ class FeatureDefinitions:
         return FeatureDefinitions.from_dict(data)
 
 
+def check_interval_minutes(value: Any, where: str = "") -> float | None:
+    """``value`` as a bar interval in minutes (None stays None): a positive real number up to
+    ``MAX_INTERVAL_MINUTES``, checked before ``float()`` so a 400-digit integer cannot overflow."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value <= MAX_INTERVAL_MINUTES:
+        raise FeatureDefinitionError(
+            f"{where}{': ' if where else ''}interval_minutes must be a positive number of minutes "
+            f"(at most {MAX_INTERVAL_MINUTES:g}, 100 years), got {short_repr(value)}"
+        )
+    return float(value)
+
+
+def check_bars_per_day(value: Any, where: str = "") -> int | None:
+    """``value`` as the bars of one session (None stays None): a whole number 1..``MAX_BARS_PER_DAY``."""
+    if value is None:
+        return None
+    whole = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not whole or not 1 <= value <= MAX_BARS_PER_DAY:
+        raise FeatureDefinitionError(
+            f"{where}{': ' if where else ''}bars_per_day must be a whole number of bars "
+            f"(1..{MAX_BARS_PER_DAY}), got {short_repr(value)}"
+        )
+    return int(value)
+
+
 def _check_name(name: Any, what: str) -> None:
     if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > MAX_NAME:
         raise FeatureDefinitionError(
@@ -235,8 +256,10 @@ def _check_name(name: Any, what: str) -> None:
         )
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """``SafeLoader`` that refuses duplicate keys and anchors / aliases (no alias bombs)."""
+class _StrictLoader(config._Loader):
+    """The config's YAML loader (``SafeLoader``, a key given twice refused), with anchors and
+    aliases refused outright (a definitions file has no use for them: no alias bombs) and so
+    merge keys (``<<``) too, which would let one key silently override another."""
 
     def compose_node(self, parent, index):
         event = self.peek_event()
@@ -245,14 +268,11 @@ class _StrictLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
-        seen = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, (list, dict)):
-                raise FeatureDefinitionError(f"a key must be text (line {key_node.start_mark.line + 1})")
-            if key in seen:
-                raise FeatureDefinitionError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
-            seen.add(key)
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise FeatureDefinitionError(
+                    f"YAML merge keys (<<) are not allowed (line {key_node.start_mark.line + 1})"
+                )
         return super().construct_mapping(node, deep=deep)
 
 
@@ -261,6 +281,8 @@ def _load_yaml(text: str) -> Any:
     loader = _StrictLoader(text)
     try:
         return loader.get_single_data()
+    except config._DuplicateKey as e:
+        raise FeatureDefinitionError(str(e)) from None
     finally:
         loader.dispose()
 

@@ -347,7 +347,7 @@ class StreamingFeatures:
             )
         except FeatureDefinitionError as e:
             raise StateError(f"{source}: its features do not compile here ({e})") from None
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, ArithmeticError) as e:  # ArithmeticError: a huge number's float()
             raise StateError(f"{source}: malformed ({_state.short_repr(e)})") from None
         self._load(payload, source)
         return self
