@@ -8,7 +8,7 @@ One module per step, as the data flows:
                after it (``Exp`` link, the binary classifier tail, reshapes)
 ``normalise``  trees in ORT's order; splits as ``ext[column] <= threshold``; categorical runs of
                BRANCH_EQ as one membership test each
-``pack``       the flat arrays of the node, bitvector (QuickScorer) and generic layouts
+``pack``       the flat arrays of the node, bitvector (QuickScorer), oblivious and generic layouts
 ``extend`` · ``finish``   kernel helpers: the extended row; sums to outputs (aggregation,
                post-transform, link, tail)
 ``node`` · ``bitvector`` · ``generic`` · ``oblivious``   the kernels
