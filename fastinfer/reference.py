@@ -20,7 +20,6 @@ from .buffers import SeqBufferManager
 from .errors import ModelLoadError
 from .features import ohlcv_arrays
 from .features.pandas_reference import evaluate
-from .features.runs import read_run_definitions
 from .layout import feature_union, point_column
 from .loader import LoadedModel, ModelLoader
 
@@ -42,7 +41,7 @@ class SeedPath:
         if not self.models:
             raise ModelLoadError(None, None, "no model in the run for these targets/families", self.loader.run_root)
         self.features = feature_union(self.models)
-        self.definitions = read_run_definitions(self.loader.run_root)
+        self.definitions = self.loader.definitions()  # checked as the loader checks every file
         intervals = {m.spec.interval_minutes for m in self.models} - {None}
         self.interval_minutes = intervals.pop() if len(intervals) == 1 else None
         self.lookback = lookback

@@ -143,22 +143,90 @@ def test_explain_and_vocabulary(tmp_path):
     )
 
 
+def _tiny_run(out_dir, run_id: str, timestamp: str):
+    """A real TRAINING run (one small ridge model) at ``out_dir/run_id/timestamp``."""
+    from fastinfer import testing
+
+    rng = np.random.default_rng(3)
+    X = pd.DataFrame(rng.standard_normal((80, 3)), columns=["gap", "rsi_14", "vol_5d"])
+    y = X.to_numpy() @ np.array([0.5, -0.2, 0.1])
+    return testing.write_training_run(out_dir, X, {"fwd_ret_1d": y}, ["ridge"], run_id=run_id, timestamp=timestamp)
+
+
 def test_build_records_the_definitions_in_the_training_run(tmp_path):
     """--record-in writes the definitions (with the interval the durations were resolved with)
-    into the run, where the live path reads them; a missing run folder fails before any work."""
-    from fastinfer.features.runs import read_run_definitions
+    into the run where the live path reads them: a run_id folder means its newest timestamp
+    folder, as ModelLoader reads it; a folder that is not a TRAINING run fails before any work."""
+    from fastinfer.features import DEFINITIONS_FILE
+    from fastinfer.loader import ModelLoader
 
     bars = long_bars(60)
-    src, defs_path, out, run = tmp_path / "b.csv", tmp_path / "f.yaml", tmp_path / "o.csv", tmp_path / "run"
+    src, defs_path, out = tmp_path / "b.csv", tmp_path / "f.yaml", tmp_path / "o.csv"
     bars.to_csv(src, index=False)
     defs_path.write_text(DEFINITIONS)
     args = ["features", "build", str(src), "-o", str(out), "--definitions", str(defs_path)]
-    args += ["--symbol-column", "symbol", "--interval", "1440", "--record-in", str(run)]
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 2 and "no such run folder" in result.output and not out.exists()
-    run.mkdir()
-    result = CliRunner().invoke(main, args)
+    args += ["--symbol-column", "symbol", "--interval", "1440", "--record-in"]
+    runs = tmp_path / "RESULTS" / "runs"
+    bare, manifest_only = runs / "bare", runs / "manifest_only" / "20260101T000000"
+    bare.mkdir(parents=True)
+    manifest_only.mkdir(parents=True)
+    (manifest_only / "manifest.json").write_text('{"target_index": {}}')
+    for case, folder, match in (
+        ("no such folder", runs / "nope", "run root does not exist"),
+        ("bare folder", bare, "not a TRAINING run"),
+        ("run folder without models", manifest_only.parent, "not a TRAINING run"),
+    ):
+        hostile("features build", f"--record-in: {case}")
+        result = CliRunner().invoke(main, [*args, str(folder)])
+        assert result.exit_code == 2 and match in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1 and not out.exists()
+        assert not (folder / DEFINITIONS_FILE).exists()
+    older = _tiny_run(runs, "my_run", "20260101T000000")
+    newer = _tiny_run(runs, "my_run", "20260102T000000")
+    result = CliRunner().invoke(main, [*args, str(runs / "my_run")])
     assert result.exit_code == 0, result.output
-    recorded = read_run_definitions(run)
+    assert f"recorded the definitions in {newer.resolve() / DEFINITIONS_FILE}" in result.output
+    assert not (older / DEFINITIONS_FILE).exists() and not (runs / "my_run" / DEFINITIONS_FILE).exists()
+    recorded = ModelLoader(runs / "my_run").definitions()  # what the live path reads
     assert recorded.features == FeatureDefinitions.loads(DEFINITIONS).features
     assert recorded.external == ("spread",) and recorded.interval_minutes == 1440
+    result = CliRunner().invoke(main, [*args, str(older)])  # a timestamp folder is taken as it is
+    assert result.exit_code == 0, result.output
+    assert ModelLoader(older).definitions() == recorded
+
+
+def test_a_feature_named_like_a_key_column_is_refused_before_the_work(tmp_path, monkeypatch):
+    from fastinfer.features import frames
+
+    hostile("features build", "feature named like the time column")
+    computed, real = [], frames.frame_features
+    monkeypatch.setattr(frames, "frame_features", lambda *a, **k: computed.append(a) or real(*a, **k))
+    bars = long_bars(40)
+    src, defs_path, out = tmp_path / "b.csv", tmp_path / "f.yaml", tmp_path / "o.csv"
+    bars.to_csv(src, index=False)
+    defs_path.write_text("features:\n  date: close / open\n  gap: open / lag(close, 1) - 1\n")
+    args = ["features", "build", str(src), "-o", str(out), "--definitions", str(defs_path), "--symbol-column", "symbol"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "feature(s) ['date'] have the name of a key column" in result.output
+    assert not computed and not out.exists()
+
+
+def test_explain_resolves_durations_with_the_interval_the_definitions_fix(tmp_path):
+    """explain reads interval_minutes / bars_per_day from the definitions as compile_features does."""
+    from fastinfer.features import compile_features, explain
+
+    defs_path = tmp_path / "d.yaml"
+    defs_path.write_text("interval_minutes: 5\nbars_per_day: 78\nfeatures:\n  gap: open / lag(close, 1) - 1\n")
+    defs = FeatureDefinitions.read(defs_path)
+    assert explain("ret_1d", defs) == explain("ret_1d", defs, interval_minutes=5, bars_per_day=78)
+    assert explain("ret_1d", defs) == "ret_1d: ret_{n} with n=1d = pct_change(close, 78)"
+    assert compile_features(["ret_1d"], defs).warmups == (78,)
+    result = CliRunner().invoke(main, ["features", "explain", "ret_1d", "ret_1h", "--definitions", str(defs_path)])
+    assert result.exit_code == 0, result.output
+    assert "ret_1d: ret_{n} with n=1d = pct_change(close, 78); warm-up 78 bars" in result.output
+    assert "ret_1h: ret_{n} with n=1h = pct_change(close, 12); warm-up 12 bars" in result.output
+    hostile("features explain", "interval disagreeing with the definitions")
+    result = CliRunner().invoke(
+        main, ["features", "explain", "ret_1d", "--definitions", str(defs_path), "--interval", "15"]
+    )
+    assert result.exit_code == 2 and "interval_minutes is 15 here but the definitions fix it at 5" in result.output

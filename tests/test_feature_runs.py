@@ -148,3 +148,66 @@ def test_definitions_are_covered_by_the_signature_and_checked_against_the_lock(f
     with pytest.raises(IntegrityError, match="differ from the ones the run was converted with"):
         ModelLoader(copy, strict_checksums=True).definitions()
     assert ModelLoader(copy).definitions().features["rsi_spread"] == "rsi(close, 9) - rsi(close, 28)"  # warns
+
+
+def test_builder_and_seed_path_read_the_run_under_its_trust_policy(feature_run, tmp_path, monkeypatch):
+    """FeatureBuilder(run_root) and SeedPath read the run's feature_definitions.yaml and every
+    model_meta.json through a ModelLoader: a file changed after signing is refused naming it, as
+    the live path refuses it (they used to read both unchecked)."""
+    import shutil
+    from pathlib import Path
+
+    from fastinfer import config, signing
+    from fastinfer.errors import IntegrityError, SignatureError
+    from fastinfer.features import DEFINITIONS_FILE
+    from fastinfer.reference import SeedPath
+
+    from ._hardening import hostile
+
+    root, names = feature_run
+    copy = tmp_path / "run"
+    shutil.copytree(root, copy)
+    private, public = signing.generate_keypair(tmp_path / "keys" / "k")
+    signing.sign_run(copy, private)
+    deployed = public.parent / "live.yaml"  # the deployment's default config: signed runs only
+    deployed.write_text(f"models:\n  verify_signature: true\n  trusted_public_key: {public.name}\n")
+    monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", deployed)
+    builder = FeatureBuilder(run_root=copy)  # control: a good signed run
+    assert builder.definitions == FeatureDefinitions.from_dict(DEFINITIONS) and set(builder.features) == set(names)
+    opened = ModelLoader(copy, prefer_onnx=False)  # signed, opened before the change (SeedPath runs native)
+    assert opened.signed is not None and FeatureBuilder(loader=opened).features == builder.features
+
+    path = copy / DEFINITIONS_FILE
+    signed_text = path.read_text()
+    path.write_text(signed_text.replace("rsi(close, 7)", "rsi(close, 9)"))
+    hostile("signature", "feature definitions changed after signing: FeatureBuilder(run_root)")
+    with pytest.raises(SignatureError, match=DEFINITIONS_FILE):
+        FeatureBuilder(run_root=copy)
+    for who, make in (
+        ("FeatureBuilder(loader)", lambda: FeatureBuilder(loader=opened)),
+        ("SeedPath(loader)", lambda: SeedPath(copy, loader=opened, families=["ridge"])),
+    ):
+        hostile("signature", f"feature definitions changed after the run was opened: {who}")
+        with pytest.raises(SignatureError, match="changed since the run was opened") as info:
+            make()
+        assert Path(info.value.path).name == DEFINITIONS_FILE
+    monkeypatch.undo()  # unsigned, but the lock recorded the definitions' sha256
+    with pytest.raises(IntegrityError, match="differ from the ones the run was converted with"):
+        FeatureBuilder(loader=ModelLoader(copy, strict_checksums=True))
+
+    path.write_text(signed_text)
+    meta = next(copy.glob("targets/*/models/*/family=ridge/model_meta.json"))
+    meta.write_text(meta.read_text() + " ")
+    hostile("signature", "model_meta.json changed after the run was opened: FeatureBuilder(loader)")
+    with pytest.raises(SignatureError, match="changed since the run was opened") as info:
+        FeatureBuilder(loader=opened)
+    assert Path(info.value.path) == meta.resolve()
+    with pytest.raises(FeatureBuildError, match="is not the loader's run"):
+        FeatureBuilder(run_root=root, loader=opened)
+
+
+def test_definitions_file_name_has_one_home():
+    from fastinfer import signing
+    from fastinfer.features import definitions
+
+    assert signing.DEFINITIONS_FILE is definitions.DEFINITIONS_FILE

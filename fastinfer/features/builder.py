@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -24,19 +25,25 @@ from .program import FeatureProgram
 from .runs import run_features
 from .vocabulary import DEFAULT_FEATURES
 
+if TYPE_CHECKING:
+    from ..loader import ModelLoader
+
 WARMUP = "warmup"  # build()'s default lookback: the program's longest warm-up
 
 
 class FeatureBuilder:
-    """``FeatureBuilder(features=None, *, definitions=None, run_root=None, interval_minutes=None,
-    bars_per_day=None)``.
+    """``FeatureBuilder(features=None, *, definitions=None, run_root=None, loader=None,
+    interval_minutes=None, bars_per_day=None)``.
 
     ``features``: the names to compute (vocabulary names, definitions, external columns), in
-    output order. Default: the union of a run's model features (``run_root``), else every name
-    in ``definitions``, else ``DEFAULT_FEATURES``. ``definitions``: a ``FeatureDefinitions``, its
-    dict, or a path to a definitions file; with ``run_root`` the run's own
-    ``feature_definitions.yaml`` is merged in. ``interval_minutes`` / ``bars_per_day`` turn
-    durations (``ret_1d``) into bars; a run's models give its interval.
+    output order. Default: the union of a run's model features (``run_root`` or ``loader``),
+    else every name in ``definitions``, else ``DEFAULT_FEATURES``. ``definitions``: a
+    ``FeatureDefinitions``, its dict, or a path to a definitions file; with a run, the run's own
+    ``feature_definitions.yaml`` is merged in. A run is read by ``loader`` (default
+    ``ModelLoader(run_root)``), so its definitions and every ``model_meta.json`` are checked
+    under the run's trust policy (signature, lock) as the live path checks them.
+    ``interval_minutes`` / ``bars_per_day`` turn durations (``ret_1d``) into bars; a run's
+    models give its interval.
     """
 
     def __init__(
@@ -45,6 +52,7 @@ class FeatureBuilder:
         *,
         definitions: FeatureDefinitions | Mapping | str | Path | None = None,
         run_root: str | Path | None = None,
+        loader: ModelLoader | None = None,
         interval_minutes: float | None = None,
         bars_per_day: int | None = None,
     ):
@@ -53,8 +61,8 @@ class FeatureBuilder:
         elif definitions is not None and not isinstance(definitions, FeatureDefinitions):
             definitions = FeatureDefinitions.from_dict(definitions)
         names = None if features is None else check_names(features)
-        if run_root is not None:
-            run = run_features(run_root)
+        if run_root is not None or loader is not None:
+            run = run_features(run_root, loader=loader)
             if run.definitions is not None:
                 definitions = run.definitions if definitions is None else run.definitions.merged(definitions)
             if interval_minutes is None:

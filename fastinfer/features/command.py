@@ -50,7 +50,8 @@ def features() -> None:
     "run_root",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="A TRAINING run folder: record the definitions used there (feature_definitions.yaml beside manifest.json).",
+    help="A TRAINING run (its root, or a run_id folder: its newest timestamp): record the definitions used there "
+    "(feature_definitions.yaml beside manifest.json).",
 )
 def build(
     bars: Path,
@@ -78,11 +79,18 @@ def build(
             raise click.UsageError("nothing to build: give --feature names or --definitions with features")
         wanted = list(defs.features)
     program = compile_features(wanted, defs, interval_minutes=interval_minutes, bars_per_day=bars_per_day)
-    if run_root is not None and not run_root.is_dir():  # before the work, not after it
-        raise FeatureBuildError(f"--record-in {run_root}: no such run folder")
+    record = None
+    if run_root is not None:  # before the work, not after it: the run folder as the loader finds it
+        from .runs import training_run_root
+
+        record = training_run_root(run_root)
     if not bars.is_file():
         raise FeatureBuildError(f"{bars}: no such file")
     frame = read_table(bars, "bars")
+    keys = [c for c in (time_column(frame), symbol_column) if c is not None]
+    clash = [k for k in keys if k in program.features]
+    if clash:
+        raise FeatureBuildError(f"feature(s) {clash} have the name of a key column of {bars}; rename them")
     show = progress if progress is not None else len(frame) >= PROGRESS_ROWS
     if show:
         from rich.console import Console
@@ -106,22 +114,17 @@ def build(
             )
     else:
         values = frame_features(program, frame, symbol_column=symbol_column, where=str(bars))
-    keys = [c for c in (time_column(frame), symbol_column) if c is not None]
-    clash = [k for k in keys if k in program.features]
-    if clash:
-        raise FeatureBuildError(f"feature(s) {clash} have the name of a key column of {bars}; rename them")
     result = pd.concat([frame[keys], values], axis=1).reset_index(drop=True)
     write_table(result, out)
     click.echo(f"wrote {len(result)} rows × {len(program.features)} features to {out}")
-    if run_root is not None:
-        from .runs import write_run_definitions
-
+    if record is not None:
         content = defs.to_dict() if defs is not None else {"features": {}}
         for key in ("interval_minutes", "bars_per_day"):  # what the durations were resolved with
             if getattr(program, key) is not None:
                 content[key] = getattr(program, key)
-        recorded = FeatureDefinitions.from_dict(content)
-        path = write_run_definitions(run_root, recorded)
+        from .runs import write_run_definitions
+
+        path = write_run_definitions(record, FeatureDefinitions.from_dict(content))
         click.echo(f"recorded the definitions in {path}")
 
 
@@ -138,9 +141,8 @@ def explain_command(
     from .definitions import FeatureDefinitions
 
     defs = FeatureDefinitions.read(definitions) if definitions is not None else None
-    per_day = bars_per_day if bars_per_day is not None else (defs.bars_per_day if defs else None)
     for name in names:
-        text = explain(name, defs, interval_minutes=interval_minutes, bars_per_day=per_day)
+        text = explain(name, defs, interval_minutes=interval_minutes, bars_per_day=bars_per_day)
         program = compile_features([name], defs, interval_minutes=interval_minutes, bars_per_day=bars_per_day)
         click.echo(f"{text}; warm-up {program.warmups[0]} bars, {program.n_ops} instruction(s)")
 
