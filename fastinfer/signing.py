@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from . import artifacts
 from .atomic import write_atomic_bytes
 from .errors import SignatureError, StateError
+from .features.definitions import DEFINITIONS_FILE
 from .integrity import sha256_file
 from .lock import LOCK_FILE, Lock, parse_lock
 from .state import parse_json
@@ -48,7 +49,6 @@ STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://model_signing/signature/v1.0"
 MAX_SIG_BYTES = 16 << 20  # a signature lists a few hundred files at most
 METADATA_FILES = ("manifest.json", "routing_decision.json")
-DEFINITIONS_FILE = "feature_definitions.yaml"  # the run's feature definitions (fastinfer.features)
 
 
 @dataclass(frozen=True)
