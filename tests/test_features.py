@@ -404,6 +404,60 @@ def test_feature_vector_keeps_its_names():
         FeatureVector(np.zeros(2), ["a", "a"])
 
 
+def test_feature_vector_keeps_names_only_where_values_keep_their_columns():
+    """Names survive only paths that keep every value in its column; np.sort, np.roll and .T of
+    a square matrix used to keep names that no longer matched the values (placed wrong by name)."""
+    import copy
+
+    from fastinfer.features import FeatureVector
+
+    v = FeatureVector(np.array([3.0, 1.0, 2.0]), ["a", "b", "c"])
+    m = FeatureVector(np.arange(9.0).reshape(3, 3), ["a", "b", "c"])
+    moved = {
+        "np.sort": np.sort(v),
+        "ndarray.sort": (lambda w: (w.sort(), w)[1])(v.copy()),
+        "np.partition": np.partition(v, 1),
+        "np.roll": np.roll(v, 1),
+        "np.roll of rows": np.roll(m, 1, axis=1),
+        ".T of a square matrix": m.T,
+        "np.transpose": np.transpose(m),
+        "swapaxes": m.swapaxes(0, 1),
+        "reshape in F order": m.reshape(3, 3, order="F"),
+        "ravel in F order": m.reshape(1, 9).ravel(order="F")[None, :3],
+        "reduction": np.add.reduce(m, axis=0),
+        "cumulative sum": np.cumsum(m, axis=1),
+        "sum of differently named": v + FeatureVector(np.ones(3), ["c", "b", "a"]),
+        "stacked": np.stack([v, v]),
+    }
+    for case, got in moved.items():
+        assert getattr(got, "names", None) is None, case
+        if isinstance(got, FeatureVector):
+            with pytest.raises(FeatureBuildError, match="lost its feature names"):
+                got.select(["a"])
+    kept = {
+        "rows by slice": (m[1:], ("a", "b", "c")),
+        "rows by list": (m[[2, 0]], ("a", "b", "c")),
+        "one row": (m[1], ("a", "b", "c")),
+        "columns by slice": (m[:, 1:], ("b", "c")),
+        "np.flip (indexing: names follow)": (np.flip(m), ("c", "b", "a")),
+        "reshape keeping the last axis": (m.reshape(1, 3, 3), ("a", "b", "c")),
+        "np.reshape": (np.reshape(v, (1, 3)), ("a", "b", "c")),
+        "astype": (m.astype(np.float32), ("a", "b", "c")),
+        "copy": (m.copy(), ("a", "b", "c")),
+        "copy.deepcopy": (copy.deepcopy(v), ("a", "b", "c")),
+        "np.sort of rows": (np.sort(m, axis=0), ("a", "b", "c")),
+        "arithmetic": (2 * m - 1, ("a", "b", "c")),
+        "per-row broadcast": (m / np.array([[1.0], [2.0], [3.0]]), ("a", "b", "c")),
+        "same names": (np.maximum(m, m[::-1]), ("a", "b", "c")),
+    }
+    for case, (got, names) in kept.items():
+        assert got.names == names, case
+    w = v.copy()
+    w *= 2  # in place: each value stays in its column
+    assert w.names == v.names and w.to_dict() == {"a": 6.0, "b": 2.0, "c": 4.0}
+    assert np.sort(v).tolist() == [1.0, 2.0, 3.0] and v.names == ("a", "b", "c")  # the original is untouched
+
+
 def test_builder_reads_a_definitions_file(tmp_path):
     path = tmp_path / "features.yaml"
     path.write_text("features:\n  gap: open / lag(close, 1) - 1\n  spread: high - low\n")

@@ -5,12 +5,15 @@ handed to every model and placed by name (``vector.select(model.feature_order)``
 one run read different subsets in different orders, and an unnamed vector is then silently
 wrong for some of them.
 
-The names follow the last axis: ``reshape(1, -1)`` (or any reshape keeping the last axis),
-``astype``, arithmetic and ``copy`` keep them; slicing and fancy indexing of the last axis
-(``v[2:5]``, ``v[[3, 1]]``, ``v[::-1]``, ``m[:, 1:3]``) keep the names of the elements taken. An
-operation after which the last axis no longer lines up with the names (``reshape(2, -1)``,
-``ravel()`` of a 2-D vector, a reduction) leaves ``names`` None; a single element is a plain
-number. ``np.asarray(v)`` is a plain ndarray.
+Names are kept only where the values provably stay in their columns: ``reshape`` / ``ravel``
+(C order) keeping the last axis' length (``reshape(1, -1)``), ``astype``, ``copy``, element-wise
+arithmetic between vectors of the same names (or with plain numbers and arrays), and
+indexing: rows (``m[1:]``, ``m[[0, 2]]``), and slicing or fancy indexing of the last axis
+(``v[2:5]``, ``v[[3, 1]]``, ``v[::-1]``, ``m[:, 1:3]``), which keep the names of the elements
+taken. Every other path leaves ``names`` None (``np.sort`` along the last axis, ``np.roll``,
+``.T``, ``reshape(2, -1)``, reductions, stacking, ...): numpy can move values between
+columns there, and a vector whose names no longer match its values would be placed wrong by
+name without a word. A single element is a plain number; ``np.asarray(v)`` is a plain ndarray.
 """
 
 from __future__ import annotations
@@ -41,8 +44,64 @@ class FeatureVector(np.ndarray):
         return obj
 
     def __array_finalize__(self, obj: Any) -> None:
-        names = getattr(obj, "names", None)
-        self.names = names if names is not None and self.ndim >= 1 and self.shape[-1] == len(names) else None
+        # Any array numpy makes from a vector (views, copies, results) starts unnamed; the paths
+        # known to keep every value in its column (below) name the result themselves.
+        self.names = None
+
+    def _keeping(self, result: Any) -> Any:
+        """``result`` named like ``self`` when its last axis still has our columns' length."""
+        if isinstance(result, FeatureVector) and self.names is not None and result.ndim >= 1:
+            result.names = self.names if result.shape[-1] == len(self.names) else None
+        return result
+
+    def reshape(self, *shape: Any, order: str = "C", **kwargs: Any) -> Any:
+        # In C order an element's column is its flat index modulo the last axis' length, so a
+        # reshape keeping that length keeps every value in its column.
+        result = super().reshape(*shape, order=order, **kwargs)
+        return self._keeping(result) if order == "C" else result
+
+    def ravel(self, order: str = "C") -> Any:
+        result = super().ravel(order)
+        return self._keeping(result) if order == "C" else result
+
+    def astype(self, *args: Any, **kwargs: Any) -> Any:
+        return self._keeping(super().astype(*args, **kwargs))
+
+    def copy(self, order: str = "C") -> Any:
+        return self._keeping(super().copy(order))
+
+    def __copy__(self) -> Any:
+        return self.copy()
+
+    def __deepcopy__(self, memo: Any) -> Any:
+        return self.copy()
+
+    def sort(self, axis: int = -1, **kwargs: Any) -> None:
+        super().sort(axis, **kwargs)  # np.sort: a copy (named), then this, in place
+        if self.ndim and axis % self.ndim == self.ndim - 1:
+            self.names = None  # each row's values now sit in other columns
+
+    def partition(self, kth: Any, axis: int = -1, **kwargs: Any) -> None:
+        super().partition(kth, axis, **kwargs)
+        if self.ndim and axis % self.ndim == self.ndim - 1:
+            self.names = None
+
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, out: Any = None, **kwargs: Any) -> Any:
+        """Element-wise calls keep the names their named inputs share; reductions, accumulations
+        and the rest drop them. ``out=`` arrays are written in place and keep theirs."""
+        plain = [np.asarray(x) if isinstance(x, FeatureVector) else x for x in inputs]
+        if out is not None:
+            kwargs["out"] = tuple(np.asarray(o) if isinstance(o, FeatureVector) else o for o in out)
+        result = getattr(ufunc, method)(*plain, **kwargs)
+        if out is not None:
+            return out[0] if len(out) == 1 else out
+        if method != "__call__":
+            return _named(result, None)
+        # Broadcasting never moves a named input's values to another column: they keep their names
+        # when every named input has the same ones (else whose would the result carry?).
+        named = [x for x in inputs if isinstance(x, FeatureVector) and x.names is not None]
+        names = named[0].names if named and all(x.names == named[0].names for x in named) else None
+        return tuple(_named(r, names) for r in result) if isinstance(result, tuple) else _named(result, names)
 
     def __getitem__(self, key: Any) -> Any:
         result = super().__getitem__(key)
@@ -102,3 +161,14 @@ class FeatureVector(np.ndarray):
     def _shown(self) -> str:
         names = list(self.names or ())
         return f"{names[:10]}{' ...' if len(names) > 10 else ''}"
+
+
+def _named(result: Any, names: tuple[str, ...] | None) -> Any:
+    """A ufunc's ndarray result as a ``FeatureVector`` (named when its last axis fits ``names``);
+    numbers and other types unchanged."""
+    if type(result) is not np.ndarray:
+        return result
+    vector = result.view(FeatureVector)
+    if names is not None and vector.ndim >= 1 and vector.shape[-1] == len(names):
+        vector.names = names
+    return vector
