@@ -121,8 +121,8 @@ class BoundGraph:
 
 @dataclass(frozen=True)
 class PlanChoice:
-    """How one model is served by a plan, and why: ``engine`` is ``forest:node``,
-    ``forest:bitvector``, ``onnxruntime`` (the plan's fused graph) or ``native``; ``threads`` the
+    """How one model is served by a plan, and why: ``engine`` is ``forest:<mode>`` (a
+    ``ForestKernel`` mode), ``onnxruntime`` (the plan's fused graph) or ``native``; ``threads`` the
     forest kernel's; ``timings_us`` the medians measured at the plan's batch size (empty when the
     choice was forced or there was nothing to compare)."""
 
@@ -135,7 +135,6 @@ class PlanChoice:
 # A plan batch (symbols per bar) from this size runs its tree kernels on the batch threads: at 500
 # symbols × 500 trees a bar is ~1 ms of tree work, far above a thread hand-off.
 PARALLEL_BATCH = 128
-BITVECTOR_MIN_ROWS = 64  # fewer rows: the forest kernel's bitvector mode is not even tried
 
 
 class Plan:
@@ -233,6 +232,7 @@ class Plan:
                 self.choices[key] = PlanChoice("onnxruntime", "executor.forest_kernel is off")
             return False
         from .kernels.forest import ForestKernel
+        from .runtime import forest_agrees, forest_modes
 
         try:  # the kernel reads the model's columns straight from the plan's tabular input
             kernel = ForestKernel.from_onnx(m.graph, columns=cols, parallel_min_rows=PARALLEL_BATCH)
@@ -243,21 +243,26 @@ class Plan:
         rows = np.ascontiguousarray(kernel.calibration_rows(self.batch), dtype=np.float32)
         wide = np.zeros((self.batch, self.tabular_input.shape[1]), dtype=np.float32)
         wide[:, : rows.shape[1]] = rows
+        x = np.ascontiguousarray(wide[:, cols])
+        reference = m.runtime.run_latency(x)
         timings: dict[str, float] = {}
-        for mode in kernel.modes:
-            if mode == "bitvector" and self.batch < BITVECTOR_MIN_ROWS:
-                continue  # node-by-node always wins on a few rows, and packing the bitvectors costs ~0.3 s
+        for mode in forest_modes(kernel, self.batch):
             kernel.mode = mode
+            if not forest_agrees(kernel.predict(wide, out), reference):  # never serve a kernel bug
+                log.warning("%s/%s: forest kernel mode %s disagrees with ONNX Runtime", *key, mode)
+                continue
             for threads in sorted({1, self.threads}):
                 kernel.n_threads = threads
                 timings[f"forest:{mode}" + (f"x{threads}" if threads > 1 else "")] = median_us(
                     lambda: kernel.predict(wide, out)
                 )
+        if not timings:
+            self.choices[key] = PlanChoice("onnxruntime", "the forest kernel disagreed with ONNX Runtime")
+            return False
         best = min(timings, key=timings.get)
         mode, _, threads = best.partition("x")
         kernel.mode, kernel.n_threads = mode.split(":", 1)[1], int(threads or 1)
         if settings.forest_kernel == "auto":
-            x = np.ascontiguousarray(wide[:, cols])
             timings["onnxruntime"] = median_us(lambda: m.runtime.run_latency(x))
             if timings["onnxruntime"] <= timings[best]:
                 self.choices[key] = PlanChoice("onnxruntime", "faster than the forest kernel here", 1, timings)

@@ -28,7 +28,7 @@ from .artifacts import ModelLocation, ModelSpec
 from .config import Settings, load_config
 from .errors import ConfigError, InferenceError, IntegrityError, ModelLoadError, SignatureError
 from .integrity import ChecksumPolicy, TrustPolicy, sha256_file
-from .kernels.screen import count_nonfinite_float32, float32_screened
+from .kernels.screen import float32_screened, nonfinite_count
 from .lock import Lock, LockEntry, read_lock
 from .runtime import GraphRuntime, batch_threads, default_cache
 
@@ -198,16 +198,18 @@ class LoadedModel:
         if self.backend is Backend.ONNX:
             X, bad = float32_screened(X)
         else:
-            bad = count_nonfinite_float32(np.ascontiguousarray(X).reshape(-1))
+            bad = nonfinite_count(X)
         if not bad:
             return X
         with np.errstate(over="ignore", invalid="ignore"):
             finite = np.isfinite(X.astype(np.float32, copy=False))
-        rows = np.flatnonzero(~finite.reshape(len(X), -1).all(axis=1)) if X.ndim > 1 else np.array([0])
-        col = int(np.flatnonzero(~finite.reshape(len(X), -1)[rows[0]])[0]) % self.n_features
+        flat = ~finite.reshape(len(X), -1)  # one row per sample: (F,) or (T * F,) values
+        rows = np.flatnonzero(flat.any(axis=1)) if X.ndim > 1 else np.array([0])
+        j = int(np.flatnonzero(flat[rows[0]])[0])
+        step = f" at time step {j // self.n_features}" if X.ndim == 3 else ""
         what = (
-            f"row {int(rows[0])} feature {self.feature_order[col]!r} is "
-            f"{given.reshape(len(X), -1)[rows[0]].flat[col]!r} ({len(rows)} row(s) with NaN/inf)"
+            f"row {int(rows[0])} feature {self.feature_order[j % self.n_features]!r}{step} is "
+            f"{np.asarray(given).reshape(len(X), -1)[rows[0], j]!r} ({len(rows)} row(s) with NaN/inf)"
         )
         if self.nan_policy == "pass" and self.family.handles_nan:
             return np.where(finite, X, np.nan)  # a copy: the caller's array is not touched

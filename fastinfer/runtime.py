@@ -84,19 +84,37 @@ def machine_key() -> str:
 
 @dataclass
 class Choice:
-    """Which backend serves one size class, and the median µs per call each candidate took."""
+    """Which backend serves one size class, the median µs per call each candidate took, and the
+    candidates refused because they disagreed with ONNX Runtime on the calibration rows."""
 
     backend: str
     rows: int
     timings_us: dict[str, float] = field(default_factory=dict)
+    refused: list[str] = field(default_factory=list)
+
+    @property
+    def considered(self) -> set[str]:
+        return {self.backend, *self.timings_us, *self.refused}
+
+    @classmethod
+    def from_json(cls, entry: Any) -> Choice | None:
+        """A cached entry, or None for anything that is not one (a damaged or foreign file)."""
+        try:
+            timings = {str(k): float(v) for k, v in dict(entry.get("timings_us") or {}).items()}
+            choice = cls(str(entry["backend"]), int(entry.get("rows", 0)), timings, list(entry.get("refused") or []))
+        except (AttributeError, KeyError, TypeError, ValueError, OverflowError):
+            return None
+        known = choice.considered <= set(BACKENDS)
+        return choice if known and all(np.isfinite(t) for t in timings.values()) else None
 
 
 class ChoiceCache:
     """The on-disk cache of choices: ``{"<graph sha256>:<machine>": {"<size class>": Choice}}``.
 
     Read once, written atomically after each new calibration; a damaged or foreign file is
-    ignored (it only costs a new calibration), never trusted blindly: entries must name a known
-    backend.
+    ignored (it only costs a new calibration), never trusted blindly: only entries that are
+    choices among known backends are kept. Two processes calibrating at once may drop each
+    other's newest entry (last writer wins): that too only costs a calibration.
     """
 
     def __init__(self, folder: str | Path | None = None):
@@ -112,18 +130,20 @@ class ChoiceCache:
             try:
                 if self.path.is_file() and self.path.stat().st_size < 16 << 20:
                     data = json.loads(self.path.read_bytes())
-                    if isinstance(data, dict):
-                        self._data = {k: v for k, v in data.items() if isinstance(v, dict)}
+                    for key, sizes in data.items() if isinstance(data, dict) else ():
+                        valid = {
+                            str(size): asdict(choice)
+                            for size, entry in (sizes.items() if isinstance(sizes, dict) else ())
+                            if (choice := Choice.from_json(entry)) is not None
+                        }
+                        if valid:
+                            self._data[str(key)] = valid
             except (OSError, ValueError, RecursionError):
                 log.warning("%s is unreadable: calibrating again", self.path)
         return self._data
 
     def get(self, graph_sha256: str, size: int) -> Choice | None:
-        entry = self._load().get(f"{graph_sha256}:{self.machine}", {}).get(str(size))
-        if not isinstance(entry, dict) or entry.get("backend") not in BACKENDS:
-            return None
-        timings = entry.get("timings_us") if isinstance(entry.get("timings_us"), dict) else {}
-        return Choice(entry["backend"], int(entry.get("rows", 0)), timings)
+        return Choice.from_json(self._load().get(f"{graph_sha256}:{self.machine}", {}).get(str(size)))
 
     def put(self, graph_sha256: str, size: int, choice: Choice) -> None:
         from .atomic import write_atomic_json
@@ -170,10 +190,31 @@ def linear_weights(graph: Any) -> tuple[np.ndarray, np.ndarray] | None:
     return np.ascontiguousarray(coefficients.reshape(targets, -1).T), intercepts
 
 
+BITVECTOR_MIN_ROWS = 64
+
+
+def forest_modes(kernel: Any, n_rows: int) -> list[str]:
+    """The forest kernel's modes worth timing on ``n_rows`` rows: bitvector only for batches of
+    ``BITVECTOR_MIN_ROWS`` or more (on a few rows node always wins, and packing it costs ~0.3 s)."""
+    return [m for m in kernel.modes if m != "bitvector" or n_rows >= BITVECTOR_MIN_ROWS]
+
+
+def forest_agrees(forest_out: np.ndarray, ort_out: np.ndarray) -> bool:
+    """The forest kernel is bit-identical to ONNX Runtime by construction: anything else is a bug
+    to refuse, never to serve."""
+    return forest_out.size == ort_out.size and np.array_equal(
+        forest_out.reshape(-1), ort_out.reshape(-1), equal_nan=True
+    )
+
+
 class single_thread_blas:
     """numpy's BLAS on one thread for the ``with`` block, then as it was: its threaded GEMV
     stalls whenever another thread holds a core (65,536 × 16 rows with one core busy: 1.5 ms
-    on two threads, 0.23 ms on one), and a product this small gains nothing from threads."""
+    on two threads, 0.23 ms on one), and a product this small gains nothing from threads.
+    The thread count is process-wide: one block at a time (a lock), so two callers cannot
+    leave BLAS on one thread by saving each other's setting."""
+
+    _lock = threading.Lock()
 
     def __init__(self):
         from threadpoolctl import ThreadpoolController
@@ -182,13 +223,17 @@ class single_thread_blas:
         self.before: list[int] = []
 
     def __enter__(self) -> None:
+        self._lock.acquire()
         self.before = [lib.num_threads for lib in self.libraries]
         for lib in self.libraries:
             lib.set_num_threads(1)
 
     def __exit__(self, *exc: object) -> None:
-        for lib, n in zip(self.libraries, self.before, strict=True):
-            lib.set_num_threads(n)
+        try:
+            for lib, n in zip(self.libraries, self.before, strict=True):
+                lib.set_num_threads(n)
+        finally:
+            self._lock.release()
 
 
 class GraphRuntime:
@@ -244,8 +289,7 @@ class GraphRuntime:
 
     def _candidates(self, n_rows: int) -> list[str]:
         kernel = self._forest_kernel()
-        modes = [] if kernel is None else [m for m in kernel.modes if m == "node" or n_rows >= SIZE_CLASSES[1]]
-        forest = [f"forest:{m}" for m in modes]  # bitvector only for batches: on a few rows node always wins
+        forest = [] if kernel is None else [f"forest:{m}" for m in forest_modes(kernel, n_rows)]
         if forest and self.forest_mode == "on":
             return forest
         names = [ORT_LATENCY]
@@ -294,7 +338,7 @@ class GraphRuntime:
             found = self.choices.get(size) or (self.cache.get(self.sha256, size) if self.cache else None)
             candidates = self._candidates(len(X))
             # a cached choice made without one of today's candidates is made again
-            if found is None or found.backend not in candidates or not set(candidates) <= set(found.timings_us):
+            if found is None or found.backend not in candidates or not set(candidates) <= found.considered:
                 found = self._calibrate(X, candidates)
                 if self.cache is not None and len(candidates) > 1:
                     self.cache.put(self.sha256, size, found)
@@ -304,33 +348,37 @@ class GraphRuntime:
     def _calibrate(self, X: np.ndarray, candidates: list[str]) -> Choice:
         """Time each candidate on the caller's rows; one whose output there is not ONNX Runtime's
         (bit for bit for the forest kernel, to ``AGREEMENT_RTOL`` of the output's scale for the
-        others) is logged and never chosen."""
+        others) is logged and refused, and the 1-thread session serves if none is left."""
         rows = np.ascontiguousarray(X[:CALIBRATION_ROWS], dtype=np.float32)
-        if len(candidates) == 1:
-            return Choice(candidates[0], len(rows), {})
-        repeat = 5 if len(rows) >= 512 else 21
-        reference = np.asarray(self.run_latency(rows))
-        timings = {}
+        reference = None
+        agreeing, refused = [], []
         for name in candidates:
-            runner = self._runner(name)
-            if name != ORT_LATENCY and not self._agrees(name, np.asarray(runner(rows)), reference):
-                continue
-            timings[name] = median_us(lambda run=runner: run(rows), repeat)
-        return Choice(min(timings, key=timings.get), len(rows), timings)
+            if name != ORT_LATENCY:
+                reference = np.asarray(self.run_latency(rows)) if reference is None else reference
+                if not self._agrees(name, np.asarray(self._runner(name)(rows)), reference):
+                    refused.append(name)
+                    continue
+            agreeing.append(name)
+        if len(agreeing) <= 1:
+            return Choice(agreeing[0] if agreeing else ORT_LATENCY, len(rows), {}, refused)
+        repeat = 5 if len(rows) >= 512 else 21
+        runners = {name: self._runner(name) for name in agreeing}
+        timings = {name: median_us(lambda run=run: run(rows), repeat) for name, run in runners.items()}
+        return Choice(min(timings, key=timings.get), len(rows), timings, refused)
 
     def _agrees(self, name: str, got: np.ndarray, reference: np.ndarray) -> bool:
-        if got.size == reference.size:
-            got, want = got.reshape(-1), reference.reshape(-1)
-            if name.startswith("forest:"):
-                if np.array_equal(got, want, equal_nan=True):
-                    return True
-            else:
+        if name.startswith("forest:"):
+            agrees = forest_agrees(got, reference)
+        else:
+            agrees = got.size == reference.size
+            if agrees:
                 with np.errstate(invalid="ignore"):
-                    scale = float(np.nanmax(np.abs(want), initial=0.0))
-                    if np.allclose(got, want, rtol=0.0, atol=AGREEMENT_RTOL * max(scale, 1e-30), equal_nan=True):
-                        return True
-        log.warning("graph %s: backend %s disagrees with ONNX Runtime on these rows; not used", self.sha256[:12], name)
-        return False
+                    scale = max(float(np.nanmax(np.abs(reference), initial=0.0)), 1e-30)
+                atol = AGREEMENT_RTOL * scale
+                agrees = np.allclose(got.reshape(-1), reference.reshape(-1), rtol=0.0, atol=atol, equal_nan=True)
+        if not agrees:
+            log.warning("graph %s: backend %s disagrees with ONNX Runtime here; not used", self.sha256[:12], name)
+        return bool(agrees)
 
     def run(self, X: np.ndarray) -> np.ndarray:
         return self._runner(self.choice(X).backend)(X)

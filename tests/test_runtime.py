@@ -224,7 +224,7 @@ def test_a_backend_that_disagrees_with_onnx_runtime_is_never_chosen(
         ridge.predict(rows)
     choice = ridge.runtime.choices[runtime.size_class(700)]
     assert runtime.LINEAR not in choice.timings_us and choice.backend != runtime.LINEAR
-    assert "backend linear disagrees with ONNX Runtime" in caplog.text
+    assert "backend linear disagrees with ONNX Runtime here" in caplog.text
 
 
 def test_a_cached_choice_made_without_a_candidate_is_made_again(compiled_run, synthetic, tmp_path, monkeypatch):
@@ -238,3 +238,135 @@ def test_a_cached_choice_made_without_a_candidate_is_made_again(compiled_run, sy
     ridge.predict(_rows(ridge, X, 512))
     assert runtime.LINEAR in ridge.runtime.choices[512].timings_us
     assert runtime.LINEAR in runtime.ChoiceCache(tmp_path).get(ridge.runtime.sha256, 512).timings_us
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"backend": "onnxruntime", "rows": "x"},
+        {"backend": "onnxruntime", "rows": 1, "timings_us": {"onnxruntime": float("nan")}},
+        {"backend": "onnxruntime", "rows": 1, "timings_us": ["a"]},
+        {"backend": "onnxruntime", "rows": 1, "refused": ["rm -rf"]},
+        {"backend": "gpu-magic", "rows": 1},
+        ["not", "a", "choice"],
+        {"rows": 1},
+    ],
+)
+def test_a_damaged_cache_entry_costs_a_calibration_and_nothing_else(
+    compiled_run, synthetic, tmp_path, monkeypatch, damage
+):
+    """Every entry is checked on reading (JSON allows NaN, any type anywhere): a bad one is
+    dropped, predict works, and the cache is written back clean."""
+    import json
+
+    from ._hardening import hostile
+
+    hostile("runtime cache", f"entry {json.dumps(damage)[:40]}")
+    X, _ = synthetic
+    model = ModelLoader(compiled_run).load(TARGET, "xgboost")
+    key = f"{model.runtime.sha256}:{runtime.machine_key()}"
+    (tmp_path / runtime.CACHE_FILE).write_text(json.dumps({key: {"512": damage}, "other": {"64": damage}}))
+    cache = runtime.ChoiceCache(tmp_path)
+    monkeypatch.setattr(runtime, "_DEFAULT_CACHE", cache)
+    assert cache.get(model.runtime.sha256, 512) is None
+    model = ModelLoader(compiled_run).load(TARGET, "xgboost")
+    rows = _rows(model, X, 512)
+    np.testing.assert_array_equal(model.predict(rows), ModelLoader(compiled_run).load(TARGET, "xgboost").predict(rows))
+    written = json.loads((tmp_path / runtime.CACHE_FILE).read_text())
+    assert list(written) == [key] and runtime.Choice.from_json(written[key]["512"]) is not None
+
+
+def test_a_refused_candidate_is_remembered_and_a_lone_one_is_checked_too(
+    compiled_run, synthetic, tmp_path, monkeypatch
+):
+    """A candidate refused for disagreeing is cached as considered (a new process does not
+    calibrate again); with the forest kernel forced on and every mode disagreeing, the 1-thread
+    ONNX Runtime session serves."""
+    from dataclasses import replace
+
+    from fastinfer.config import ExecutorSettings, Settings
+
+    X, _ = synthetic
+    monkeypatch.setattr(runtime, "_DEFAULT_CACHE", runtime.ChoiceCache(tmp_path))
+    monkeypatch.setattr(runtime, "forest_agrees", lambda a, b: False)  # as if the kernel had a bug
+    model = ModelLoader(compiled_run).load(TARGET, "lightgbm")
+    rows = _rows(model, X, 64)
+    want = model.runtime.run_latency(rows.astype(np.float32)).reshape(-1)
+    np.testing.assert_array_equal(model.predict(rows), want)
+    choice = model.runtime.choices[64]
+    assert choice.backend == runtime.ORT_LATENCY and choice.refused and choice.refused[0].startswith("forest:")
+    calls = []
+    monkeypatch.setattr(runtime, "median_us", lambda *a, **k: calls.append(a) or 1.0)
+    again = ModelLoader(compiled_run).load(TARGET, "lightgbm")
+    again.predict(rows)
+    assert not calls and again.runtime.choices[64].refused == choice.refused
+
+    settings = replace(Settings(), executor=replace(ExecutorSettings(), forest_kernel="on"))
+    forced = ModelLoader(compiled_run, settings=settings).load(TARGET, "lightgbm")
+    np.testing.assert_array_equal(forced.predict(rows[:1]), want[:1])
+    assert forced.runtime.choices[1].backend == runtime.ORT_LATENCY
+
+
+def test_the_plan_never_serves_a_forest_kernel_that_disagrees(market_run, monkeypatch):
+    from dataclasses import replace
+
+    from fastinfer.config import Settings
+    from fastinfer.predictor import LivePredictor
+
+    settings = replace(Settings(), executor=replace(Settings().executor, forest_kernel="on"))
+    monkeypatch.setattr(runtime, "forest_agrees", lambda a, b: False)
+    live = LivePredictor(market_run, ["A"], 1440.0, settings=settings)
+    trees = [c for (_, family), c in live.plan.choices.items() if family in ("lightgbm", "xgboost")]
+    assert trees and all(c.engine == "onnxruntime" and "disagreed" in c.reason for c in trees)
+    assert not live.plan.forest_kernels
+
+
+def test_odd_dtypes_and_sequence_windows_are_screened_with_typed_errors(compiled_run, synthetic):
+    X, _ = synthetic
+    for family in ("ridge", "lightgbm"):
+        for prefer_onnx in (True, False):
+            model = ModelLoader(compiled_run, prefer_onnx=prefer_onnx).load(TARGET, family)
+            rows = _rows(model, X, 8)
+            want = model.predict(rows)
+            for odd in (rows.astype(">f8"), rows.astype(np.float16), rows.astype(np.int16)):
+                got = model.predict(odd)
+                assert got.shape == want.shape and np.isfinite(got).all(), (family, odd.dtype)
+            np.testing.assert_allclose(model.predict(rows.astype(">f8")), want, rtol=0, atol=0)
+    lstm = ModelLoader(compiled_run).load(TARGET, "lstm")
+    windows = _rows(lstm, X, 3).copy()
+    windows[1, 2, 4] = np.nan
+    with pytest.raises(
+        InferenceError, match=rf"row 1 feature '{lstm.feature_order[4]}' at time step 2 is np.float(32|64)\(nan\)"
+    ):
+        lstm.predict(windows)
+
+
+def test_single_thread_blas_restores_the_thread_count_under_concurrent_callers():
+    """BLAS is on one thread inside a block; four threads entering and leaving at once leave it
+    on its own count (the lock: unlocked, one caller could save another's 1 and restore it).
+    Counts are read on the main thread: with two OpenBLAS copies loaded (numpy's and scipy's),
+    OpenBLAS 0.3.31 reports the default count to a worker thread whatever was set."""
+    import threading
+
+    probe = runtime.single_thread_blas().libraries
+
+    def blas_threads():
+        return [lib.num_threads for lib in probe]
+
+    before = blas_threads()
+    with runtime.single_thread_blas():
+        assert blas_threads() == [1] * len(probe)
+    blocks = [runtime.single_thread_blas() for _ in range(4)]
+    entered = []
+
+    def use(block):
+        for _ in range(50):
+            with block:
+                entered.append(1)
+
+    threads = [threading.Thread(target=use, args=(b,)) for b in blocks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(entered) == 200 and blas_threads() == before
