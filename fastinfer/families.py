@@ -25,7 +25,6 @@ from .adapters import (
     Adapter,
     FileFormat,
 )
-from .adapters.base import JOBLIB, PICKLE
 
 
 class Category(enum.StrEnum):
@@ -35,9 +34,6 @@ class Category(enum.StrEnum):
     SEQUENTIAL = "sequential"
     PROBABILISTIC = "probabilistic"
     META = "meta"
-
-
-PICKLE_FORMATS = frozenset({JOBLIB, PICKLE})  # opening one runs code (see integrity)
 
 
 @dataclass(frozen=True)

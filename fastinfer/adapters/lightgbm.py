@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from ..converters.graph import concat_columns, finish, node_attr, tree_node
+from ..converters.graph import concat_columns, finish
 from ..errors import ConversionError
 from .base import (
     BINARY,
@@ -182,85 +182,6 @@ def _lightgbm_booster(native: Any) -> Any:
     if best and 0 < best < booster.num_trees():
         booster = lightgbm.Booster(model_str=booster.model_to_string(num_iteration=best))
     return booster
-
-
-def _walk(native: dict, index: int, by_id: dict[int, int], true_ids: list[int], false_ids: list[int]):
-    """Pairs (native dump node, ONNX node index) along the same paths (left = true branch)."""
-    yield native, index
-    if "split_index" in native:
-        yield from _walk(native["left_child"], by_id.get(true_ids[index], -1), by_id, true_ids, false_ids)
-        yield from _walk(native["right_child"], by_id.get(false_ids[index], -1), by_id, true_ids, false_ids)
-
-
-def fix_lightgbm_splits(model: onnx.ModelProto, booster: Any) -> int:
-    """Make the float32 split thresholds and missing-value routing of a graph *onnxmltools* made
-    from a LightGBM regressor match LightGBM (``lightgbm_graph`` builds exact graphs itself).
-
-    LightGBM compares ``double(x) <= threshold`` (a double); onnxmltools stores the threshold
-    rounded to the nearest float32, so an input equal to a threshold that was rounded *up*
-    takes the other branch. The float32 ``w`` with ``x <= w <=> x <= t`` for every float32
-    ``x`` is the largest float32 not above ``t``. LightGBM also routes NaN by ``missing_type``:
-    ``NaN`` -> ``default_left``; ``None`` -> as the value 0.0 (left iff ``0 <= t``).
-
-    The ONNX nodes are matched to the dump tree by walking both from the root (true branch =
-    left child) and checked (feature, rounded threshold) before anything changes; a tree
-    that does not match is left as it is (the parity gate then judges it). Returns the number of split nodes adjusted.
-    """
-    node = tree_node(model)
-    tree_ids = list(node_attr(node, "nodes_treeids").ints)
-    node_ids = list(node_attr(node, "nodes_nodeids").ints)
-    true_ids = list(node_attr(node, "nodes_truenodeids").ints)
-    false_ids = list(node_attr(node, "nodes_falsenodeids").ints)
-    features = list(node_attr(node, "nodes_featureids").ints)
-    modes = [m.decode() for m in node_attr(node, "nodes_modes").strings]
-    values_attr, tracks_attr = node_attr(node, "nodes_values"), node_attr(node, "nodes_missing_value_tracks_true")
-    values, tracks = list(values_attr.floats), list(tracks_attr.ints)
-    if len(tracks) != len(values):
-        return 0
-    by_tree: dict[int, dict[int, int]] = {}
-    for i, (t, n) in enumerate(zip(tree_ids, node_ids)):
-        by_tree.setdefault(t, {})[n] = i
-    changed = 0
-    for tree_index, info in enumerate(booster.dump_model()["tree_info"]):
-        by_id = by_tree.get(tree_index, {})
-        children = {c for i in by_id.values() if modes[i] != "LEAF" for c in (true_ids[i], false_ids[i])}
-        roots = [i for n, i in by_id.items() if n not in children]
-        if len(roots) != 1:
-            continue
-        plan = []
-        for nat, i in _walk(info["tree_structure"], roots[0], by_id, true_ids, false_ids):
-            if i < 0:
-                break
-            if "split_index" not in nat:
-                if modes[i] != "LEAF":
-                    break
-                continue
-            if nat.get("decision_type") != "<=" or modes[i] != "BRANCH_LEQ" or features[i] != nat["split_feature"]:
-                break
-            t = float(nat["threshold"])
-            if np.float32(t) != np.float32(values[i]):
-                break
-            w = np.float32(t)
-            if float(w) > t:
-                w = np.nextafter(w, np.float32(-np.inf))
-            missing = nat.get("missing_type", "None")
-            if missing == "NaN":
-                track = int(bool(nat.get("default_left", True)))
-            elif missing == "None":
-                track = int(t >= 0.0)
-            else:  # "Zero": NaN is missing and goes the default way
-                track = int(bool(nat.get("default_left", True)))
-            plan.append((i, float(w), track))
-        else:
-            for i, w, track in plan:
-                if values[i] != w or tracks[i] != track:
-                    changed += 1
-                values[i], tracks[i] = w, track
-    del values_attr.floats[:]
-    values_attr.floats.extend(values)
-    del tracks_attr.ints[:]
-    tracks_attr.ints.extend(tracks)
-    return changed
 
 
 def _add_tree(forest: Forest, root: dict, target: int, scale: float) -> None:

@@ -92,7 +92,7 @@ ALLOWED_OPS: frozenset[tuple[str, str]] = frozenset(
 )
 
 # Operators whose output size is set by the *values* of some inputs: those inputs (by position)
-# must be initializers or Constant outputs, each value at most MAX_CONSTANT_VALUE and their
+# must be initializers (``Constant`` is not an allowed op), each value at most MAX_CONSTANT_VALUE and their
 # product at most MAX_CONSTANT_ELEMENTS. Only ops in ALLOWED_OPS run at all; the others are
 # listed so that allowing one brings its bound with it.
 CONSTANT_INPUTS: dict[str, tuple[int, ...]] = {
@@ -149,33 +149,15 @@ def _where(node: onnx.NodeProto) -> str:
     return f"node {node.name!r} (op {node.op_type!r}, domain {_domain(node)!r})"
 
 
-def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto | onnx.AttributeProto]:
-    """Names whose values are fixed in the file: initializers, and the value attribute of
-    each Constant node (decoded only when a bounded input reads it)."""
-    found: dict[str, onnx.TensorProto | onnx.AttributeProto] = {t.name: t for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and _domain(node) == "ai.onnx" and node.output and node.attribute:
-            found[node.output[0]] = node.attribute[0]
-    return found
-
-
-def _values(constant: onnx.TensorProto | onnx.AttributeProto) -> list | None:
-    """The numbers a constant holds, or None when it holds anything else (or cannot be read)."""
+def _values(constant: onnx.TensorProto) -> list | None:
+    """The numbers an initializer holds, or None when it holds anything else (or cannot be read)."""
     try:
-        if isinstance(constant, onnx.TensorProto):
-            return numpy_helper.to_array(constant).ravel().tolist()
-        if constant.name == "value" and constant.HasField("t"):
-            return numpy_helper.to_array(constant.t).ravel().tolist()
-        if constant.name in ("value_int", "value_float"):
-            return [onnx.helper.get_attribute_value(constant)]
-        if constant.name in ("value_ints", "value_floats"):
-            return list(onnx.helper.get_attribute_value(constant))
+        return numpy_helper.to_array(constant).ravel().tolist()
     except Exception:  # a constant that cannot be decoded is simply not a bounded one
         return None
-    return None
 
 
-def _check_bounded_inputs(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto | onnx.AttributeProto]) -> None:
+def _check_bounded_inputs(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> None:
     for position in CONSTANT_INPUTS.get(node.op_type, ()):
         if position >= len(node.input) or not node.input[position]:
             continue  # an optional input left out
@@ -234,7 +216,7 @@ def check_graph(model: onnx.ModelProto) -> None:
                     f"tensor {tensor.name!r} stores its data externally: a graph must carry all its weights"
                 )
     for graph in graphs:
-        constants = _constants(graph)
+        constants = {t.name: t for t in graph.initializer}
         for node in graph.node:
             if (_domain(node), node.op_type) not in ALLOWED_OPS:
                 raise ConversionError(

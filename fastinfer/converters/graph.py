@@ -330,19 +330,6 @@ def weighted_sum(
     return model
 
 
-def gather_columns(model: onnx.ModelProto, columns: Sequence[int], name: str = "select") -> onnx.ModelProto:
-    """Prepend a Gather so that a graph built on a subset of columns reads the full input."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    g = model.graph
-    inner = f"{name}_features"
-    rename_value(model, INPUT_NAME, inner)
-    vi = g.input[[i.name for i in g.input].index(inner)]
-    vi.name = INPUT_NAME
-    g.initializer.append(numpy_helper.from_array(np.asarray(columns, dtype=np.int64), f"{name}_idx"))
-    g.node.insert(0, helper.make_node("Gather", [INPUT_NAME, f"{name}_idx"], [inner], axis=1, name=f"{name}_gather"))
-    return model
-
-
 # ---------------------------------------------------------------- op rewrites
 
 
@@ -431,16 +418,6 @@ def prune_dead_nodes(model: onnx.ModelProto) -> None:
 
 
 # ---------------------------------------------------------------- tree ensembles
-
-# onnxmltools' LightGBM / XGBoost converters emit ai.onnx.ml opset 1 and accept at most 15.
-ONNXMLTOOLS_OPSET = 15
-
-
-def onnxmltools_input(n_features: int) -> list:
-    """The ``initial_types`` onnxmltools needs: one float32 input ``features`` [None, F]."""
-    from onnxmltools.convert.common.data_types import FloatTensorType
-
-    return [(INPUT_NAME, FloatTensorType([None, n_features]))]
 
 
 def tree_node(model: onnx.ModelProto) -> onnx.NodeProto:
