@@ -1,8 +1,9 @@
 """Bar time: what a bar's timestamp is, and the order bars must come in.
 
 Every predictor (live, sharded, batch) takes bars oldest first: a bar older than the newest one
-accepted is refused before anything changes; an equal one is accepted (a correction of the
-same bar). ``timestamp_ns`` reads a bar time as int nanoseconds since the epoch (UTC).
+accepted is refused before anything changes; an equal one is accepted as one more bar (a
+coarse clock may stamp two bars alike): nothing is replaced, so a caller must not resend a bar.
+``timestamp_ns`` reads a bar time as int nanoseconds since the epoch (UTC).
 """
 
 from __future__ import annotations

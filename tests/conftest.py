@@ -8,11 +8,16 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter
 # Backend choices calibrated in this session only (fastinfer.runtime): none from earlier runs.
-os.environ.setdefault("FASTINFER_CACHE_DIR", tempfile.mkdtemp(prefix="fastinfer-test-cache-"))
+os.environ.setdefault("FASTINFER_CACHE_DIR", _SESSION_CACHE := tempfile.mkdtemp(prefix="fastinfer-test-cache-"))
 
 import pytest
 
 from fastinfer import families, testing
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_CACHE, ignore_errors=True)  # ours, used or not
+
 
 ALL_FAMILIES = [f.name for f in families.FAMILIES]
 TARGET = "fwd_ret_5m"

@@ -78,7 +78,6 @@ def test_choice_is_calibrated_once_cached_on_disk_and_reused(compiled_run, synth
     assert cache.path.is_file()
     calls = []
     monkeypatch.setattr(runtime, "median_us", lambda *a, **k: calls.append(a) or 1.0)
-    again = ModelLoader(compiled_run).load(TARGET, "xgboost")
     monkeypatch.setattr(runtime, "_DEFAULT_CACHE", runtime.ChoiceCache(tmp_path))  # a new process reads the file
     again = ModelLoader(compiled_run).load(TARGET, "xgboost")
     np.testing.assert_array_equal(again.predict(rows), model.predict(rows))

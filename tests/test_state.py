@@ -41,18 +41,17 @@ def test_every_single_byte_flip_in_the_payload_is_caught():
     env = state.wrap("demo", 1, _payload())
     text = json.dumps(env["payload"], sort_keys=True)
     hostile("state envelope", "each payload byte flipped in turn")
-    caught = 0
+    still_json = 0
     for i in range(len(text)):
         flipped = text[:i] + chr(ord(text[i]) ^ 1) + text[i + 1 :]
         try:
             damaged = json.loads(flipped)
         except ValueError:
-            caught += 1  # no longer JSON: the file reader refuses it
-            continue
+            continue  # no longer JSON: the file reader refuses it
         with pytest.raises(StateError):
             state.unwrap({**env, "payload": damaged}, "demo", {1})
-        caught += 1
-    assert caught == len(text)
+        still_json += 1
+    assert still_json > len(text) // 2  # most flips still parse: the checksum, not JSON, caught them
 
 
 @pytest.mark.parametrize(
