@@ -21,7 +21,7 @@ from . import families as fam
 from .atomic import write_atomic_bytes
 from .converters import parity
 from .errors import ConversionError, ModelLoadError
-from .integrity import sha256_file
+from .integrity import sha256_bytes, sha256_file
 from .loader import LoadedModel, ModelLoader
 from .lock import LOCK_FILE, ONNX_FILE, Lock, LockEntry, write_lock
 
@@ -94,14 +94,15 @@ def compile_model(
     write_atomic_bytes(onnx_path, data)
     entry.status = "onnx"
     entry.onnx_file = str(onnx_path.relative_to(run_root))
-    entry.onnx_sha256 = sha256_file(onnx_path)
+    entry.onnx_sha256 = sha256_bytes(data)  # the bytes written, not a second read of the file
     return entry
 
 
 def _stale_temp_files(run_root: Path, folders: Iterable[Path]) -> list[Path]:
     """Temp files a killed ``convert`` left behind (``write_atomic_bytes`` names them
     ``.<name>.<random>.tmp``): this compiler's own, the graph's and the lock's, nothing else."""
-    found = [p for folder in folders for p in folder.glob(f".{ONNX_FILE}.*.tmp")]
+    # rglob: a model_file in a subfolder has its graph written beside it
+    found = [p for folder in folders for p in folder.rglob(f".{ONNX_FILE}.*.tmp")]
     return found + list(run_root.glob(f".{LOCK_FILE}.*.tmp"))
 
 

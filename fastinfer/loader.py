@@ -357,6 +357,7 @@ class ModelLoader:
         was converted (a change warns, or raises under ``strict_checksums``).
         """
         from .features import DEFINITIONS_FILE, FeatureDefinitions
+        from .features.definitions import MAX_BYTES as MAX_DEFINITIONS_BYTES
         from .integrity import sha256_bytes
 
         path = artifacts.inside(self.run_root, DEFINITIONS_FILE, what=f"{DEFINITIONS_FILE} link")
@@ -366,7 +367,13 @@ class ModelLoader:
                 raise ModelLoadError(None, None, f"{DEFINITIONS_FILE} is missing (the run recorded one)", path)
             return None
         signed = self._signed_digest(path)
-        data = path.read_bytes()
+        try:
+            with path.open("rb") as f:
+                data = f.read(MAX_DEFINITIONS_BYTES + 1)
+        except OSError as exc:
+            raise ModelLoadError(None, None, f"cannot read {DEFINITIONS_FILE}: {exc.strerror}", path) from None
+        if len(data) > MAX_DEFINITIONS_BYTES:
+            raise ModelLoadError(None, None, f"{DEFINITIONS_FILE} is over {MAX_DEFINITIONS_BYTES} bytes", path)
         digest = sha256_bytes(data)
         if signed is not None and digest != signed:
             raise SignatureError(None, None, "signed feature definitions changed since the run was opened", path)
