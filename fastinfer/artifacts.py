@@ -198,7 +198,8 @@ def _names(value: Any, key: str, loc: ModelLocation, path: Path) -> tuple[str, .
 
 
 # Upper bounds: a sequence length sizes per-symbol buffers, so a hostile 10**12 must not allocate.
-_LIMITS = {"interval_minutes": 525_600.0 * 100, "sequence_length": MAX_SEQ_LEN}
+MAX_INTERVAL_MINUTES = 525_600.0 * 100  # a century: any bar interval past it is hostile
+_LIMITS = {"interval_minutes": MAX_INTERVAL_MINUTES, "sequence_length": MAX_SEQ_LEN}
 
 
 def _number(meta: dict, key: str, kind: type, loc: ModelLocation, path: Path) -> Any:

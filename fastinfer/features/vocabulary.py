@@ -94,31 +94,12 @@ import math
 import re
 from dataclasses import dataclass
 
+from ..kernels.indicators import FEATURES
 from .errors import FeatureDefinitionError
 
 # The names fastinfer computed before the vocabulary existed (in their original order), and
 # the spec's defaults: the first 14. Each keeps its exact original definition.
-KNOWN_FEATURES: tuple[str, ...] = (
-    "ret_1",
-    "ret_5",
-    "ret_10",
-    "ret_20",
-    "ret_60",
-    "rsi_14",
-    "macd",
-    "macd_signal",
-    "macd_hist",
-    "bb_upper",
-    "bb_lower",
-    "bb_pct",
-    "atr_14",
-    "vol_ratio",
-    "rsi_14_sma",
-    "atr_14_sma",
-    "bb_upper_ddof1",
-    "bb_lower_ddof1",
-    "bb_pct_ddof1",
-)
+KNOWN_FEATURES: tuple[str, ...] = FEATURES
 DEFAULT_FEATURES: tuple[str, ...] = KNOWN_FEATURES[:14]
 
 # Placeholders: windows take a number of bars or a duration; k a plain number.

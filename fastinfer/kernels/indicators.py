@@ -59,8 +59,6 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from ..features.vocabulary import KNOWN_FEATURES
-
 RETURN_HORIZONS = (1, 5, 10, 20, 60)
 RSI_PERIOD = 14
 ATR_PERIOD = 14
@@ -70,7 +68,28 @@ VOL_PERIOD = 20
 MACD_FAST, MACD_SLOW, MACD_SIGNAL = 12, 26, 9
 CLOSE_WINDOW = 61  # ret_60 needs c[t-60]
 
-FEATURES = KNOWN_FEATURES  # the kernel's output order: the names fastinfer computed first
+# The kernel's output order: the names fastinfer computed first (features.KNOWN_FEATURES).
+FEATURES: tuple[str, ...] = (
+    "ret_1",
+    "ret_5",
+    "ret_10",
+    "ret_20",
+    "ret_60",
+    "rsi_14",
+    "macd",
+    "macd_signal",
+    "macd_hist",
+    "bb_upper",
+    "bb_lower",
+    "bb_pct",
+    "atr_14",
+    "vol_ratio",
+    "rsi_14_sma",
+    "atr_14_sma",
+    "bb_upper_ddof1",
+    "bb_lower_ddof1",
+    "bb_pct_ddof1",
+)
 N_FEATURES = len(FEATURES)
 (
     X_RET1,
