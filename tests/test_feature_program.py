@@ -4,6 +4,7 @@ refusals, missing bars, user primitives, 10^6-bar drift of every rolling primiti
 from __future__ import annotations
 
 import json
+import os
 import tracemalloc
 
 import numpy as np
@@ -263,7 +264,23 @@ def test_a_corrupt_deque_in_the_state_is_refused():
 
 
 def test_program_hash_is_deterministic_and_names_the_program():
-    assert compile_features(["rsi_14", "vol_20"]).hash == compile_features(["rsi_14", "vol_20"]).hash
+    """Equal across processes whatever Python's hash seed (a saved state is restored in another
+    process), different for any other program."""
+    import subprocess
+    import sys
+
+    code = "from fastinfer.features import compile_features; print(compile_features(['rsi_14', 'vol_20']).hash)"
+    seen = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for seed in ("1", "2")
+    }
+    assert seen == {compile_features(["rsi_14", "vol_20"]).hash}
     assert compile_features(["rsi_14", "vol_20"]).hash != compile_features(["vol_20", "rsi_14"]).hash
     assert compile_features(["rsi_14"]).hash != compile_features(["rsi_15"]).hash
 
