@@ -97,6 +97,10 @@ BAD = {
     "non-ascii identifier": ("clôse", "unexpected character 'ô'"),
     "NUL byte": ("a\x00b", "unexpected character"),
     "huge number": ("1e999", "too large"),
+    "huge number, 3,900 digits": (
+        "9" * 3900,
+        r"^feature 'my_feature': number '9{200}'\.\.\. at column 1 is too large$",
+    ),
     "too long": ("a+" * (MAX_EXPRESSION_CHARS // 2) + "a", "characters long"),
     "too deep (brackets)": ("(" * (MAX_DEPTH + 1) + "a" + ")" * (MAX_DEPTH + 1), "nests deeper"),
     "too deep (unary)": ("-" * (MAX_DEPTH + 1) + "a", "nests deeper"),

@@ -20,6 +20,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from ..state import short_repr
 from .errors import FeatureDefinitionError
 
 MAX_EXPRESSION_CHARS = 4000
@@ -112,7 +113,7 @@ def tokenize(text: str, where: str | None = None) -> list[Token]:
                 value = float(m.group("number"))
                 if not math.isfinite(value):
                     raise FeatureDefinitionError(
-                        f"number {m.group(0)!r} at column {pos + 1} is too large", feature=where
+                        f"number {short_repr(m.group(0))} at column {pos + 1} is too large", feature=where
                     )
                 tokens.append(Token("duration" if unit else "number", m.group(0), pos + 1, value, unit))
                 if m.end() < len(text) and (text[m.end()].isalpha() or text[m.end()] == "_"):
