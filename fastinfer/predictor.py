@@ -33,7 +33,7 @@ from .loader import LoadedModel, ModelLoader
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_PRICE", "LivePredictor", "horizon_of", "point_column"]
+__all__ = ["MAX_PRICE", "LivePredictor", "horizon_of", "point_column", "usable_models"]
 
 # state_dict / load_state_dict: a fastinfer.state envelope. Version 3: features and buffers in
 # their own envelopes, rejected-bar counters; older versions (no checksum) are refused.
@@ -99,6 +99,44 @@ def _mask_not_ready(features, needs, pass_nan, stale, ready, ready_of_model, mod
                 out[i, c] = np.nan
 
 
+def usable_models(
+    loader: ModelLoader,
+    settings: Settings,
+    interval_minutes: float | None,
+    *,
+    targets: Iterable[str] | None = None,
+    families: Iterable[str] | None = None,
+) -> tuple[list[LoadedModel], dict[tuple[str, str], str]]:
+    """The run's models that may serve ``interval_minutes``-minute bars (None: any), and those left
+    out, (target, family) → reason. The one rule of the live and the research paths.
+
+    A model that failed to load is left out (``predictor.on_model_error: skip``) or its
+    ``ModelLoadError`` raised (``error``); one trained on another interval is left out with a
+    warning (``predictor.on_interval_mismatch: skip``) or a ``ModelLoadError``; no model left is a
+    ``ModelLoadError``.
+    """
+    pred = settings.predictor
+    unavailable: dict[tuple[str, str], str] = {}
+    loaded = loader.load_all(targets, families)
+    for key, err in loader.errors.items():
+        if pred.on_model_error == "error":
+            raise err
+        unavailable[key] = f"failed to load: {err.reason}"
+    models: list[LoadedModel] = []
+    for m in loaded.values():
+        problem = interval_problem(m.spec.interval_minutes, interval_minutes, pred.interval_rel_tol)
+        if problem is None:
+            models.append(m)
+        elif pred.on_interval_mismatch == "error":
+            raise ModelLoadError(m.family.name, m.target, f"interval mismatch: {problem}", m.spec.meta_path)
+        else:
+            log.warning("%s/%s left out: %s", m.target, m.family.name, problem)
+            unavailable[(m.target, m.family.name)] = f"interval mismatch: {problem}"
+    if not models:
+        raise ModelLoadError(None, None, "no usable model in the run for these targets/families", loader.run_root)
+    return models, unavailable
+
+
 def compile_run_features(
     models: Sequence[LoadedModel],
     loader: ModelLoader,
@@ -110,12 +148,16 @@ def compile_run_features(
     """The feature program serving ``models``: the union of their features, compiled from the
     run's ``feature_definitions.yaml`` (or ``definitions``) and the vocabulary. A feature neither
     knows is a ``ModelLoadError`` naming the model, the feature, what the vocabulary understood
-    of it and how to define it or pass it in as an external column."""
+    of it and how to define it or pass it in as an external column; a problem of no one feature
+    (the definitions fix another interval or session length than given) is a ``ModelLoadError``
+    naming the run and saying what the definitions error says."""
     defs = definitions if definitions is not None else loader.definitions()
     union = feature_union(models)
     try:
         return compile_features(union, defs, interval_minutes=interval_minutes, bars_per_day=bars_per_day)
     except FeatureDefinitionError as exc:
+        if exc.feature is None:  # not one feature's fault (e.g. the definitions fix another interval)
+            raise ModelLoadError(None, None, f"the run's features cannot be compiled: {exc}", loader.run_root) from None
         who = next((m for m in models if exc.feature in m.feature_order), models[0])
         raise ModelLoadError(
             who.family.name,
@@ -157,18 +199,10 @@ class LivePredictor:
         self.loader = loader or ModelLoader(run_root, settings=self.settings)
         self.symbols = _symbols(symbols)
         self.interval_minutes = _interval(interval_minutes)
-        self.unavailable: dict[tuple[str, str], str] = {}
         self.fallback_log: dict[str, list[tuple[str, str]]] = {}
-        models = self.loader.load_all(targets, families)
-        for key, err in self.loader.errors.items():
-            if self.settings.predictor.on_model_error == "error":
-                raise err
-            self.unavailable[key] = f"failed to load: {err.reason}"
-        self.models: list[LoadedModel] = [m for m in models.values() if self._interval_ok(m)]
-        if not self.models:
-            raise ModelLoadError(
-                None, None, "no usable model in the run for these targets/families", self.loader.run_root
-            )
+        self.models, self.unavailable = usable_models(
+            self.loader, self.settings, self.interval_minutes, targets=targets, families=families
+        )
         program = compile_run_features(
             self.models,
             self.loader,
@@ -206,20 +240,6 @@ class LivePredictor:
         _copy_finite(self.features.out, self.plan.tabular_input)
         self._mask(self.features.out)
         _rows_for_sequences(self.features.out, self.features.stale, self._seq_rows)
-
-    # ------------------------------------------------------------ construction checks
-
-    def _interval_ok(self, m: LoadedModel) -> bool:
-        reason = interval_problem(
-            m.spec.interval_minutes, self.interval_minutes, self.settings.predictor.interval_rel_tol
-        )
-        if reason is None:
-            return True
-        if self.settings.predictor.on_interval_mismatch == "error":
-            raise ModelLoadError(m.family.name, m.target, f"interval mismatch: {reason}", m.spec.meta_path)
-        log.warning("%s/%s left out: %s", m.target, m.family.name, reason)
-        self.unavailable[(m.target, m.family.name)] = f"interval mismatch: {reason}"
-        return False
 
     # ------------------------------------------------------------ the hot path
 

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .bartime import interval_problem
 from .config import Settings, load_config
-from .errors import FeatureBuildError, InferenceError, ModelLoadError
+from .errors import FeatureBuildError, InferenceError
 from .kernels.windows import windows as _windows
 from .layout import OutputLayout, feature_union
-from .loader import LoadedModel, ModelLoader
+from .loader import ModelLoader
+from .predictor import MAX_PRICE, MAX_VOLUME, _check_bars, compile_run_features, usable_models
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -77,26 +77,10 @@ class RunPredictor:
         self.chunk_rows = int(chunk_rows)
         if self.chunk_rows < 1:
             raise InferenceError(f"chunk_rows must be positive, got {chunk_rows!r}")
-        self.unavailable: dict[tuple[str, str], str] = {}
-        models = self.loader.load_all(targets, families)
-        for key, err in self.loader.errors.items():
-            if self.settings.predictor.on_model_error == "error":
-                raise err
-            self.unavailable[key] = f"failed to load: {err.reason}"
-        self.models: list[LoadedModel] = []
+        self.models, self.unavailable = usable_models(
+            self.loader, self.settings, interval_minutes, targets=targets, families=families
+        )
         pred = self.settings.predictor
-        for m in models.values():
-            problem = interval_problem(m.spec.interval_minutes, interval_minutes, pred.interval_rel_tol)
-            if problem is None:
-                self.models.append(m)
-            elif pred.on_interval_mismatch == "error":
-                raise ModelLoadError(m.family.name, m.target, f"interval mismatch: {problem}", m.spec.meta_path)
-            else:
-                self.unavailable[(m.target, m.family.name)] = f"interval mismatch: {problem}"
-        if not self.models:
-            raise ModelLoadError(
-                None, None, "no usable model in the run for these targets/families", self.loader.run_root
-            )
         self.feature_order = feature_union(self.models)
         self.layout = OutputLayout.from_models(self.models, self.feature_order, pred.nan_policy)
         self.columns = self.layout.columns
@@ -159,7 +143,6 @@ class RunPredictor:
         which bars are present (finite OHLCV that passes ``predictor.bar_check``)."""
         from .features import StreamingFeatures
         from .features.frames import external_arrays, ohlcv_arrays
-        from .predictor import MAX_PRICE, MAX_VOLUME, _check_bars, compile_run_features
 
         program = compile_run_features(
             self.models,

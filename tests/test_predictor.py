@@ -340,3 +340,11 @@ def test_point_column_is_the_one_rule_for_a_horizon_family_view(market_run, goog
     predictor = LivePredictor(market_run, ["GOOG"], DAILY)
     for m, sl in zip(predictor.models, predictor.plan.model_slices):
         assert predictor.layout.points[(m.target, m.family.name)] == sl.start + point_column(m.columns)
+
+
+def test_a_definitions_error_of_no_one_feature_says_what_it_is(market_run):
+    """Definitions that fix another session length than the caller's: the error is the
+    disagreement, not "feature None cannot be computed"."""
+    with pytest.raises(ModelLoadError, match="the run's features cannot be compiled: bars_per_day is 6 here") as e:
+        LivePredictor(market_run, ["GOOG"], DAILY, definitions={"bars_per_day": 7}, bars_per_day=6)
+    assert "None" not in e.value.reason and "fix it at 7" in e.value.reason

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from fastinfer.errors import InferenceError
+from fastinfer.config import Settings
+from fastinfer.errors import InferenceError, ModelLoadError
 from fastinfer.predictor import LivePredictor
 from fastinfer.research import RunPredictor, backtest
 
@@ -88,3 +92,21 @@ def test_bad_frames_are_typed_errors_naming_the_column(market_run):
         runner.predict(good.astype({runner.feature_order[1]: object}).assign(**{runner.feature_order[1]: "x"}))
     with pytest.raises(InferenceError, match="present"):
         runner.predict(good, present=np.ones(2, dtype=bool))
+
+
+def test_research_and_live_paths_leave_out_models_by_the_same_rule(market_run, caplog):
+    """One rule for both: a model trained on another interval is left out with a warning and the
+    reason in ``unavailable`` (``on_interval_mismatch: skip``); none left is an error."""
+    settings = replace(Settings(), predictor=replace(Settings().predictor, on_interval_mismatch="skip"))
+    for build in (
+        lambda: RunPredictor(market_run, interval_minutes=60.0, settings=settings),
+        lambda: LivePredictor(market_run, ["A"], 60.0, settings=settings),
+    ):
+        caplog.clear()
+        with (
+            caplog.at_level(logging.WARNING, logger="fastinfer.predictor"),
+            pytest.raises(ModelLoadError, match="no usable"),
+        ):
+            build()
+        left_out = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+        assert len(left_out) == 15 and all("trained on 1440-minute bars, data is 60-minute" in m for m in left_out)

@@ -119,6 +119,7 @@ def test_a_model_that_fails_to_load_is_recorded_and_the_rest_of_the_run_stays_se
     from fastinfer.errors import ModelLoadError
     from fastinfer.lock import read_lock
     from fastinfer.predictor import LivePredictor
+    from fastinfer.research import RunPredictor
 
     hostile("damaged model file", "truncated model.txt in one folder of a run, then convert")
     path = _truncate_model(market_copy, "lightgbm", "model.txt")
@@ -141,9 +142,12 @@ def test_a_model_that_fails_to_load_is_recorded_and_the_rest_of_the_run_stays_se
     predictor.predict_with_fallback(target, ["lightgbm", "ridge"])
     family, why = predictor.fallback_log[target][0]
     assert family == "lightgbm" and why.startswith("failed to load")
+    assert RunPredictor(market_copy, interval_minutes=DAILY).unavailable == predictor.unavailable  # one rule
     strict = replace(Settings(), predictor=replace(Settings().predictor, on_model_error="error"))
     with pytest.raises(ModelLoadError, match="malformed LightGBM"):
         LivePredictor(market_copy, ["GOOG"], DAILY, settings=strict)
+    with pytest.raises(ModelLoadError, match="malformed LightGBM"):
+        RunPredictor(market_copy, interval_minutes=DAILY, settings=strict)
 
 
 def test_stale_temp_files_of_a_killed_convert_are_removed(run_copy):
