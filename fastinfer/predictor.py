@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from .loader import LoadedModel, ModelLoader
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_PRICE", "LivePredictor", "horizon_of", "point_column", "usable_models"]
+__all__ = ["MAX_PRICE", "LivePredictor", "RunFailures", "horizon_of", "point_column", "usable_models"]
 
 # state_dict / load_state_dict: a fastinfer.state envelope. Version 3: features and buffers in
 # their own envelopes, rejected-bar counters; older versions (no checksum) are refused.
@@ -169,6 +170,16 @@ def compile_run_features(
         ) from None
 
 
+@dataclass
+class RunFailures:
+    """One model's failures at run time in a live predictor: on how many bars, the last error,
+    and the number of the last bar it failed on (``bars`` before that bar)."""
+
+    count: int = 0
+    last_error: str = ""
+    last_bar: int = -1
+
+
 class LivePredictor:
     """Built from a run root and the data's bar interval; ``on_bar`` once per bar for all symbols.
 
@@ -178,7 +189,8 @@ class LivePredictor:
     with a warning). ``definitions`` / ``bars_per_day``: feature definitions beyond the run's
     own ``feature_definitions.yaml`` and the vocabulary, and the session length for ``d``
     durations on intraday bars. Models that failed to load (or were left out) are listed with
-    their reason in ``unavailable`` (``predictor.on_model_error: error`` refuses instead).
+    their reason in ``unavailable`` (``predictor.on_model_error: error`` refuses instead); models
+    that failed at run time on some bar are in ``run_failures`` (see ``on_bar``).
     """
 
     def __init__(
@@ -233,6 +245,7 @@ class LivePredictor:
         self._check_bars = self.settings.predictor.bar_check == "reject"
         self.latency = LatencyHistogram()
         self.bars = 0
+        self.run_failures: dict[tuple[str, str], RunFailures] = {}
         self._clock = BarClock()
         # Compile (or load from numba's cache) now, not on the first bar; out is all NaN here.
         nan = np.full(n, np.nan)
@@ -260,6 +273,13 @@ class LivePredictor:
         matrix in declared order. With ``predictor.bar_check: reject`` (the default) a symbol's
         nonsense bar (a price <= 0 or above ``MAX_PRICE``, negative volume, high < low, open or
         close outside [low, high]) is treated as missing and counted in ``rejected_bars``.
+
+        A model that fails at run time (ONNX Runtime or its native library raising) gives NaN in
+        its columns for this bar and is recorded in ``run_failures`` (and logged); every other
+        model's output is delivered and the bar completes (counted in ``bars``, timed). With
+        ``predictor.on_model_error: error`` the bar is still consumed in full (features, sequence
+        buffers, bar clock and ``bars`` advanced, the others' outputs in ``predictions``) before an
+        ``InferenceError`` naming the failed models is raised: do not send that bar again.
         """
         start = time.perf_counter_ns()
         stamp = self.check_timestamp(timestamp)  # refuse a bad bar time before any state moves
@@ -282,11 +302,53 @@ class LivePredictor:
         self._clock.accept(stamp)
         for buf, row in self._ready_rows:
             buf.ready_mask(stamp, out=row)
-        self.plan.run()
+        try:
+            self.plan.run()
+            failed = None
+        except InferenceError as exc:  # from here on the bar is consumed: complete it, whatever fails
+            failed = self._run_models_alone(exc)
         out = self._mask(feats)
         self.bars += 1
         self.latency.record(time.perf_counter_ns() - start)
+        if failed and self.settings.predictor.on_model_error == "error":
+            raise InferenceError(
+                f"bar {self.bars - 1}: {len(failed)} model(s) failed at run time (the bar was consumed: "
+                "features, sequence buffers, bar clock and bar count advanced, the other models' outputs are "
+                "in predictions; do not send it again): "
+                + "; ".join(f"{t}/{f}: {err}" for (t, f), err in failed.items())
+            ) from next(iter(failed.values()))
         return out
+
+    def _run_models_alone(self, plan_error: InferenceError) -> dict[tuple[str, str], InferenceError]:
+        """After the plan failed on this bar: every model alone, by its own runtime, on the inputs
+        the plan had (a fused graph's failure need not be every member's); a model that fails
+        again gets NaN columns and is recorded in ``run_failures``. Returns those failures."""
+        plan = self.plan
+        failed: dict[tuple[str, str], InferenceError] = {}
+        for m, slot in zip(self.models, self.layout.slots):
+            dst = plan.out[:, slot.start : slot.stop]
+            source = plan.sequence_inputs[slot.sequence_length] if slot.sequence_length else plan.tabular_input
+            X = np.ascontiguousarray(source[..., list(slot.needs)])
+            # as the plan feeds it: a graph takes every row (NaN routes or gives NaN), a native
+            # library only rows it can take (the mask drops the others' outputs anyway)
+            if m.backend == "onnx" or m.family.handles_nan:
+                rows = np.ones(len(X), dtype=np.bool_)
+            else:
+                rows = np.isfinite(X).reshape(len(X), -1).all(axis=1)
+            dst[...] = np.nan
+            try:
+                if rows.any():
+                    dst[rows] = np.asarray(m.run(X[rows]), dtype=np.float32).reshape(-1, dst.shape[1])
+            except InferenceError as exc:
+                failed[slot.key] = exc
+                record = self.run_failures.setdefault(slot.key, RunFailures())
+                record.count += 1
+                record.last_error = str(exc)
+                record.last_bar = self.bars
+                log.warning("bar %d: %s/%s failed at run time, NaN for this bar: %s", self.bars, *slot.key, exc)
+        if not failed:
+            log.warning("bar %d: the plan failed (%s); every model ran alone and delivered", self.bars, plan_error)
+        return failed
 
     def _mask(self, feats: np.ndarray) -> np.ndarray:
         lay = self.layout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import tracemalloc
 from dataclasses import replace
 
@@ -19,6 +20,7 @@ from fastinfer.features import FeatureBuilder, ohlcv_arrays
 from fastinfer.loader import ModelLoader
 from fastinfer.predictor import LivePredictor, point_column
 
+from ._hardening import hostile
 from .conftest import MARKET_FAMILIES, MARKET_TRAIN_BARS
 
 DAILY = 1440.0
@@ -348,3 +350,101 @@ def test_a_definitions_error_of_no_one_feature_says_what_it_is(market_run):
     with pytest.raises(ModelLoadError, match="the run's features cannot be compiled: bars_per_day is 6 here") as e:
         LivePredictor(market_run, ["GOOG"], DAILY, definitions={"bars_per_day": 7}, bars_per_day=6)
     assert "None" not in e.value.reason and "fix it at 7" in e.value.reason
+
+
+FAIL_BAR = 100  # every model warmed up by then (ret_60, then the LSTM's 10 rows)
+
+
+def _explode(*args, **kwargs):
+    raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : bad allocation")
+
+
+@pytest.mark.parametrize("on_model_error", ["skip", "error"])
+def test_a_model_failing_at_run_time_costs_its_columns_for_that_bar_only(
+    market_run, goog, monkeypatch, caplog, on_model_error
+):
+    """One model's graph makes ONNX Runtime fail on one bar: the fused graph serving it fails and so
+    does its own session. That bar still completes: the model's columns are NaN, every other model's
+    equal a predictor that never failed (to the runtime's agreement tolerance: each ran alone on its
+    own backend), the bar is counted and timed, the failure recorded; the next bars are bit for bit
+    those of the predictor that never failed. With on_model_error: error the same bar is consumed,
+    then an InferenceError says so."""
+    from fastinfer.runtime import AGREEMENT_RTOL
+
+    hostile("live bar", f"one model failing inside ONNX Runtime mid-replay (on_model_error: {on_model_error})")
+    settings = Settings()
+    settings = replace(
+        settings,
+        executor=replace(settings.executor, forest_kernel="off"),  # every tabular graph in the fused one
+        predictor=replace(settings.predictor, on_model_error=on_model_error),
+    )
+    frames = [goog.iloc[1000:1120], goog.iloc[1500:1620]]
+    normal = LivePredictor(market_run, ["A", "B"], DAILY, settings=settings)
+    broken = LivePredictor(market_run, ["A", "B"], DAILY, settings=settings)
+    victim = next(m for m in broken.models if m.family.name == "mlp")
+    fused = next(bound for name, bound, _ in broken.plan._groups if name == "fused-tabular")
+    mine = [j for j, (t, f, _) in enumerate(broken.columns) if (t, f) == (victim.target, "mlp")]
+    others = [j for j in range(len(broken.columns)) if j not in mine]
+    cols = [_bars(f) for f in frames]
+    for t in range(len(frames[0])):
+        bar = [np.array([c[k][t] for c in cols]) for k in range(5)]
+        want = normal.on_bar(*bar, timestamp=frames[0].index[t]).copy()
+        if t != FAIL_BAR:
+            np.testing.assert_array_equal(broken.on_bar(*bar, timestamp=frames[0].index[t]), want, err_msg=str(t))
+            continue
+        assert np.isfinite(want).all()  # every model has a prediction to lose on this bar
+        with monkeypatch.context() as patch, caplog.at_level(logging.WARNING, logger="fastinfer.predictor"):
+            patch.setattr(fused, "run", _explode)
+            patch.setattr(victim, "_run", _explode)
+            if on_model_error == "error":
+                with pytest.raises(InferenceError, match=rf"bar {FAIL_BAR}: 1 model\(s\).*was consumed.*/mlp:.*bad"):
+                    broken.on_bar(*bar, timestamp=frames[0].index[t])
+                got = broken.predictions
+            else:
+                got = broken.on_bar(*bar, timestamp=frames[0].index[t])
+        assert np.isnan(got[:, mine]).all()
+        scale = np.abs(want[:, others]).max(axis=0)
+        assert (np.abs(got[:, others] - want[:, others]) <= AGREEMENT_RTOL * scale).all()
+        assert broken.bars == normal.bars == FAIL_BAR + 1 and broken.latency.count == FAIL_BAR + 1
+        assert any("mlp failed at run time" in r.getMessage() for r in caplog.records)
+    record = broken.run_failures[(victim.target, "mlp")]
+    assert (record.count, record.last_bar) == (1, FAIL_BAR) and "bad allocation" in record.last_error
+    assert set(broken.run_failures) == {(victim.target, "mlp")}
+    assert broken.state_dict() == normal.state_dict()  # nothing of the failed bar is missing or doubled
+
+
+def _library_fails(X):
+    raise ValueError("Input contains a value the library cannot take")
+
+
+def test_a_native_library_failing_at_run_time_costs_its_columns_for_that_bar_only(market_run, goog, monkeypatch):
+    """Ridge served by scikit-learn itself (no graph): its library raising on one bar gives NaN for
+    that model only; the other natively served models and the graphs deliver, the bar counts."""
+    from fastinfer.runtime import AGREEMENT_RTOL
+
+    hostile("live bar", "a natively served model's library raising mid-replay")
+    native_loader = ModelLoader(market_run, prefer_onnx=False)
+    mixed_loader = ModelLoader(market_run)
+    native_loader.load_all(families=["ridge"])
+    mixed_loader._cache.update(native_loader._cache)  # ridge served natively, the rest from ONNX
+    normal = LivePredictor(market_run, ["GOOG"], DAILY, loader=mixed_loader)
+    broken = LivePredictor(market_run, ["GOOG"], DAILY, loader=mixed_loader)
+    victim = next(m for m in broken.models if m.family.name == "ridge")
+    assert victim.backend == "native"
+    mine = [j for j, (t, f, _) in enumerate(broken.columns) if (t, f) == (victim.target, "ridge")]
+    others = [j for j in range(len(broken.columns)) if j not in mine]
+    fail = 80  # every model warmed up
+    for t, (o, h, l, c, v) in enumerate(zip(*_bars(goog.iloc[1000:1090]))):
+        bar = [np.array([x]) for x in (o, h, l, c, v)]
+        want = normal.on_bar(*bar).copy()
+        with monkeypatch.context() as patch:
+            if t == fail:
+                patch.setattr(victim, "_run", _library_fails)  # the model's own library call
+            got = broken.on_bar(*bar)
+        if t != fail:
+            np.testing.assert_array_equal(got, want, err_msg=str(t))
+            continue
+        assert np.isfinite(want).all() and np.isnan(got[:, mine]).all()
+        scale = np.abs(want[:, others]).max(axis=0)  # each model alone on its own backend: its agreement
+        assert (np.abs(got[:, others] - want[:, others]) <= AGREEMENT_RTOL * scale).all()
+    assert broken.bars == normal.bars == 90 and broken.run_failures[(victim.target, "ridge")].count == 1
