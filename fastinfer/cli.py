@@ -257,7 +257,7 @@ def predict(
     import numpy as np
 
     from .errors import FeatureBuildError
-    from .research import RunPredictor
+    from .research import RunPredictor, symbol_groups
     from .tables import read_table, write_table
 
     if not ohlcv_path.is_file():
@@ -280,7 +280,7 @@ def predict(
     if symbol_column is None:
         report = {"symbol": symbol or ohlcv_path.stem, "bars": len(frame), "predictions": last(np.arange(len(frame)))}
     else:
-        groups = frame.groupby(symbol_column, sort=False).indices
+        groups = symbol_groups(frame, symbol_column, str(ohlcv_path))  # the rows predict_bars grouped
         report = {"bars": len(frame), "symbols": {str(s): last(rows) for s, rows in groups.items()}}
     click.echo(json.dumps(report, indent=1))
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -125,7 +126,7 @@ class RunPredictor:
         features, present = self.bar_features(
             bars, symbol_column=symbol_column, definitions=definitions, bars_per_day=bars_per_day, where=where
         )
-        groups = _groups(bars, symbol_column)
+        groups = symbol_groups(bars, symbol_column, where)
         return self._predict_arrays(
             features, [_SymbolRows(rows, present[rows]) for rows in groups.values()], bars.index, progress
         )
@@ -142,7 +143,7 @@ class RunPredictor:
         """Every row's features as the live path sees them — (n, union) float32, inf as NaN — and
         which bars are present (finite OHLCV that passes ``predictor.bar_check``)."""
         from .features import StreamingFeatures
-        from .features.frames import external_arrays, ohlcv_arrays
+        from .features.frames import check_time_order, external_arrays, ohlcv_arrays
 
         program = compile_run_features(
             self.models,
@@ -155,6 +156,10 @@ class RunPredictor:
             raise AssertionError("the compiled program's feature order is not the models' union")
         arrays = ohlcv_arrays(bars, where, check_order=symbol_column is None)
         ext = external_arrays(bars, program.externals, where)
+        groups = symbol_groups(bars, symbol_column, where)
+        if symbol_column is not None:  # each symbol's bars oldest first, each once (as features build)
+            for symbol, rows in groups.items():
+                check_time_order(bars.iloc[rows], f"{where}, symbol {symbol!r}")
         n = len(bars)
         checked = np.empty((5, n))
         refused = np.zeros(n, dtype=np.bool_)
@@ -165,7 +170,6 @@ class RunPredictor:
             checked[:] = (o, h, l, c, v)
         present = np.isfinite(checked).all(axis=0)
         features = np.empty((n, len(self.feature_order)), dtype=np.float32)
-        groups = _groups(bars, symbol_column)
         live = StreamingFeatures(["_"], program=program)
         for rows in groups.values():
             record = live.replay(
@@ -210,9 +214,9 @@ class RunPredictor:
         if present.shape != (n,):
             raise InferenceError(f"present: expected {n} booleans, one per row, got shape {present.shape}")
         if symbol_column is None and getattr(frame.index, "nlevels", 1) > 1:
-            groups = _groups(frame.reset_index(level=0), frame.index.names[0] or "level_0")
+            groups = symbol_groups(frame.reset_index(level=0), frame.index.names[0] or "level_0", "frame")
         else:
-            groups = _groups(frame, symbol_column)
+            groups = symbol_groups(frame, symbol_column, "frame")
         with np.errstate(over="ignore", invalid="ignore"):
             features = frame[self.feature_order].to_numpy(dtype=np.float32)
         features[~np.isfinite(features)] = np.nan
@@ -228,25 +232,25 @@ class RunPredictor:
         n = len(features)
         out = np.full((n, len(self.columns)), np.nan, dtype=np.float32)
         done = 0
-        report = progress if progress is not None else (_progress_bar(n) if n >= PROGRESS_ROWS else None)
         tabular = [(m, s) for m, s in zip(self.models, self.layout.slots) if not s.sequence_length]
         sequential = [(m, s) for m, s in zip(self.models, self.layout.slots) if s.sequence_length]
         present_all = np.zeros(n, dtype=np.bool_)
         for group in symbols:
             present_all[group.positions] = group.present
-        for lo in range(0, n, self.chunk_rows):  # tabular models: rows in any order, big batches
-            hi = min(n, lo + self.chunk_rows)
-            self._run_tabular(tabular, features[lo:hi], out[lo:hi])
-            done += (hi - lo) * len(tabular)
-            if report:
-                report(done, n * len(self.models))
-        for length in self.layout.sequence_lengths:  # sequence models: each symbol's history in order
-            members = [(m, s) for m, s in sequential if s.sequence_length == length]
-            for group in symbols:
-                self._run_sequences(members, length, features, group, out)
-            done += n * len(members)
-            if report:
-                report(done, n * len(self.models))
+        with _reporting(progress, n) as report:
+            for lo in range(0, n, self.chunk_rows):  # tabular models: rows in any order, big batches
+                hi = min(n, lo + self.chunk_rows)
+                self._run_tabular(tabular, features[lo:hi], out[lo:hi])
+                done += (hi - lo) * len(tabular)
+                if report:
+                    report(done, n * len(self.models))
+            for length in self.layout.sequence_lengths:  # sequence models: each symbol's history in order
+                members = [(m, s) for m, s in sequential if s.sequence_length == length]
+                for group in symbols:
+                    self._run_sequences(members, length, features, group, out)
+                done += n * len(members)
+                if report:
+                    report(done, n * len(self.models))
         out[~present_all] = np.nan  # a missing bar predicts nothing, as live
         columns = pd.MultiIndex.from_tuples(self.columns, names=["target", "family", "column"])
         return pd.DataFrame(out, index=index, columns=columns)
@@ -291,28 +295,35 @@ class RunPredictor:
                 out[take, slot.start : slot.stop] = pred.reshape(len(take), -1)
 
 
-def _groups(frame: Any, symbol_column: Any) -> dict[Any, np.ndarray]:
-    """Row positions per symbol, in the frame's order (one group when no symbol column)."""
+def symbol_groups(frame: Any, symbol_column: Any, where: str = "bars") -> dict[Any, np.ndarray]:
+    """Row positions per symbol (symbols in order of first appearance, each one's rows in the
+    frame's order); one group keyed None when there is no symbol column. A row whose symbol is
+    missing belongs to no symbol: a ``FeatureBuildError`` naming the row, as ``features build``."""
+    import pandas as pd
+
     if symbol_column is None:
         return {None: np.arange(len(frame))}
     if symbol_column not in frame.columns:
-        raise FeatureBuildError(f"no symbol column {symbol_column!r}; columns: {list(frame.columns)[:20]}")
-    return {k: np.asarray(v) for k, v in frame.groupby(symbol_column, sort=False, dropna=False).indices.items()}
+        raise FeatureBuildError(f"{where}: no symbol column {symbol_column!r}; columns: {list(frame.columns)[:20]}")
+    groups = {k: np.asarray(v) for k, v in frame.groupby(symbol_column, sort=False, dropna=False).indices.items()}
+    for symbol, rows in groups.items():
+        if pd.isna(symbol):
+            raise FeatureBuildError(f"{where}: {symbol_column!r} is missing at row {int(rows[0])}")
+    return groups
 
 
-def _progress_bar(total_rows: int) -> Callable[[int, int], None]:
+@contextmanager
+def _reporting(progress: Callable[[int, int], None] | None, total_rows: int):
+    """The caller's ``progress``, or a Rich progress bar for a long run (None for a short one),
+    stopped however the run ends (its refresh thread and hidden cursor must not outlive an error)."""
+    if progress is not None or total_rows < PROGRESS_ROWS:
+        yield progress
+        return
     from rich.progress import Progress
 
-    progress = Progress(transient=True)
-    task = progress.add_task("predicting", total=1)
-    progress.start()
-
-    def report(done: int, total: int) -> None:
-        progress.update(task, completed=done, total=total)
-        if done >= total:
-            progress.stop()
-
-    return report
+    with Progress(transient=True) as bar:
+        task = bar.add_task("predicting", total=1)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def backtest(
@@ -334,4 +345,4 @@ def backtest(
     )
 
 
-__all__ = ["RunPredictor", "backtest"]
+__all__ = ["RunPredictor", "backtest", "symbol_groups"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -154,6 +155,56 @@ def test_predict_from_parquet(runner, market_run, goog, tmp_path):
     ]
     assert all(r.exit_code == 0 for r in results), [r.output for r in results]
     assert json.loads(results[0].output) == json.loads(results[1].output)
+
+
+def _two_symbols(goog, tmp_path, damage=None):
+    """GOOG and a scaled copy, interleaved by date, as one long CSV with a symbol column."""
+    base = goog.iloc[1000:1100].rename_axis("Date").reset_index()
+    scaled = base.assign(**{c: base[c] * 1.1 for c in ("Open", "High", "Low", "Close")})
+    long = pd.concat([base.assign(symbol="G"), scaled.assign(symbol="H")])
+    long = long.sort_values(["Date", "symbol"], kind="stable").reset_index(drop=True)
+    csv = tmp_path / "long.csv"
+    (damage(long) if damage else long).to_csv(csv, index=False)
+    return csv
+
+
+def _swap_two_dates_of_g(long):
+    """G's 2nd and 3rd bars (rows 2 and 4) swapped: G's rows leave time order, H's keep it."""
+    dates = long["Date"].to_numpy().copy()
+    dates[[2, 4]] = dates[[4, 2]]
+    return long.assign(Date=dates)
+
+
+def test_predict_several_symbols_reports_each_symbols_last_bar(runner, market_run, goog, tmp_path):
+    csv, out = _two_symbols(goog, tmp_path), tmp_path / "pred.csv"
+    args = ["predict", str(market_run), "--ohlcv", str(csv), "--interval", "1440", "--symbol-column", "symbol"]
+    result = runner.invoke(main, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{") :])
+    assert report["bars"] == 200 and list(report["symbols"]) == ["G", "H"]
+    table = pd.read_csv(out)
+    for symbol, view in report["symbols"].items():
+        last = table[table["symbol"] == symbol].iloc[-1]
+        assert view["5d"]["ridge"] is not None  # warmed up
+        # the CSV holds the float32 as text: equal to float32 precision (~6e-8 relative), 1e-6 leaves room
+        assert view["5d"]["ridge"] == pytest.approx(last["fwd_ret_5d/ridge/prediction"], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (lambda f: f.assign(symbol=f["symbol"].mask(f.index == 9)), "'symbol' is missing at row 9"),
+        (_swap_two_dates_of_g, "symbol 'G': column 'Date' at row 2 (2008-08-11"),
+    ],
+    ids=["row without a symbol", "one symbol out of order"],
+)
+def test_predict_several_symbols_refuses_a_row_it_cannot_place(runner, market_run, goog, tmp_path, damage, match):
+    """A row whose symbol is missing is no bar of any symbol, and one symbol's bars must be in time
+    order: a one-line error naming the row (neither silently left out of the report nor misread)."""
+    csv = _two_symbols(goog, tmp_path, damage)
+    args = ["predict", str(market_run), "--ohlcv", str(csv), "--interval", "1440", "--symbol-column", "symbol"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 2 and _one_line_error(result) and match in result.output, result.output
 
 
 # ---------------------------------------------------------------- fastinfer bench

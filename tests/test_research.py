@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from fastinfer import research
 from fastinfer.config import Settings
-from fastinfer.errors import InferenceError, ModelLoadError
+from fastinfer.errors import FeatureBuildError, InferenceError, ModelLoadError
 from fastinfer.predictor import LivePredictor
 from fastinfer.research import RunPredictor, backtest
+
+from ._hardening import hostile
 
 DAILY = 1440.0
 SYMBOLS = ["A", "B", "C"]
@@ -92,6 +96,57 @@ def test_bad_frames_are_typed_errors_naming_the_column(market_run):
         runner.predict(good.astype({runner.feature_order[1]: object}).assign(**{runner.feature_order[1]: "x"}))
     with pytest.raises(InferenceError, match="present"):
         runner.predict(good, present=np.ones(2, dtype=bool))
+
+
+def _out_of_order(bars: pd.DataFrame) -> pd.DataFrame:
+    """Symbol B's 10th and 11th bars swapped (every other symbol's rows untouched)."""
+    rows = bars.index[bars["symbol"] == "B"][[10, 11]]
+    bad = bars.copy()
+    bad.loc[rows, "Date"] = bad.loc[rows[::-1], "Date"].to_numpy()
+    return bad
+
+
+def _duplicated(bars: pd.DataFrame) -> pd.DataFrame:
+    """Symbol B's 20th bar sent twice (the copy right after it)."""
+    row = bars.index[bars["symbol"] == "B"][20]
+    return pd.concat([bars.loc[:row], bars.loc[[row]], bars.loc[row + 1 :]]).reset_index(drop=True)
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [(_out_of_order, "earlier than the bar before it"), (_duplicated, "duplicated")],
+    ids=["out of order", "duplicated"],
+)
+def test_a_symbols_bars_out_of_time_order_are_refused_naming_the_symbol(market_run, bars, damage, match):
+    """Rows of several symbols interleaved: each symbol's own bars must be oldest first, each once
+    (as ``features build`` checks them); else every indicator would silently take a bar twice or
+    in the wrong order."""
+    hostile("OHLCV frame", f"one symbol's bars {damage.__name__.strip('_').replace('_', ' ')} in a long frame")
+    with pytest.raises(FeatureBuildError, match=f"bars, symbol 'B': column 'Date' at row .* is {match}"):
+        backtest(market_run, damage(bars), interval_minutes=DAILY, symbol_column="symbol")
+
+
+def test_a_row_without_a_symbol_is_refused_naming_the_row(market_run, bars):
+    hostile("OHLCV frame", "a row whose symbol is missing in a long frame")
+    bad = bars.copy()
+    bad.loc[7, "symbol"] = None
+    with pytest.raises(FeatureBuildError, match="bars: 'symbol' is missing at row 7"):
+        backtest(market_run, bad, interval_minutes=DAILY, symbol_column="symbol")
+
+
+def test_a_model_failing_mid_run_stops_the_progress_bar(market_run, bars, monkeypatch):
+    """The Rich progress bar (refresh thread, hidden cursor) ends with the run, also when a model raises."""
+    monkeypatch.setattr(research, "PROGRESS_ROWS", 1)  # these few rows get the bar a long run gets
+    runner = RunPredictor(market_run, interval_minutes=DAILY)
+
+    def boom(X):
+        raise InferenceError("the native library failed")
+
+    monkeypatch.setattr(runner.models[-1], "run", boom)
+    before = set(threading.enumerate())
+    with pytest.raises(InferenceError, match="the native library failed"):
+        runner.predict_bars(bars, symbol_column="symbol")
+    assert [t for t in threading.enumerate() if t not in before and t.is_alive()] == []
 
 
 def test_research_and_live_paths_leave_out_models_by_the_same_rule(market_run, caplog):
