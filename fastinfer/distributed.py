@@ -35,7 +35,9 @@ import numpy as np
 from .atomic import read_json, write_atomic_json
 from .bartime import BarClock
 from .config import Settings
-from .errors import InferenceError
+from .errors import FeatureBuildError, InferenceError
+from .features import FeatureDefinitions
+from .features.streaming import check_bar_input
 from .layout import OutputLayout
 
 log = logging.getLogger(__name__)
@@ -68,16 +70,12 @@ class _Shard:
     by every call, so the runner gets fastinfer's typed error rather than Ray's "actor died".
     """
 
-    def __init__(
-        self, run_root: str, symbols: list[str], interval_minutes: float, targets, families, settings: Settings | None
-    ):
+    def __init__(self, run_root: str, symbols: list[str], interval_minutes: float, options: dict[str, Any]):
         from .predictor import LivePredictor
 
         self.error: Exception | None = None
         try:
-            self.predictor = LivePredictor(
-                run_root, symbols, interval_minutes, targets=targets, families=families, settings=settings
-            )
+            self.predictor = LivePredictor(run_root, symbols, interval_minutes, **options)
         except Exception as exc:
             self.error = exc
             return
@@ -132,7 +130,9 @@ class ShardedPredictor:
     ``max_restarts``: attempts to bring one shard back before ``ShardFailedError``.
     ``timeout_s``: how long to wait for a shard's answer (None: for ever); a shard that does
     not answer in time is stopped, the bar is undone on every shard and ``ShardFailedError``
-    raised (the next bar starts a new actor for it from its checkpoint).
+    raised (the next bar starts a new actor for it from its checkpoint). ``targets``,
+    ``families``, ``settings``, ``definitions`` and ``bars_per_day`` go to each shard's
+    ``LivePredictor`` as they are.
     """
 
     def __init__(
@@ -147,6 +147,8 @@ class ShardedPredictor:
         targets: Iterable[str] | None = None,
         families: Iterable[str] | None = None,
         settings: Settings | None = None,
+        definitions: FeatureDefinitions | Mapping | None = None,
+        bars_per_day: int | None = None,
         actor_options: dict[str, Any] | None = None,
         max_restarts: int = 3,
         timeout_s: float | None = None,
@@ -174,11 +176,13 @@ class ShardedPredictor:
         self.checkpoint_every = checkpoint_every
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.max_restarts = max_restarts
-        self._args = (
-            list(targets) if targets is not None else None,
-            list(families) if families is not None else None,
-            settings,
-        )
+        self._options = {  # each shard's LivePredictor keywords
+            "targets": list(targets) if targets is not None else None,
+            "families": list(families) if families is not None else None,
+            "settings": settings,
+            "definitions": definitions,
+            "bars_per_day": bars_per_day,
+        }
         bounds = np.linspace(0, len(self.symbols), shards + 1).round().astype(int)
         self.slices = [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
         self.bars = 0
@@ -206,9 +210,8 @@ class ShardedPredictor:
     # ------------------------------------------------------------ actors
 
     def _start(self, i: int):
-        targets, families, settings = self._args
         return self._remote.remote(
-            self.run_root, list(self.symbols[self.slices[i]]), self.interval_minutes, targets, families, settings
+            self.run_root, list(self.symbols[self.slices[i]]), self.interval_minutes, self._options
         )
 
     def _who(self, i: int) -> str:
@@ -246,26 +249,23 @@ class ShardedPredictor:
         return np.ascontiguousarray(block[:, sl]), timestamp, None if external is None else external[sl].copy()
 
     def _external(self, external: Any) -> np.ndarray | None:
-        """The external columns as an (n_symbols, n_external) float64 copy, or None; checked here,
-        before any shard sees the bar (the shards check the values again)."""
+        """The external columns as an (n_symbols, n_external) float64 copy, or None; checked here
+        as ``LivePredictor.on_bar`` checks them, before any shard sees the bar."""
         n, names = len(self.symbols), self.externals
         if external is None:
             if names:
                 raise InferenceError(f"external: the run reads external column(s) {list(names)}; pass them")
             return None
-        if isinstance(external, Mapping):
-            if set(external) != set(names):
-                raise InferenceError(f"external: expected exactly {list(names)}, got {sorted(map(str, external))}")
-            external = np.column_stack([np.asarray(external[k], dtype=np.float64).reshape(-1) for k in names])
+        if not names:
+            raise InferenceError("external: the run reads no external columns")
         try:
-            matrix = np.array(external, dtype=np.float64)  # a copy: kept for replay
-        except (TypeError, ValueError) as exc:
-            raise InferenceError(f"external: not numbers ({exc})") from None
-        if matrix.shape != (n, len(names)):
-            raise InferenceError(
-                f"external: expected shape {(n, len(names))} in {list(names)} order, got {matrix.shape}"
-            )
-        return matrix
+            if isinstance(external, Mapping):
+                if set(external) != set(names):
+                    raise InferenceError(f"external: expected exactly {list(names)}, got {sorted(map(str, external))}")
+                return np.column_stack([check_bar_input(external[k], f"external {k!r}", (n,)) for k in names])
+            return np.array(check_bar_input(external, "external", (n, len(names))))  # a copy: kept for replay
+        except FeatureBuildError as exc:  # the runner's refusals are InferenceErrors, as the bar's
+            raise InferenceError(f"{exc}; declared: {list(names)}") from None
 
     def _recover(self, i: int, snapshot: bool, current: tuple | None = None):
         """A new actor for shard ``i``: last checkpoint restored, kept bars replayed (then ``current``)."""

@@ -17,6 +17,7 @@ from fastinfer.errors import InferenceError, StateError
 from fastinfer.features import ohlcv_arrays
 from fastinfer.predictor import LivePredictor
 
+from ._hardening import hostile
 from .conftest import MARKET_TRAIN_BARS
 
 ray = pytest.importorskip("ray", reason="ray is the [distributed] extra")
@@ -278,3 +279,46 @@ def test_bad_arguments(cluster, market_run):
     for timeout in (0, -1.0, True, "5"):
         with pytest.raises(InferenceError, match="timeout_s"):
             ShardedPredictor(market_run, SYMBOLS, DAILY, timeout_s=timeout)
+
+
+def test_definitions_and_bars_per_day_reach_every_shard(cluster, market_run, bars, reference):
+    """The sharded predictor takes LivePredictor's feature options and gives each shard the same."""
+    from fastinfer.distributed import ShardedPredictor
+    from fastinfer.errors import ModelLoadError
+
+    defs = {"features": {"ret_1": "log_return(close, 1)"}}  # shadows the vocabulary's simple return
+    single = LivePredictor(market_run, SYMBOLS, DAILY, definitions=defs)
+    with ShardedPredictor(market_run, SYMBOLS, DAILY, shards=2, definitions=defs) as sharded:
+        for b in bars:
+            out = sharded.on_bar(*b[:5], timestamp=b[5])
+            assert np.array_equal(out, single.on_bar(*b[:5], timestamp=b[5]), equal_nan=True)
+    assert np.isfinite(out).all() and not np.array_equal(out, reference[-1])  # the definition did change them
+    with pytest.raises(ModelLoadError, match="bars_per_day is 6 here but the definitions fix it at 7"):
+        ShardedPredictor(market_run, SYMBOLS, DAILY, shards=2, definitions={"bars_per_day": 7}, bars_per_day=6)
+
+
+def test_external_columns_are_refused_before_any_shard_as_live_refuses_them(cluster, market_run, bars, reference):
+    """Declared external columns (read by no feature here, so outputs are as without them): text or
+    ragged columns are an InferenceError naming the column, raised before a shard sees the bar."""
+    from fastinfer.distributed import ShardedPredictor
+
+    good = {"x": np.ones(N_SYMBOLS), "y": np.arange(N_SYMBOLS)}
+    cases = {
+        "text in a column": ({"x": "abc", "y": good["y"]}, "external 'x': expected float or int values"),
+        "ragged columns": ({"x": good["x"], "y": np.ones(5)}, r"external 'y': expected shape \(8,\)"),
+        "ragged matrix": ([[1.0, 2.0]] * 7 + [[1.0]], "external: not an array of numbers"),
+        "matrix of the wrong width": (np.ones((N_SYMBOLS, 3)), r"external: expected shape \(8, 2\)"),
+        "a column too many": ({**good, "z": good["x"]}, r"expected exactly \['x', 'y'\]"),
+    }
+    with ShardedPredictor(market_run, SYMBOLS, DAILY, shards=2, definitions={"external": ["x", "y"]}) as sharded:
+        assert sharded.externals == ("x", "y")
+        for case, (external, match) in cases.items():
+            hostile("live bar", f"sharded predictor: external {case}")
+            with pytest.raises(InferenceError, match=match):
+                sharded.on_bar(*bars[0][:5], timestamp=bars[0][5], external=external)
+        assert sharded.bars == 0  # refused bars change nothing
+        for t, b in enumerate(bars[:3]):
+            external = good if t % 2 else np.column_stack([good["x"], good["y"]])
+            assert np.array_equal(
+                sharded.on_bar(*b[:5], timestamp=b[5], external=external), reference[t], equal_nan=True
+            )
