@@ -136,6 +136,8 @@ def test_sharded_equals_single_process(cluster, market_run, bars, reference):
         assert [s["count"] for s in sharded.latency()] == [N_BARS, N_BARS]
         with pytest.raises(InferenceError, match=r"close: expected shape \(8,\)"):
             sharded.on_bar(*(b[:3]), b[3][:5], b[4], timestamp=None)
+        with pytest.raises(InferenceError, match="the run reads no external columns"):
+            sharded.on_bar(*b[:5], timestamp=None, external={})
         assert sharded.bars == N_BARS  # a refused bar changes nothing
 
 
