@@ -77,7 +77,7 @@ def _batch(model, rows: np.ndarray, n: int) -> np.ndarray:
 
 def _timed(benchmark, fn, n: int):
     if n >= 65_536:
-        benchmark.pedantic(fn, rounds=3, iterations=1, warmup_rounds=1)
+        benchmark.pedantic(fn, rounds=7, iterations=1, warmup_rounds=1)  # 3 rounds were too few to trust a median
     else:
         benchmark(fn)
 

@@ -256,12 +256,17 @@ class RunPredictor:
         return pd.DataFrame(out, index=index, columns=columns)
 
     def _run_tabular(self, members, X: np.ndarray, out: np.ndarray) -> None:
+        inputs: dict[tuple, tuple[np.ndarray, Any]] = {}  # models of a run mostly share one feature list
         for m, slot in members:
-            rows = X[:, list(slot.needs)]
-            ok = np.ones(len(rows), dtype=np.bool_) if slot.pass_nan else np.isfinite(rows).all(axis=1)
-            if ok.any():
-                idx = slice(None) if ok.all() else ok
-                pred = np.asarray(m.run(np.ascontiguousarray(rows[idx])), dtype=np.float32)
+            key = (slot.needs, slot.pass_nan)
+            if key not in inputs:
+                rows = X[:, list(slot.needs)]
+                ok = None if slot.pass_nan else np.isfinite(rows).all(axis=1)
+                idx = slice(None) if ok is None or ok.all() else ok
+                inputs[key] = (np.ascontiguousarray(rows[idx]), idx)
+            rows, idx = inputs[key]
+            if len(rows):
+                pred = np.asarray(m.run(rows), dtype=np.float32)
                 out[idx, slot.start : slot.stop] = pred.reshape(-1, slot.stop - slot.start)
 
     def _run_sequences(self, members, length: int, features: np.ndarray, group: _SymbolRows, out: np.ndarray) -> None:
