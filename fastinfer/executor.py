@@ -28,6 +28,7 @@ from .converters.graph import FuseMember, fuse
 from .errors import ConfigError, InferenceError
 from .latency import median_us
 from .layout import OutputLayout
+from .runtime import PARALLEL_BATCH, batch_threads, forest_agrees, forest_modes
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +133,6 @@ class PlanChoice:
     timings_us: dict[str, float] = field(default_factory=dict)
 
 
-# A plan batch (symbols per bar) from this size runs its tree kernels on the batch threads: at 500
-# symbols × 500 trees a bar is ~1 ms of tree work, far above a thread hand-off.
-PARALLEL_BATCH = 128
 
 
 class Plan:
@@ -159,8 +157,6 @@ class Plan:
         *,
         layout: OutputLayout | None = None,
     ):
-        from .runtime import batch_threads
-
         self.models = list(models)
         self.union = list(union)
         self.batch = batch
@@ -232,7 +228,6 @@ class Plan:
                 self.choices[key] = PlanChoice("onnxruntime", "executor.forest_kernel is off")
             return False
         from .kernels.forest import ForestKernel
-        from .runtime import forest_agrees, forest_modes
 
         try:  # the kernel reads the model's columns straight from the plan's tabular input
             kernel = ForestKernel.from_onnx(m.graph, columns=cols, parallel_min_rows=PARALLEL_BATCH)

@@ -191,6 +191,11 @@ def linear_weights(graph: Any) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 BITVECTOR_MIN_ROWS = 64
+# A batch from this size runs its tree kernels on the batch threads (the plan's symbols per bar,
+# engine.predict's rows): at 128 rows × 500 trees that is ~0.3 ms of tree work, far above a
+# thread hand-off (the forest kernel's own default, 1,024 rows, left XGBoost's threaded predict
+# ahead at 512 rows).
+PARALLEL_BATCH = 128
 
 
 def forest_modes(kernel: Any, n_rows: int) -> list[str]:
@@ -282,7 +287,9 @@ class GraphRuntime:
                 from .kernels.forest import ForestKernel
 
                 try:
-                    self._forest = ForestKernel.from_onnx(self.graph, n_threads=self.threads)
+                    self._forest = ForestKernel.from_onnx(
+                        self.graph, n_threads=self.threads, parallel_min_rows=PARALLEL_BATCH
+                    )
                 except ValueError as exc:
                     self.forest_reason = f"not eligible: {exc}"
         return self._forest

@@ -309,11 +309,12 @@ def test_a_refused_candidate_is_remembered_and_a_lone_one_is_checked_too(
 def test_the_plan_never_serves_a_forest_kernel_that_disagrees(market_run, monkeypatch):
     from dataclasses import replace
 
+    from fastinfer import executor
     from fastinfer.config import Settings
     from fastinfer.predictor import LivePredictor
 
     settings = replace(Settings(), executor=replace(Settings().executor, forest_kernel="on"))
-    monkeypatch.setattr(runtime, "forest_agrees", lambda a, b: False)
+    monkeypatch.setattr(executor, "forest_agrees", lambda a, b: False)
     live = LivePredictor(market_run, ["A"], 1440.0, settings=settings)
     trees = [c for (_, family), c in live.plan.choices.items() if family in ("lightgbm", "xgboost")]
     assert trees and all(c.engine == "onnxruntime" and "disagreed" in c.reason for c in trees)
