@@ -133,8 +133,6 @@ class PlanChoice:
     timings_us: dict[str, float] = field(default_factory=dict)
 
 
-
-
 class Plan:
     """Runs a set of loaded models over one batch of symbols, writing one output matrix.
 
