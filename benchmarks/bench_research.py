@@ -17,8 +17,6 @@ against one ONNX Runtime session per model, same run.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -29,6 +27,7 @@ from fastinfer.engine import InferenceEngine
 from fastinfer.loader import ModelLoader
 from fastinfer.predictor import LivePredictor
 from fastinfer.research import RunPredictor
+from fastinfer.runtime import batch_threads
 
 FAMILIES = ["lightgbm", "xgboost", "catboost", "random_forest", "ridge", "mlp", "lstm", "ngboost", "ensemble"]
 TREES = {"lightgbm", "xgboost", "catboost", "random_forest"}
@@ -36,7 +35,7 @@ SIZES = [1, 64, 512, 65_536]
 SIZE = testing.TrainSize(trees=200, depth=6, leaves=31, epochs=1, hidden=32)
 TARGET = "fwd_ret_5m"
 SEQ_LEN = 20
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+CORES = batch_threads(0)  # every core this process may use
 OHLCV = ("open", "high", "low", "close", "volume")
 
 

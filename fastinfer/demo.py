@@ -32,6 +32,7 @@ from . import families as fam
 from .atomic import write_atomic_bytes, write_atomic_json
 from .errors import ConfigError
 from .latency import LatencyHistogram, format_duration
+from .runtime import batch_threads
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -298,7 +299,7 @@ def run_demo(options: DemoOptions, console: Console) -> dict[str, Any]:
         "versions": _versions(),
         "machine": {
             "cpu_count": os.cpu_count(),
-            "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "usable_cpus": batch_threads(0),
             "platform": platform.platform(),
             "python": platform.python_version(),
         },
