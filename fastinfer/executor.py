@@ -279,10 +279,15 @@ class Plan:
             for src, dst in copies:
                 np.copyto(dst, src)
         for model, cols, source, dst in self._native:
-            X = source[..., cols]
-            rows = np.isfinite(X).reshape(len(X), -1).all(axis=1) if not model.family.handles_nan else slice(None)
-            dst[...] = np.nan  # rows a native model cannot take (NaN inputs) stay NaN
-            if np.any(rows):
-                pred = np.asarray(model.run(X[rows]), dtype=np.float32)
-                dst[rows] = pred.reshape(-1, dst.shape[1])
+            run_native(model, source[..., cols], dst)
         return self.out
+
+
+def run_native(model, X: np.ndarray, dst: np.ndarray) -> None:
+    """A native model on the plan's rows into ``dst``: every row when its library routes NaN,
+    else only the rows without NaN (the others stay NaN)."""
+    rows = slice(None) if model.family.handles_nan else np.isfinite(X).reshape(len(X), -1).all(axis=1)
+    dst[...] = np.nan
+    if np.any(rows):
+        pred = np.asarray(model.run(X[rows]), dtype=np.float32)
+        dst[rows] = pred.reshape(-1, dst.shape[1])

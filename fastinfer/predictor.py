@@ -329,16 +329,12 @@ class LivePredictor:
             dst = plan.out[:, slot.start : slot.stop]
             source = plan.sequence_inputs[slot.sequence_length] if slot.sequence_length else plan.tabular_input
             X = np.ascontiguousarray(source[..., list(slot.needs)])
-            # as the plan feeds it: a graph takes every row (NaN routes or gives NaN), a native
-            # library only rows it can take (the mask drops the others' outputs anyway)
-            if m.backend == "onnx" or m.family.handles_nan:
-                rows = np.ones(len(X), dtype=np.bool_)
-            else:
-                rows = np.isfinite(X).reshape(len(X), -1).all(axis=1)
-            dst[...] = np.nan
-            try:
-                if rows.any():
-                    dst[rows] = np.asarray(m.run(X[rows]), dtype=np.float32).reshape(-1, dst.shape[1])
+            dst[...] = np.nan  # a model that fails again leaves NaN, not the last bar's outputs
+            try:  # as the plan feeds it: a graph takes every row (NaN routes or gives NaN)
+                if m.backend == "onnx":
+                    dst[...] = np.asarray(m.run(X), dtype=np.float32).reshape(-1, dst.shape[1])
+                else:
+                    executor.run_native(m, X, dst)
             except InferenceError as exc:
                 failed[slot.key] = exc
                 record = self.run_failures.setdefault(slot.key, RunFailures())
