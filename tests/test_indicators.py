@@ -26,19 +26,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 from fastinfer.features import KNOWN_FEATURES, StreamingFeatures, compile_features
 from fastinfer.kernels import indicators as K
 
+from .test_features import PRICE_VALUED
+
 F = KNOWN_FEATURES
 PROGRAM = compile_features(F)
-PRICE_VALUED = {
-    "macd",
-    "macd_signal",
-    "macd_hist",
-    "bb_upper",
-    "bb_lower",
-    "atr_14",
-    "bb_upper_ddof1",
-    "bb_lower_ddof1",
-    "atr_14_sma",
-}
 RTOL = 1e-9
 
 
