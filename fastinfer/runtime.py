@@ -357,15 +357,10 @@ class GraphRuntime:
         (bit for bit for the forest kernel, to ``AGREEMENT_RTOL`` of the output's scale for the
         others) is logged and refused, and the 1-thread session serves if none is left."""
         rows = np.ascontiguousarray(X[:CALIBRATION_ROWS], dtype=np.float32)
-        reference = None
-        agreeing, refused = [], []
-        for name in candidates:
-            if name != ORT_LATENCY:
-                reference = np.asarray(self.run_latency(rows)) if reference is None else reference
-                if not self._agrees(name, np.asarray(self._runner(name)(rows)), reference):
-                    refused.append(name)
-                    continue
-            agreeing.append(name)
+        others = [name for name in candidates if name != ORT_LATENCY]
+        reference = np.asarray(self.run_latency(rows)) if others else None
+        refused = [name for name in others if not self._agrees(name, np.asarray(self._runner(name)(rows)), reference)]
+        agreeing = [name for name in candidates if name not in refused]
         if len(agreeing) <= 1:
             return Choice(agreeing[0] if agreeing else ORT_LATENCY, len(rows), {}, refused)
         repeat = 5 if len(rows) >= 512 else 21
