@@ -53,6 +53,22 @@ def reference(market_run, bars):
     return [predictor.on_bar(*b[:5], timestamp=b[5]).copy() for b in bars]
 
 
+def _kill(actor, deadline_s: float = 60.0) -> None:
+    """Kill a shard actor and wait until Ray reports it dead: ``ray.kill`` is asynchronous, and a
+    kill that lands only after the next bar was served would move the recovery to a later bar."""
+    import time
+
+    ray.kill(actor, no_restart=True)
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            ray.get(actor.describe.remote(), timeout=deadline_s)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"actor {actor} still answers {deadline_s} s after ray.kill")
+
+
 @pytest.fixture(scope="module")
 def cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -153,7 +169,7 @@ def test_killed_actors_recover_with_nothing_lost(cluster, market_run, bars, refe
         for t, b in enumerate(bars):
             if t in kills:
                 actor = sharded.actors[kills[t]]
-                ray.kill(actor, no_restart=True)
+                _kill(actor)
                 killed.append(actor)
             out = sharded.on_bar(*b[:5], timestamp=b[5])
             assert np.array_equal(out, reference[t], equal_nan=True), t  # every bar served, none lost
@@ -189,7 +205,7 @@ def test_bad_bar_time_is_refused_before_any_shard_and_replay_stays_identical(clu
                 assert sharded.bars == single.bars == t and sharded._since == since
                 assert np.array_equal(sharded.out, last, equal_nan=True)
             if t == 70:
-                ray.kill(sharded.actors[1], no_restart=True)  # recovery replays bars 64..69 (no refused one), then 70
+                _kill(sharded.actors[1])  # recovery replays bars 64..69 (no refused one), then 70
             out = sharded.on_bar(*b[:5], timestamp=b[5])
             expected = single.on_bar(*b[:5], timestamp=b[5])
             assert np.array_equal(out, expected, equal_nan=True) and np.array_equal(
