@@ -149,6 +149,22 @@ def _sk(estimator: str, y: str, X: str = "X_clean", **params):
     return make
 
 
+def _est(estimator: str, y: str, X: str = "X_clean", **params):
+    """Any scikit-learn estimator by module-qualified name, e.g. ``linear_model.HuberRegressor``."""
+
+    def make(d):
+        import importlib
+
+        module, name = estimator.rsplit(".", 1)
+        model = getattr(importlib.import_module(f"sklearn.{module}"), name)(**params)
+        return model.fit(d[X].astype(np.float32), d[y])
+
+    return make
+
+
+_BOOST = {"random_state": 0}
+_HGB = {"max_iter": 15, "random_state": 0}
+
 # case -> (family, builder, expected columns)
 P2, P3 = ("p_0", "p_1"), ("p_0", "p_1", "p_2")
 PRED = ("prediction",)
@@ -235,6 +251,54 @@ CASES = {
     "logistic_binary": ("linear_regression", _sk("LogisticRegression", "binary"), P2),
     "logistic_multiclass": ("linear_regression", _sk("LogisticRegression", "three"), P3),
     "logistic_pipeline_labels": ("ridge", _sk("pipeline", "labels"), ("p_down", "p_flat", "p_up")),
+    # scikit-learn gradient boosting (a baseline in base_values; HistGradientBoosting learns NaN routes)
+    "gb_regressor": (
+        "random_forest",
+        _est("ensemble.GradientBoostingRegressor", "reg", n_estimators=15, **_BOOST),
+        PRED,
+    ),
+    "gb_classifier_binary": (
+        "random_forest",
+        _est("ensemble.GradientBoostingClassifier", "binary", n_estimators=15, **_BOOST),
+        P2,
+    ),
+    "gb_classifier_multiclass": (
+        "random_forest",
+        _est("ensemble.GradientBoostingClassifier", "three", n_estimators=10, **_BOOST),
+        P3,
+    ),
+    "hgb_regressor_nan": ("random_forest", _est("ensemble.HistGradientBoostingRegressor", "reg", "X", **_HGB), PRED),
+    "hgb_classifier_binary_nan": (
+        "random_forest",
+        _est("ensemble.HistGradientBoostingClassifier", "binary", "X", **_HGB),
+        P2,
+    ),
+    "hgb_classifier_labels": (
+        "extra_trees",
+        _est("ensemble.HistGradientBoostingClassifier", "labels", **_HGB),
+        ("p_down", "p_flat", "p_up"),
+    ),
+    # scikit-learn linear models beyond Ridge / Lasso / ElasticNet / OLS, and generalised ones (exp link)
+    "sgd_regressor": ("linear_regression", _est("linear_model.SGDRegressor", "reg", random_state=0), PRED),
+    "huber": ("linear_regression", _est("linear_model.HuberRegressor", "reg"), PRED),
+    "bayesian_ridge": ("ridge", _est("linear_model.BayesianRidge", "reg"), PRED),
+    "lasso_lars": ("lasso", _est("linear_model.LassoLars", "reg", alpha=0.01), PRED),
+    "linear_svr": ("linear_regression", _est("svm.LinearSVR", "reg", random_state=0), PRED),
+    "quantile_linear": ("linear_regression", _est("linear_model.QuantileRegressor", "reg", alpha=0.0), PRED),
+    "poisson_glm": ("linear_regression", _est("linear_model.PoissonRegressor", "count"), PRED),
+    "gamma_glm": ("linear_regression", _est("linear_model.GammaRegressor", "positive"), PRED),
+    "tweedie_glm": ("linear_regression", _est("linear_model.TweedieRegressor", "positive", power=1.5), PRED),
+}
+LINEAR_CASES = {
+    "sgd_regressor",
+    "huber",
+    "bayesian_ridge",
+    "lasso_lars",
+    "linear_svr",
+    "quantile_linear",
+    "poisson_glm",
+    "gamma_glm",
+    "tweedie_glm",
 }
 # Graphs outside the tree contract (a Sigmoid tail, linear graphs): the kernel may refuse them.
 OUTSIDE_TREE_CONTRACT = {
@@ -246,6 +310,7 @@ OUTSIDE_TREE_CONTRACT = {
     "logistic_binary",
     "logistic_multiclass",
     "logistic_pipeline_labels",
+    *LINEAR_CASES,
 }
 
 
@@ -308,6 +373,22 @@ def test_native_equals_onnx_equals_kernel(case, converted, data):
     np.testing.assert_array_equal(kernel.predict(probes).reshape(expected.shape), expected)
 
 
+@pytest.mark.parametrize("case", ["hgb_regressor_nan", "hgb_classifier_binary_nan"])
+def test_hist_gradient_boosting_routes_nan_as_trained(case, converted, data):
+    """HistGradientBoosting learns where NaN goes at each split: rows with NaN (5% of values) give
+    the native predictions through the graph (float32 leaves summed: 1e-5 of the scale) and the
+    forest kernel gives ONNX Runtime's bits."""
+    native, graph = converted(case)
+    rows = data["fresh"]
+    assert np.isnan(rows).any(axis=1).mean() > 0.1
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    got = ort.InferenceSession(graph.model.SerializeToString(), options).run(None, {"features": rows})[0]
+    want = adapter_of(native, fam.resolve(CASES[case][0])).predict(native, rows.astype(np.float64))
+    np.testing.assert_allclose(got.reshape(want.shape), want, rtol=0, atol=1e-5 * np.abs(want).max())
+    np.testing.assert_array_equal(ForestKernel.from_onnx(graph.model).predict(rows).reshape(got.shape), got)
+
+
 def test_tree_graph_patterns(converted):
     """The node patterns per objective (what the forest kernel and the executor see)."""
 
@@ -316,7 +397,8 @@ def test_tree_graph_patterns(converted):
         tree = next(n for n in model.graph.node if n.op_type == "TreeEnsembleRegressor")
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in tree.attribute}
         tail = [n.op_type for n in model.graph.node if n is not tree]
-        return attrs["n_targets"], attrs["aggregate_function"].decode(), attrs["post_transform"].decode(), tail
+        aggregate, post = attrs.get("aggregate_function", b"SUM"), attrs.get("post_transform", b"NONE")
+        return attrs["n_targets"], aggregate.decode(), post.decode(), tail
 
     assert shape("lgb_binary") == (2, "SUM", "SOFTMAX", [])  # softmax([0, s]) = [1 - p, p]
     assert shape("xgb_binary") == (2, "SUM", "SOFTMAX", [])
@@ -328,6 +410,9 @@ def test_tree_graph_patterns(converted):
     assert shape("lgb_rf_binary") == (2, "AVERAGE", "SOFTMAX", [])
     assert shape("lgb_rf_multiclass") == (3, "SUM", "SOFTMAX", [])
     assert shape("cb_logloss") == (2, "SUM", "LOGISTIC", [])  # [sigmoid(-s), sigmoid(s)]
+    assert shape("gb_classifier_binary") == (2, "SUM", "SOFTMAX", [])  # softmax([0, s + baseline])
+    assert shape("hgb_classifier_labels") == (3, "SUM", "SOFTMAX", [])
+    assert shape("hgb_regressor_nan") == (1, "SUM", "NONE", ["Reshape"])  # skl2onnx's own graph, reshaped
     assert shape("cb_poisson")[3] == ["Exp"]
     assert shape("rf_classifier_binary") == (1, "SUM", "NONE", ["Sub", "Concat"])  # P(1) -> [1 - p, p]
     assert shape("rf_classifier_multiclass") == (3, "SUM", "NONE", [])
@@ -404,6 +489,20 @@ def test_unsupported_objective_is_refused_naming_it_and_stays_native(case, data)
     out = adapter.predict(native, data["X"][:7])
     columns = adapter.output_columns(native)
     assert out.shape == ((7,) if len(columns) == 1 else (7, len(columns)))  # native serving still works
+
+
+def test_hist_gradient_boosting_categorical_splits_are_refused_and_stay_native(data):
+    """skl2onnx writes HistGradientBoosting's categorical splits as numeric ones (a graph that
+    predicts wrongly): the adapter refuses the model by name, and the native model serves."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    X = data["X_clean"].astype(np.float32)
+    X[:, 0] = np.digitize(X[:, 0], [-1, 0, 1])  # four categories
+    native = HistGradientBoostingRegressor(max_iter=10, categorical_features=[0], random_state=0).fit(X, data["reg"])
+    with pytest.raises(ConversionError, match="categorical splits"):
+        convert(native, "random_forest", F)
+    adapter = adapter_of(native, fam.resolve("random_forest"))
+    np.testing.assert_array_equal(adapter.predict(native, X[:7]), native.predict(X[:7]))
 
 
 def test_gate_names_the_feature_and_threshold_it_blames(converted):

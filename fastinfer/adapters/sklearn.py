@@ -1,4 +1,5 @@
-"""scikit-learn forests and linear models (and Pipelines of scalers in front of a linear model),
+"""scikit-learn forests, gradient-boosted trees (GradientBoosting*, HistGradientBoosting*) and
+linear models (generalised ones included; Pipelines of scalers in front of a linear model),
 regressors and classifiers.
 
 Graphs go through skl2onnx. Trees are converted with float32 inputs (a float64 tree graph is
@@ -9,7 +10,11 @@ model only: in front of trees, float32 scaling moves rows across split threshold
 Classifiers predict ``predict_proba`` (one column per class, ``p_<label>``). A forest classifier's
 ``TreeEnsembleClassifier`` is rebuilt as the tree-graph contract's regressor (``trees.exported_trees``):
 K class-probability targets summed over trees whose weights skl2onnx already divided by the number
-of trees (SUM, NONE); a binary forest is one P(class 1) column and the [1 - p, p] tail.
+of trees (SUM, NONE); a binary forest is one P(class 1) column and the [1 - p, p] tail. A boosted
+classifier's raw scores start from its baseline (base_values): SOFTMAX over K classes, and a binary
+one is softmax([0, s]) = [1 - p, p] with p = sigmoid(s), as the tree libraries' binary objectives.
+HistGradientBoosting routes NaN as it learned to (missing-value tracks); its categorical splits are
+not converted by skl2onnx (the native model serves).
 LogisticRegression (``zipmap=False``) is its linear graph: ``LinearClassifier`` (LOGISTIC, or
 SOFTMAX then an L1 ``Normalizer``), its probabilities output.
 """
@@ -40,7 +45,7 @@ from .base import (
     task_of,
     type_names,
 )
-from .trees import exported_trees, tree_graph
+from .trees import exported_trees, f32_at_most, tree_graph
 
 if TYPE_CHECKING:
     from ..converters import ConvertedGraph
@@ -55,6 +60,11 @@ TREES = (
     "sklearn.ExtraTreesClassifier",
     "sklearn.DecisionTreeClassifier",
     "sklearn.ExtraTreeClassifier",
+    # Boosted trees: one raw score per class plus a baseline (base_values), sigmoid / softmax
+    "sklearn.GradientBoostingRegressor",
+    "sklearn.HistGradientBoostingRegressor",
+    "sklearn.GradientBoostingClassifier",
+    "sklearn.HistGradientBoostingClassifier",
 )
 LINEAR = (
     "sklearn.Ridge",
@@ -65,7 +75,25 @@ LINEAR = (
     "sklearn.LassoCV",
     "sklearn.ElasticNetCV",
     "sklearn.LogisticRegression",
+    "sklearn.SGDRegressor",
+    "sklearn.HuberRegressor",
+    "sklearn.BayesianRidge",
+    "sklearn.ARDRegression",
+    "sklearn.Lars",
+    "sklearn.LassoLars",
+    "sklearn.LarsCV",
+    "sklearn.LassoLarsCV",
+    "sklearn.LassoLarsIC",
+    "sklearn.OrthogonalMatchingPursuit",
+    "sklearn.TheilSenRegressor",
+    "sklearn.QuantileRegressor",
+    "sklearn.LinearSVR",
+    # Generalised linear models: exp(x·w + b) (skl2onnx: MatMul, Add, Exp)
+    "sklearn.PoissonRegressor",
+    "sklearn.GammaRegressor",
+    "sklearn.TweedieRegressor",
 )
+HIST_GRADIENT_BOOSTING = ("sklearn.HistGradientBoostingRegressor", "sklearn.HistGradientBoostingClassifier")
 SCALERS = ("sklearn.StandardScaler", "sklearn.MinMaxScaler", "sklearn.RobustScaler", "sklearn.MaxAbsScaler")
 PIPELINE = "sklearn.Pipeline"
 
@@ -92,6 +120,17 @@ def _check_supported(native: Any) -> None:
                 )
 
 
+def _check_numeric_splits(estimator: Any) -> None:
+    """skl2onnx writes a HistGradientBoosting categorical split as a numeric one (a wrong graph)."""
+    for iteration in estimator._predictors:
+        for predictor in iteration:
+            if predictor.nodes["is_categorical"].any():
+                raise ConversionError(
+                    f"{type(estimator).__name__} has categorical splits (categorical_features), which "
+                    "skl2onnx does not convert: the native model serves"
+                )
+
+
 def _final(native: Any) -> Any:
     """The estimator that predicts (a Pipeline's last step)."""
     return native.steps[-1][1] if _is(native, (PIPELINE,)) else native
@@ -103,6 +142,29 @@ def _classes(native: Any) -> Any:
     return getattr(final, "classes_", None) if hasattr(final, "predict_proba") else None
 
 
+def _float32_safe_thresholds(estimator: Any, model: onnx.ModelProto) -> None:
+    """HistGradientBoosting compares float64 x with float64 thresholds, and skl2onnx rounds each
+    threshold to the nearest float32: a float32 row between the two takes the other branch. Each
+    threshold becomes the largest float32 not above it, which keeps every float32 row on its side.
+
+    skl2onnx numbers the trees by iteration (times the number of raw scores, plus the score's
+    index) and the nodes by their index in the predictor's node array.
+    """
+    node = next(n for n in model.graph.node if n.op_type in ("TreeEnsembleRegressor", "TreeEnsembleClassifier"))
+    attrs = {a.name: a for a in node.attribute}
+    predictors = estimator._predictors  # [iteration][raw score] -> TreePredictor
+    per_iteration = len(predictors[0])
+    values = list(attrs["nodes_values"].floats)
+    for j, (tree, index, mode) in enumerate(
+        zip(attrs["nodes_treeids"].ints, attrs["nodes_nodeids"].ints, attrs["nodes_modes"].strings)
+    ):
+        if mode == b"BRANCH_LEQ":
+            iteration, score = divmod(tree, per_iteration)
+            values[j] = f32_at_most(float(predictors[iteration][score].nodes["num_threshold"][index]))
+    del attrs["nodes_values"].floats[:]
+    attrs["nodes_values"].floats.extend(values)
+
+
 def sklearn_graph(native: Any, n_features: int) -> onnx.ModelProto:
     """A contract graph for a supported scikit-learn regressor (K = 1) or classifier (K classes)."""
     from skl2onnx import convert_sklearn
@@ -112,6 +174,8 @@ def sklearn_graph(native: Any, n_features: int) -> onnx.ModelProto:
     seen = getattr(native, "n_features_in_", n_features)
     if seen != n_features:
         raise ConversionError(f"{type(native).__name__} was fitted on {seen} features, expected {n_features}")
+    if _is(_final(native), HIST_GRADIENT_BOOSTING):
+        _check_numeric_splits(_final(native))
     classes = _classes(native)
     model = convert_sklearn(
         native,
@@ -119,6 +183,8 @@ def sklearn_graph(native: Any, n_features: int) -> onnx.ModelProto:
         target_opset=dict(OPSETS),
         options={id(_final(native)): {"zipmap": False}} if classes is not None else None,
     )
+    if _is(_final(native), HIST_GRADIENT_BOOSTING):
+        _float32_safe_thresholds(_final(native), model)
     if classes is None:
         return conform(model, n_features, 1)
     if _is(_final(native), TREES):

@@ -381,9 +381,20 @@ def exported_trees(model: onnx.ModelProto) -> tuple[dict[str, list], Objective, 
     labels = a.get("classlabels_int64s") or a.get("classlabels_strings") or []
     ids = np.asarray(a["class_ids"], dtype=np.int64)
     used = sorted(set(ids.tolist()))
-    if base is not None:
-        raise ConversionError("classifier graphs with base_values are not converted")
-    if len(labels) == 2 and used == [0] and post == "NONE":
+    for key in _TARGET_KEYS:
+        attrs[key] = list(a["class" + key[len("target") :]])
+    if base is not None and len(base) not in (1, len(used)):
+        raise ConversionError(f"classifier with {len(base)} base_values for class ids {used[:5]} is not converted")
+    if len(labels) == 2 and used == [0] and post == "LOGISTIC":
+        # scikit-learn's boosted binary classifiers: one raw score s (from the baseline) under class
+        # id 0, which ONNX Runtime's binary case turns into [sigmoid(-s), sigmoid(s)]; served as the
+        # tree libraries' binary objective, softmax([0, s]) = [1 - p, p], the score as target 1.
+        objective = binary_objective("binary")
+        attrs["target_ids"] = [1] * len(ids)
+        base = [0.0, base[0] if base else 0.0]
+    elif base is not None and post == "NONE":
+        raise ConversionError("classifier graphs with base_values and no post-transform are not converted")
+    elif len(labels) == 2 and used == [0] and post == "NONE":
         objective = Objective("binary", 1, "NONE", link=BINARY)
     elif len(labels) == 2 and used == [0, 1] and post == "LOGISTIC":
         objective = Objective("binary", 2, "LOGISTIC")
@@ -393,6 +404,4 @@ def exported_trees(model: onnx.ModelProto) -> tuple[dict[str, list], Objective, 
         raise ConversionError(
             f"classifier with {len(labels)} classes, class ids {used[:5]} and {post} is not converted"
         )
-    for key in _TARGET_KEYS:
-        attrs[key] = list(a["class" + key[len("target") :]])
     return attrs, objective, base, aggregate
