@@ -97,6 +97,34 @@ def _sequential_simple_rnn(keras, layers, data):
     )
 
 
+def _sequential_bidirectional_gru(keras, layers, data):
+    return keras.Sequential(
+        [
+            keras.Input((SEQ_LEN, N_FEATURES)),
+            _standardize(layers, data),
+            layers.Bidirectional(layers.GRU(6)),
+            layers.Dense(1),
+        ]
+    )
+
+
+def _functional_bidirectional_lstm(keras, layers, data):
+    inp = keras.Input((SEQ_LEN, N_FEATURES))
+    h = layers.Bidirectional(layers.LSTM(6, return_sequences=True), merge_mode="sum")(_standardize(layers, data)(inp))
+    return keras.Model(inp, layers.Dense(1)(layers.GlobalAveragePooling1D()(h)))
+
+
+def _sequential_backwards_lstm(keras, layers, data):
+    return keras.Sequential(
+        [
+            keras.Input((SEQ_LEN, N_FEATURES)),
+            _standardize(layers, data),
+            layers.LSTM(6, go_backwards=True),
+            layers.Dense(1),
+        ]
+    )
+
+
 def _functional_around_sequential(keras, layers, data):
     block = keras.Sequential([keras.Input((SEQ_LEN, N_FEATURES)), layers.GRU(6, return_sequences=True)], name="block")
     inp = keras.Input((SEQ_LEN, N_FEATURES))
@@ -172,6 +200,9 @@ CASES = {
     "sequential_gru": ("lstm", _sequential_gru),
     "functional_gru": ("tab_lstm", _functional_gru),
     "sequential_simple_rnn": ("lstm", _sequential_simple_rnn),
+    "sequential_bidirectional_gru": ("lstm", _sequential_bidirectional_gru),
+    "functional_bidirectional_lstm": ("tab_lstm", _functional_bidirectional_lstm),
+    "sequential_backwards_lstm": ("lstm", _sequential_backwards_lstm),
     "functional_around_sequential": ("tab_lstm", _functional_around_sequential),
     "sequential_cnn": ("cnn1d", _sequential_cnn),
     "functional_cnn": ("tab_cnn", _functional_cnn),
@@ -270,24 +301,32 @@ def test_graph_matches_the_reloaded_model_on_probes_and_fresh_rows(case, fmt, sa
     )
 
 
-@pytest.mark.parametrize("case", ["sequential_lstm", "functional_lstm"])
+@pytest.mark.parametrize("case", ["sequential_lstm", "functional_lstm", "functional_bidirectional_lstm"])
 def test_lstm_layers_become_onnx_lstm_nodes(case, converted):
-    """tf2onnx fuses Keras 3's LSTM into ONNX's LSTM op (one node per layer, zero states left out)."""
+    """tf2onnx fuses Keras 3's LSTM into ONNX's LSTM op (one node per layer, a Bidirectional
+    wrapper's two directions in one; zero states left out)."""
     model, graph = converted(case, "keras")
-    n_lstm = sum(1 for layer in model.layers if type(layer).__name__ == "LSTM")
+    n_lstm = sum(1 for layer in model.layers if type(layer).__name__ in ("LSTM", "Bidirectional"))
     nodes = [n for n in graph.model.graph.node if n.op_type == "LSTM"]
     assert len(nodes) == n_lstm >= 1
     assert all(len(n.input) <= 5 or not any(n.input[5:]) for n in nodes)
 
 
-@pytest.mark.parametrize("case", ["sequential_gru", "functional_gru", "sequential_simple_rnn"])
+UNROLLED = ["sequential_gru", "functional_gru", "sequential_simple_rnn", "sequential_bidirectional_gru"]
+
+
+@pytest.mark.parametrize("case", [*UNROLLED, "sequential_backwards_lstm"])
 def test_gru_and_simple_rnn_layers_are_unrolled_on_a_copy_and_the_model_is_left_as_it_was(case, loaded, converted):
-    """tf2onnx cannot fuse Keras 3's GRU / SimpleRNN (it would leave a Loop): traced unrolled instead."""
+    """tf2onnx cannot fuse Keras 3's GRU / SimpleRNN (it would leave a Loop; a Bidirectional GRU
+    too) nor an LSTM that reads backwards (a run-time Expand): traced unrolled instead."""
     model = loaded(case, "keras")
     before = KERAS_ADAPTER.predict(model, _rows(np.random.default_rng(5), 8, fam.resolve("lstm")))
     _, graph = converted(case, "keras")
-    assert not {"Loop", "Scan", "Expand", "GRU"} & _ops(graph)  # steps as plain ops, states as constants
-    recurrent = [layer for layer in model.layers if type(layer).__name__ in ("GRU", "SimpleRNN")]
+    assert not {"Loop", "Scan", "Expand", "GRU", "LSTM"} & _ops(graph)  # steps as plain ops, states as constants
+    recurrent = []
+    for layer in model.layers:
+        recurrent += [layer.forward_layer, layer.backward_layer] if hasattr(layer, "forward_layer") else [layer]
+    recurrent = [layer for layer in recurrent if type(layer).__name__ in ("GRU", "SimpleRNN", "LSTM")]
     assert recurrent and not any(layer.unroll for layer in recurrent)
     after = KERAS_ADAPTER.predict(model, _rows(np.random.default_rng(5), 8, fam.resolve("lstm")))
     np.testing.assert_array_equal(before, after)

@@ -12,11 +12,12 @@ which under Keras 3 are not the traced function's for ``keras.Sequential`` model
 (``KeyError: 'keras_tensor_N'``, onnx/tensorflow-onnx#2448); a traced call has one input and
 its own outputs whatever way the model was built or saved.
 
-Recurrent layers: tf2onnx fuses a Keras 3 LSTM into an ONNX ``LSTM`` node, but a Keras 3 GRU
-(tf2onnx's GRU patterns match Keras 2's cell) or SimpleRNN stays a ``Loop`` (control flow,
-refused by ``check_graph``). Those two are traced unrolled instead, on a copy of the model (the
-time steps as plain ops: the same math, one set of nodes per step; ~360 nodes for a GRU over 20
-steps, ~0.1 ms a row in ONNX Runtime against ~0.01 ms for a fused LSTM). Recurrent
+Recurrent layers: tf2onnx fuses a Keras 3 LSTM (and a Bidirectional one) into an ONNX ``LSTM``
+node, but a Keras 3 GRU (tf2onnx's GRU patterns match Keras 2's cell) or SimpleRNN stays a ``Loop``
+(control flow, refused by ``check_graph``), and an LSTM with ``go_backwards`` keeps a run-time
+``Expand``. Those are traced unrolled instead (both directions of a Bidirectional wrapper), on a
+copy of the model (the time steps as plain ops: the same math, one set of nodes per step; ~360
+nodes for a GRU over 20 steps, ~0.1 ms a row in ONNX Runtime against ~0.01 ms for a fused LSTM). Recurrent
 layers start from zero states that tf2onnx builds from the batch size at run time; they are
 left out (ONNX's default) or made constants that broadcast over the batch.
 
@@ -103,8 +104,22 @@ def _check_input(shape: tuple, family: Family, n_features: int, seq_len: int | N
     return (None, *expected)
 
 
+def _needs_unrolling(layer: Any) -> bool:
+    """A recurrent layer tf2onnx leaves as a ``Loop`` or a run-time ``Expand``: GRU and SimpleRNN,
+    an LSTM that reads the sequence backwards (``go_backwards``), and a ``Bidirectional`` wrapper
+    around one of them (a Bidirectional LSTM fuses into one ONNX ``LSTM``)."""
+    import keras
+
+    loops = (keras.layers.GRU, keras.layers.SimpleRNN)
+    if isinstance(layer, keras.layers.Bidirectional):  # its backward LSTM fuses with the forward one
+        return any(isinstance(d, loops) and not d.unroll for d in (layer.forward_layer, layer.backward_layer))
+    if isinstance(layer, loops):
+        return not layer.unroll
+    return isinstance(layer, keras.layers.LSTM) and layer.go_backwards and not layer.unroll
+
+
 def _recurrent_layers_to_unroll(model: Any) -> list:
-    """GRU and SimpleRNN layers, nested models included, that are not unrolled already."""
+    """The layers `_needs_unrolling` names, nested models included."""
     import keras
 
     found, stack = [], list(model.layers)
@@ -112,14 +127,25 @@ def _recurrent_layers_to_unroll(model: Any) -> list:
         layer = stack.pop()
         if isinstance(layer, keras.Model):
             stack.extend(layer.layers)
-        elif isinstance(layer, (keras.layers.GRU, keras.layers.SimpleRNN)) and not layer.unroll:
+        elif _needs_unrolling(layer):
             found.append(layer)
     return found
 
 
+def _unrolled_config(layer: Any) -> dict:
+    """The layer's config with ``unroll`` set (in both directions of a Bidirectional wrapper)."""
+    config = layer.get_config()
+    if "layer" not in config:
+        return {**config, "unroll": True}
+    for key in ("layer", "backward_layer"):
+        if key in config:
+            config[key] = {**config[key], "config": {**config[key]["config"], "unroll": True}}
+    return config
+
+
 def _traceable(native: Any) -> Any:
-    """The model itself, or a copy whose GRU / SimpleRNN layers run unrolled (same weights);
-    every other layer is shared with the model, which is left as it is."""
+    """The model itself, or a copy whose recurrent layers `_needs_unrolling` names run unrolled
+    (same weights); every other layer is shared with the model, which is left as it is."""
     import keras
 
     unroll = _recurrent_layers_to_unroll(native)
@@ -130,7 +156,7 @@ def _traceable(native: Any) -> Any:
     def clone(layer):
         if not any(layer is u for u in unroll):
             return layer
-        copy = type(layer).from_config({**layer.get_config(), "unroll": True})
+        copy = type(layer).from_config(_unrolled_config(layer))
         copies.append((layer, copy))
         return copy
 
