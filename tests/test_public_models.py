@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fastinfer import testing
+from fastinfer.adapters.lightgbm import TEXT
 from fastinfer.compiler import compile_run
 from fastinfer.config import load_config
 from fastinfer.errors import ModelLoadError
@@ -252,3 +255,74 @@ def test_file_that_crashes_lightgbm_is_served_in_a_child_process_without_crashin
     assert child.returncode == 0, child.stderr[-2000:]
     # Served natively (no lock): LightGBM on the repaired text, the very same trees as the reference.
     np.testing.assert_allclose(json.loads(child.stdout), native(X), rtol=1e-12, atol=0)
+
+
+WINDOWS = "lightgbm_windows_path_parameters.txt"
+
+
+def test_model_trained_on_windows_with_a_path_in_its_parameters_is_served(tmp_path):
+    """LightGBM's CLI on Windows writes ``[data: ..\\tests\\data\\train.csv]`` into the parameters block;
+    LightGBM's Python package cannot read such a file back (lightgbm-org/LightGBM#6349). The trees are
+    fine: the file converts and serves. Its one tree is a single leaf, so every row is sigmoid(leaf)."""
+    text = (PUBLIC / WINDOWS).read_text()
+    leaf = float(next(line for line in text.splitlines() if line.startswith("leaf_value=")).split("=")[1])
+    root = tmp_path / "run" / "20260101T000000"
+    _write(root, WINDOWS, 4)
+    entry = compile_run(root).entries[0]
+    assert entry.status == "onnx", entry.reason
+    served = ModelLoader(root).load(_target(WINDOWS), "lightgbm")
+    p = 1 / (1 + math.exp(-leaf))
+    # float32 graph against the float64 formula: 1e-6 relative
+    np.testing.assert_allclose(served.predict(np.zeros((3, 4))), [[1 - p, p]] * 3, rtol=1e-6)
+
+
+def test_pre_v2_lightgbm_file_is_named_as_such(tmp_path):
+    """The refusal says what the file is (LightGBM's format before v2), not 'no LightGBM header or no trees'."""
+    root = tmp_path / "run" / "20260101T000000"
+    _write(root, PRE_V2, 28)
+    with pytest.raises(ModelLoadError, match="format before v2") as info:
+        ModelLoader(root).load(_target(PRE_V2), "lightgbm")
+    assert info.value.path.endswith("model.txt")
+
+
+CUT = {
+    "CRLF, cut inside a parameter line": lambda t: t[: t.index("parameters:\n") + 17].replace("\n", "\r\n"),
+    "CRLF, cut inside 'end of parameters'": lambda t: t[: t.index("end of parameters") + 5].replace("\n", "\r\n"),
+    "CR line ends, cut inside a parameter line": lambda t: t[: t.index("parameters:\n") + 17].replace("\n", "\r"),
+    "'end of parameters' with a suffix": lambda t: t[: t.index("end of parameters")] + "end of parametersX\n",
+}
+
+
+@pytest.mark.parametrize("case", list(CUT))
+def test_parameters_block_without_its_end_line_is_refused_in_process(case, tmp_path):
+    """LightGBM reads past the text (SIGSEGV) when the parameters block has no line that is exactly
+    'end of parameters', whatever the line ends: the check refuses every such file, and a verified one
+    (opened in process) gives a ModelLoadError instead of killing the process (run in a child here)."""
+    hostile("LightGBM model file", f"public file, {case}")
+    text = (PUBLIC / "lightgbm_cpp_tests_if_else_regression.txt").read_text()
+    data = CUT[case](text).encode()
+    assert "without an 'end of parameters' line" in (TEXT.check(data) or "")
+    path = tmp_path / "cut.txt"
+    path.write_bytes(data)
+    child = textwrap.dedent(
+        """
+        import sys
+        from pathlib import Path
+        from fastinfer import testing
+        from fastinfer.errors import ModelLoadError
+        from fastinfer.loader import ModelLoader
+        root = Path(sys.argv[2]) / "run" / "20260101T000000"
+        names = ["feature%d" % i for i in range(1, 11)]
+        save = lambda p: p.write_bytes(Path(sys.argv[1]).read_bytes())
+        testing.write_model(root, "fwd_ret_5m", "lightgbm", "model.txt", save, names, 0)
+        try:
+            ModelLoader(root).load("fwd_ret_5m", "lightgbm")
+        except ModelLoadError as exc:
+            print("refused:", exc.reason)
+        """
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", child, str(path), str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, (run.returncode, run.stderr[-1000:])
+    assert "refused:" in run.stdout and "end of parameters" in run.stdout

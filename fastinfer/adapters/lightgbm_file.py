@@ -38,6 +38,8 @@ _LEAF_ARRAYS = ("leaf_value", "leaf_weight", "leaf_count", "leaf_const", "num_fe
 _INTEGER_ARRAYS = ("split_feature", "decision_type", "left_child", "right_child", "internal_count", "leaf_count")
 # decision_type bits (tree.h): 1 categorical, 2 default left, bits 2-3 missing type 0 None, 1 Zero, 2 NaN.
 _MAX_DECISION_TYPE = 0b1011
+# The first line of a model text written by LightGBM before v2 (2017): the boosting type, not "tree".
+_PRE_V2_HEADERS = ("gbdt", "dart", "goss")
 
 
 class Malformed(ValueError):
@@ -184,6 +186,11 @@ def read_model_text(text: str) -> ModelText:
         raise Malformed("a NUL byte: the parser would stop reading there")
     lines = _lines(text)
     first_tree = next((i for i, (_, line) in enumerate(lines) if line.startswith("Tree=")), None)
+    if lines and lines[0][1] in _PRE_V2_HEADERS and first_tree is not None:
+        raise Malformed(
+            f"a LightGBM model of the format before v2 (first line {lines[0][1]!r}, no feature_names line): "
+            "LightGBM 2 and later cannot read it; retrain it, or re-save it with the LightGBM version that wrote it"
+        )
     if not lines or lines[0][1] != "tree" or first_tree is None:
         raise Malformed("no LightGBM header or no trees")
     header = dict(line.partition("=")[::2] for _, line in lines[1:first_tree] if "=" in line)
@@ -227,16 +234,26 @@ def read_model_text(text: str) -> ModelText:
         if n_lines > _MAX_TREE_LINES:  # the parser would stop inside the block and drop the trees after it
             raise Malformed(f"tree {k} has more than {_MAX_TREE_LINES} lines")
         _check_tree(k, block, n_features)
-    _, params, tail = text.partition("\nparameters:\n")
-    if params and "\nend of parameters" not in tail:
-        # A parameters block cut short makes the parser read past the text.
-        raise Malformed("truncated: 'parameters:' without 'end of parameters'")
+    # After the trees the parser reads line by line ("\r\n", "\r" or "\n" ends a line): from a line
+    # that is exactly "parameters:" up to one that is exactly "end of parameters". A block without
+    # that line (cut short, or "end of parameters" followed by anything) makes it read past the text.
+    rest = [line for _, line in lines[i:]]
+    if "parameters:" in rest and "end of parameters" not in rest[rest.index("parameters:") :]:
+        raise Malformed("truncated: 'parameters:' without an 'end of parameters' line")
     repaired = ""
+    if "parameters:" in rest:
+        first = i + rest.index("parameters:") + 1
+        last = first + rest[first - i :].index("end of parameters")
+        unreadable = [offset for offset, line in lines[first:last] if _unreadable_parameter(line)]
+        if unreadable:
+            text = _drop_lines(text, unreadable)
+            repaired = f"dropped {len(unreadable)} parameter line(s) LightGBM's Python package cannot read back"
     if sizes is not None:
         boundaries = [starts[0] + sum(sizes[:j]) for j in range(len(sizes))]
         if boundaries != starts:
             text = _drop_line(text, "tree_sizes=")
-            repaired = f"dropped a stale tree_sizes line ({len(sizes)} sizes for {len(starts)} trees at other offsets)"
+            stale = f"dropped a stale tree_sizes line ({len(sizes)} sizes for {len(starts)} trees at other offsets)"
+            repaired = f"{stale}; {repaired}" if repaired else stale
     return ModelText(text, n_features, len(starts), repaired)
 
 
@@ -250,3 +267,22 @@ def _drop_line(text: str, prefix: str) -> str:
         if line.startswith("Tree="):
             break
     return text
+
+
+def _unreadable_parameter(line: str) -> bool:
+    """A ``[key: value]`` line the Python package's ``Booster`` turns into invalid JSON when it reads the
+    model back (lightgbm-org/LightGBM#6349, #7432): a backslash (a Windows path), a quote, or a colon in
+    the value (``name:column``). Prediction never reads these (data paths, column selections); the one
+    parameter the parser does read, ``[linear_tree: ...]``, is plain."""
+    value = line.partition(":")[2]
+    return "\\" in line or '"' in line or ":" in value
+
+
+def _drop_lines(text: str, offsets: list[int]) -> str:
+    """``text`` without the lines starting at ``offsets`` (each with its line end)."""
+    out, start = [], 0
+    for offset in sorted(offsets):
+        out.append(text[start:offset])
+        end = _NEWLINE.search(text, offset)
+        start = end.end() if end else len(text)
+    return "".join(out) + text[start:]
