@@ -45,6 +45,11 @@ class SignatureError(IntegrityError):
     """
 
 
+class MalformedFile(ValueError):
+    """A model file's bytes are not what its library's parser reads safely (raised by the format
+    checks in ``adapters/*_file.py``; the loader reports it as a ``ModelLoadError``)."""
+
+
 class ConversionError(FastInferError):
     """A native model could not be turned into an ONNX graph."""
 

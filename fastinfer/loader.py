@@ -26,7 +26,7 @@ from . import families as fam
 from .adapters import Adapter, adapter_of
 from .artifacts import ModelLocation, ModelSpec
 from .config import Settings, load_config
-from .errors import ConfigError, InferenceError, IntegrityError, ModelLoadError, SignatureError
+from .errors import ConfigError, InferenceError, IntegrityError, MalformedFile, ModelLoadError, SignatureError
 from .integrity import ChecksumPolicy, TrustPolicy, sha256_file
 from .kernels.screen import float32_screened, nonfinite_count
 from .lock import Lock, LockEntry, read_lock
@@ -563,6 +563,8 @@ class ModelLoader:
             model = fmt.load(verified.data)
         except ModelLoadError as exc:  # a format's own reason (e.g. a Keras file to re-save): kept whole
             raise ModelLoadError(family.name, target, exc.reason, path) from exc
+        except MalformedFile as exc:  # the format's check on the bytes: worded as when unverified
+            raise ModelLoadError(family.name, target, f"cannot open: {exc}", path) from exc
         except Exception as exc:  # every library raises its own types for a broken file
             raise ModelLoadError(
                 family.name, target, f"cannot open: {type(exc).__name__}: {str(exc)[:200]}", path

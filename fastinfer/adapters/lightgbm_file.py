@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..errors import MalformedFile
+
 _NEWLINE = re.compile(r"\r\n|\r|\n")  # LightGBM's GetLine / SkipNewLine: "\r\n", "\r" or "\n" ends a line
 _MAX_TREE_LINES = 22  # Tree::Tree reads at most this many key=value lines
 _MAX_LEAVES = 1 << 20
@@ -42,7 +44,7 @@ _MAX_DECISION_TYPE = 0b1011
 _PRE_V2_HEADERS = ("gbdt", "dart", "goss")
 
 
-class Malformed(ValueError):
+class Malformed(MalformedFile):
     """Why the text is not one LightGBM's parser reads safely."""
 
 

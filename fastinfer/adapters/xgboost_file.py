@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import MalformedFile
+
 LEGACY_MESSAGE = (
     "legacy XGBoost binary model: re-save it with XGBoost >= 1.0 as JSON/UBJ "
     "(`Booster.load_model(...).save_model('model.json')`)"
@@ -38,7 +40,7 @@ _LEGACY_PARAM_BYTES = 136  # sizeof(LearnerModelParamLegacy)
 _NAME = re.compile(rb"[a-z_]+(:[a-z_]+)?")
 
 
-class Malformed(ValueError):
+class Malformed(MalformedFile):
     """Why the bytes are not an XGBoost model its parser and predictor handle safely."""
 
 
