@@ -211,7 +211,6 @@ ALLOW_LIST_CASES = {
     ),
     "ConstantOfShape of a run-time shape": (_runtime_constant_of_shape, "alloc", "ConstantOfShape", "ai.onnx"),
     "Expand": (lambda: _single("Expand", ["features", "s"], [_i64("s", [4, F])]), "expand", "Expand", "ai.onnx"),
-    "Tile": (lambda: _single("Tile", ["features", "r"], [_i64("r", [2, 1])]), "tile", "Tile", "ai.onnx"),
     "Range": (
         lambda: _single("Range", ["a", "b", "c"], [_i64("a", 0), _i64("b", 10), _i64("c", 1)]),
         "range",
@@ -258,13 +257,26 @@ def test_pad_is_allowed_only_with_small_constant_pads():
 
 def test_extending_the_allow_list_is_one_entry(monkeypatch):
     """What a new converter's author does: one (domain, op) pair, and its size bound comes along."""
-    tiled = _single("Tile", ["features", "r"], [_i64("r", [2, 1])])
-    with pytest.raises(ConversionError, match="'Tile'"):
-        check_graph(tiled)
-    monkeypatch.setattr(checks, "ALLOWED_OPS", checks.ALLOWED_OPS | {("ai.onnx", "Tile")})
-    check_graph(tiled)
-    with pytest.raises(ConversionError, match=f"asks for {2**40} elements"):  # 2**20 x 2**20 repeats
+    expanded = _single("Expand", ["features", "s"], [_i64("s", [4, F])])
+    with pytest.raises(ConversionError, match="'Expand'"):
+        check_graph(expanded)
+    monkeypatch.setattr(checks, "ALLOWED_OPS", checks.ALLOWED_OPS | {("ai.onnx", "Expand")})
+    check_graph(expanded)
+    with pytest.raises(ConversionError, match=f"asks for {2**40} elements"):  # a 2**20 x 2**20 shape
+        check_graph(_single("Expand", ["features", "s"], [_i64("s", [2**20, 2**20])]))
+
+
+def test_tile_is_allowed_only_with_small_constant_repeats():
+    """Keras UpSampling1D / RepeatVector: Tile with constant repeats; run-time or huge repeats are refused."""
+    check_graph(_single("Tile", ["features", "r"], [_i64("r", [2, 1])]))
+    hostile("ONNX graph", "Tile with 2**20 x 2**20 constant repeats")
+    with pytest.raises(ConversionError, match=f"asks for {2**40} elements"):
         check_graph(_single("Tile", ["features", "r"], [_i64("r", [2**20, 2**20])]))
+    hostile("ONNX graph", "Tile with run-time repeats")
+    shape = helper.make_node("Shape", ["features"], ["r"], name="shape")
+    tile = helper.make_node("Tile", ["features", "r"], ["side"], name="tile")
+    with pytest.raises(ConversionError, match=r"node 'tile' \(op 'Tile'.*input 1 \('r'\) is computed at run time"):
+        check_graph(_model([shape, tile, _matmul()], [_weights()]))
 
 
 def test_every_graph_the_converters_emit_passes(compiled_run):
@@ -280,7 +292,7 @@ def test_every_graph_the_converters_emit_passes(compiled_run):
         check_graph(model)
         used |= {(n.domain or "ai.onnx", n.op_type) for g in iter_graphs(model.graph) for n in g.node}
     assert used <= checks.ALLOWED_OPS
-    assert not {op for _, op in used} & {"Loop", "Scan", "If", "ConstantOfShape", "Expand", "Tile", "Range"}
+    assert not {op for _, op in used} & {"Loop", "Scan", "If", "ConstantOfShape", "Expand", "Range"}
 
 
 def _relock(root, family: str, model: onnx.ModelProto) -> None:

@@ -125,6 +125,35 @@ def _sequential_backwards_lstm(keras, layers, data):
     )
 
 
+def _sequential_average_pooling_cnn(keras, layers, data):
+    return keras.Sequential(
+        [
+            keras.Input((SEQ_LEN, N_FEATURES)),
+            _standardize(layers, data),
+            layers.Conv1D(6, 2, activation="relu6"),
+            layers.AveragePooling1D(2),
+            layers.UpSampling1D(2),
+            layers.GlobalMaxPooling1D(),
+            layers.Dense(1),
+        ]
+    )
+
+
+def _sequential_activations_mlp(keras, layers, data):
+    return keras.Sequential(
+        [
+            keras.Input((N_FEATURES,)),
+            _standardize(layers, data),
+            layers.Dense(8, activation="hard_sigmoid"),
+            layers.Dense(8, activation="hard_silu"),
+            layers.UnitNormalization(),
+            layers.Dense(8, activation="softsign"),
+            layers.Dense(8, activation="mish"),
+            layers.Dense(1),
+        ]
+    )
+
+
 def _functional_around_sequential(keras, layers, data):
     block = keras.Sequential([keras.Input((SEQ_LEN, N_FEATURES)), layers.GRU(6, return_sequences=True)], name="block")
     inp = keras.Input((SEQ_LEN, N_FEATURES))
@@ -205,6 +234,8 @@ CASES = {
     "sequential_backwards_lstm": ("lstm", _sequential_backwards_lstm),
     "functional_around_sequential": ("tab_lstm", _functional_around_sequential),
     "sequential_cnn": ("cnn1d", _sequential_cnn),
+    "sequential_average_pooling_cnn": ("cnn1d", _sequential_average_pooling_cnn),
+    "sequential_activations_mlp": ("mlp", _sequential_activations_mlp),
     "functional_cnn": ("tab_cnn", _functional_cnn),
     "sequential_pooling_cnn": ("tab_cnn", _sequential_pooling_cnn),
     "functional_mha": ("transformer", _functional_mha),

@@ -75,6 +75,20 @@ ALLOWED_OPS: frozenset[tuple[str, str]] = frozenset(
         ("ai.onnx", "Elu"),  # Keras activation="elu"
         ("ai.onnx", "Selu"),  # Keras activation="selu"
         ("ai.onnx", "Softplus"),  # Keras activation="softplus" (and mish = x * tanh(softplus(x)))
+        ("ai.onnx", "Softsign"),
+        ("ai.onnx", "HardSigmoid"),
+        ("ai.onnx", "LogSoftmax"),
+        ("ai.onnx", "Clip"),  # relu6, hard_sigmoid / hard_silu as tf2onnx writes them
+        ("ai.onnx", "Min"),
+        ("ai.onnx", "Log"),
+        ("ai.onnx", "Pow"),
+        # Elementwise comparisons and logic (masks, Keras ops written with keras.ops)
+        ("ai.onnx", "Equal"),
+        ("ai.onnx", "Less"),
+        ("ai.onnx", "Greater"),
+        ("ai.onnx", "Not"),
+        ("ai.onnx", "And"),
+        ("ai.onnx", "Or"),
         # Keras sequence / convolution / attention layers (tf2onnx; converters.graph drops their
         # zero initial states, so no run-time-sized state allocation remains).
         ("ai.onnx", "LSTM"),
@@ -86,8 +100,13 @@ ALLOWED_OPS: frozenset[tuple[str, str]] = frozenset(
         ("ai.onnx", "GlobalAveragePool"),
         ("ai.onnx", "MaxPool"),  # Keras MaxPooling1D: window and stride are attributes
         ("ai.onnx", "GlobalMaxPool"),  # Keras GlobalMaxPooling1D
+        ("ai.onnx", "AveragePool"),  # Keras AveragePooling1D: window and stride are attributes
+        ("ai.onnx", "Tile"),  # Keras UpSampling1D / RepeatVector: repeats are a constant (CONSTANT_INPUTS)
         ("ai.onnx", "ReduceMean"),
         ("ai.onnx", "ReduceProd"),
+        ("ai.onnx", "ReduceSum"),  # Keras UnitNormalization, sums over an axis
+        ("ai.onnx", "ReduceMax"),
+        ("ai.onnx", "ReduceMin"),
     }
 )
 
