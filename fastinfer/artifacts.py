@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import families as fam
+from .atomic import read_regular
 from .config import MAX_SEQ_LEN
 from .errors import ModelLoadError
 from .state import JSONLimitError, parse_json, short_repr
@@ -100,8 +101,13 @@ def resolve_run_root(path: str | Path) -> Path:
     return newest.resolve()
 
 
+MAX_RELATIVE_PATH = 4096  # Linux's PATH_MAX: no usable path inside a run is longer
+
+
 def inside(root: Path, relative: str | Path, *, what: str, loc: ModelLocation | None = None) -> Path:
     """``root / relative``, refused if it is absolute or resolves outside ``root``."""
+    if len(str(relative)) > MAX_RELATIVE_PATH:  # resolve() is quadratic in the number of components
+        raise _error(loc, f"{what} {str(relative)[:200]!r}... is over {MAX_RELATIVE_PATH} characters", root)
     try:
         rel = Path(relative)
         candidate = (root / rel).resolve()
@@ -163,8 +169,7 @@ def read_json_limited(path: Path, loc: ModelLocation | None = None, *, expected_
         size = path.stat().st_size
         if size > MAX_META_BYTES:
             raise _error(loc, f"{path.name} is {size} bytes (limit {MAX_META_BYTES})", path)
-        with open(path, "rb") as f:
-            raw = f.read(MAX_META_BYTES + 1)  # the file may grow after stat
+        raw = read_regular(path, MAX_META_BYTES)  # a FIFO or device here is refused, not waited on
     except FileNotFoundError:
         raise _error(loc, f"{path.name} is missing", path) from None
     except OSError as exc:
@@ -245,7 +250,9 @@ def read_spec(loc: ModelLocation, run_root: Path, *, meta_sha256: str | None = N
     if "family" in meta:
         declared = fam.find(str(meta["family"]))
         if declared is not loc.family:
-            raise _error(loc, f"meta says family {meta['family']!r} but the folder is {loc.path.name}", meta_path)
+            raise _error(
+                loc, f"meta says family {short_repr(meta['family'])} but the folder is {loc.path.name}", meta_path
+            )
 
     listed = next((k for k in ("feature_list", "features", "feature_names") if k in meta), None)
     if listed is None:

@@ -382,6 +382,8 @@ class SeqBufferManager:
         target = out
         if type(out) is not np.ndarray or out.ndim != 3 or out.dtype is not _F32 or out.shape[0] != 1:
             target = self._out3(out)
+        elif not out.flags.writeable:  # numba types a read-only array apart: no kernel takes it
+            raise self._out_error(out, 1)
         code = _ring.push_read(self._data, self._state, i, row, stamp, self._ttl, target, 0, self._pad)
         if code != _ring.OK:
             raise self._out_error(out, 1) if code == _ring.BAD_OUT else self._row_error(i, row, code, stamp)
@@ -391,7 +393,10 @@ class SeqBufferManager:
         """The index a push goes to: an int is checked, an unknown name is registered."""
         if type(symbol) is int or isinstance(symbol, np.integer):
             return self._idx(symbol)
-        i = self._index.get(symbol)
+        try:
+            i = self._index.get(symbol)
+        except TypeError:  # unhashable (a list, a dict): not a name
+            raise InferenceError(f"symbol {short_repr(symbol)}: names must be strings (ints are indices)") from None
         return self._register(symbol) if i is None else i
 
     def _stamp(self, i: int, timestamp: Any) -> int:
@@ -424,7 +429,7 @@ class SeqBufferManager:
         stamp = self._block_stamp(timestamp)
         if out is None:
             out = np.empty((self._n, self._seq_len, self._n_features), dtype=np.float32)
-        elif type(out) is not np.ndarray or out.dtype is not _F32 or out.ndim != 3:
+        elif type(out) is not np.ndarray or out.dtype is not _F32 or out.ndim != 3 or not out.flags.writeable:
             raise self._out_error(out, self._n)
         code = _ring.push_block_read(
             self._data, self._state, self._all, block, self._bad, strict, stamp, self._ttl, out, self._pad
@@ -568,7 +573,7 @@ class SeqBufferManager:
     def _out3(self, out: Any) -> np.ndarray:
         """A single sequence's ``out`` as the (1, T, F) float32 array the kernels write; the
         kernels check T and F."""
-        if type(out) is not np.ndarray or out.dtype is not _F32 or out.ndim not in (2, 3):
+        if type(out) is not np.ndarray or out.dtype is not _F32 or out.ndim not in (2, 3) or not out.flags.writeable:
             raise self._out_error(out, 1)
         if out.ndim == 2:
             return out[np.newaxis]
@@ -578,7 +583,9 @@ class SeqBufferManager:
 
     def _out_error(self, out: Any, n: int) -> InferenceError:
         got = f"shape {out.shape} and dtype {out.dtype}" if isinstance(out, np.ndarray) else type(out).__name__
-        return InferenceError(f"out has {got}, expected ({n}, {self._seq_len}, {self._n_features}) float32")
+        if isinstance(out, np.ndarray) and not out.flags.writeable:
+            got = f"read-only {got}"
+        return InferenceError(f"out has {got}, expected a writable ({n}, {self._seq_len}, {self._n_features}) float32")
 
     def get_batch(self, symbols: Any = None, out: np.ndarray | None = None) -> np.ndarray:
         """Sequences of ``symbols`` (all registered if None) as (n, seq_len, F) float32.
@@ -594,7 +601,7 @@ class SeqBufferManager:
             idx = self.indices(symbols)
         if out is None:
             out = np.empty((idx.shape[0], self._seq_len, self._n_features), dtype=np.float32)
-        elif type(out) is not np.ndarray or out.dtype is not _F32 or out.ndim != 3:
+        elif type(out) is not np.ndarray or out.dtype is not _F32 or out.ndim != 3 or not out.flags.writeable:
             raise self._out_error(out, idx.shape[0])
         code = _ring.read_batch(self._data, self._state, idx, out, self._pad)
         if code == _ring.BAD_INDEX:
@@ -691,7 +698,10 @@ class SeqBufferManager:
         return self._n
 
     def __contains__(self, symbol: Any) -> bool:
-        return symbol in self._index
+        try:
+            return symbol in self._index
+        except TypeError:  # unhashable: never a symbol
+            return False
 
     def __repr__(self) -> str:
         return (

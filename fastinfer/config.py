@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
+from .atomic import read_regular
 from .errors import ConfigError
 from .state import short_repr
 
@@ -138,6 +139,10 @@ def _check_value(where: str, value: Any, hint: Any) -> Any:
     if hint is str:
         if not isinstance(value, str) or not value or "\0" in value:
             raise ConfigError(f"{where}: expected a non-empty string, got {short_repr(value)}")
+        try:
+            value.encode("utf-8")  # YAML's "\ud800" is a lone surrogate: no path or name can hold it
+        except UnicodeEncodeError:
+            raise ConfigError(f"{where}: {short_repr(value)} is not valid Unicode text (a lone surrogate)") from None
         return value
     raise TypeError(f"unsupported settings type {hint!r}")  # a bug in this module, not in the file
 
@@ -289,7 +294,7 @@ def load_config(path: str | Path | None = None) -> Settings:
         size = path.stat().st_size
         if size > MAX_CONFIG_BYTES:
             raise ConfigError(f"{path}: {size} bytes (a config is a few KB; limit {MAX_CONFIG_BYTES})")
-        text = path.read_bytes().decode("utf-8")
+        text = read_regular(path, MAX_CONFIG_BYTES).decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
     except UnicodeDecodeError as exc:

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import open_regular, read_regular
 from .errors import IntegrityError
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def sha256_bytes(data: bytes) -> str:
 
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
@@ -133,7 +134,7 @@ class TrustPolicy:
 
         signed = self.signed_digest(path, family=family, target=target)
         try:
-            data = Path(path).read_bytes()
+            data = read_regular(path)
         except OSError as exc:
             raise ModelLoadError(family, target, f"cannot read model file ({exc.strerror})", path) from None
         digest = sha256_bytes(data)
@@ -160,7 +161,7 @@ class TrustPolicy:
 
         self.signed_digest(path, family=family, target=target)  # a signed run reads only signed files
         try:
-            data = Path(path).read_bytes()
+            data = read_regular(path)
         except OSError as exc:
             raise ModelLoadError(family, target, f"cannot read graph ({exc.strerror})", path) from None
         digest = sha256_bytes(data)

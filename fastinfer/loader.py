@@ -25,6 +25,7 @@ from . import artifacts, executor, native
 from . import families as fam
 from .adapters import Adapter, adapter_of
 from .artifacts import ModelLocation, ModelSpec
+from .atomic import read_regular
 from .config import Settings, load_config
 from .errors import ConfigError, InferenceError, IntegrityError, MalformedFile, ModelLoadError, SignatureError
 from .integrity import ChecksumPolicy, TrustPolicy, sha256_file
@@ -125,6 +126,8 @@ class LoadedModel:
     def _checked(self, X: np.ndarray) -> np.ndarray:
         if X.dtype.kind not in "fiu":
             raise InferenceError(f"{self._who()}: features must be real numbers, got dtype {X.dtype}")
+        if not X.dtype.isnative:  # XGBoost's DMatrix reads the raw bytes as native order: wrong numbers
+            X = X.astype(X.dtype.newbyteorder("="))
         rank = self.family.input_rank
         if X.ndim == rank - 1:
             X = X[None]
@@ -290,9 +293,11 @@ class ModelLoader:
     # ------------------------------------------------------------ discovery
 
     def list_targets(self) -> list[str]:
-        indexed = artifacts.read_manifest(self.run_root, digest=self._signed_digest).get("target_index") or {}
-        found = {loc.target for loc in self._locations.values()}
-        return sorted(found | (set(indexed) & found))
+        """Targets with a model folder. manifest.json is read (and, in a signed run, checked), but its
+        ``target_index`` cannot add a target without models: whatever it holds (a hostile number,
+        a list of lists) it can only name folders that discovery already found."""
+        artifacts.read_manifest(self.run_root, digest=self._signed_digest)
+        return sorted({loc.target for loc in self._locations.values()})
 
     def list_families(self, target: str, view: str | None = None) -> list[str]:
         return sorted(
@@ -368,8 +373,7 @@ class ModelLoader:
             return None
         signed = self._signed_digest(path)
         try:
-            with path.open("rb") as f:
-                data = f.read(MAX_DEFINITIONS_BYTES + 1)
+            data = read_regular(path, MAX_DEFINITIONS_BYTES)
         except OSError as exc:
             raise ModelLoadError(None, None, f"cannot read {DEFINITIONS_FILE}: {exc.strerror}", path) from None
         if len(data) > MAX_DEFINITIONS_BYTES:

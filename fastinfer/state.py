@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import write_atomic_json
+from .atomic import read_regular, write_atomic_json
 from .errors import StateError
 
 FORMAT = "fastinfer.state"
@@ -76,19 +76,36 @@ def _depth(obj: Any) -> int:
     return depth
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's pairs as a dict, refusing a key given twice: JSON leaves its meaning open (this
+    parser keeps the last, others the first), so two readers could see two different files."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _DuplicateKey(f"key {short_repr(key)} is given twice")
+    return obj
+
+
 def parse_json(raw: bytes, *, max_bytes: int, max_depth: int) -> Any:
     """``json.loads`` that cannot crash its caller: size, nesting and number text bounded.
 
-    ``JSONLimitError`` for: more than ``max_bytes``; not UTF-8 / not JSON; nesting that
-    exhausts the parser's recursion (100k-deep arrays) or exceeds ``max_depth``; an integer
-    literal over Python's digit limit (~4,300 digits).
+    ``JSONLimitError`` for: more than ``max_bytes``; not UTF-8 / not JSON; an object with a key
+    given twice; nesting that exhausts the parser's recursion (100k-deep arrays) or exceeds
+    ``max_depth``; an integer literal over Python's digit limit (~4,300 digits).
     """
     if len(raw) > max_bytes:
         raise JSONLimitError(f"{len(raw)} bytes (limit {max_bytes})")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise JSONLimitError("nested deeper than the JSON parser can follow") from None
+    except _DuplicateKey as exc:
+        raise JSONLimitError(str(exc)) from None
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, the int digit limit
         raise JSONLimitError(f"not valid JSON ({type(exc).__name__}: {str(exc)[:80]})") from None
     if _depth(data) > max_depth:
@@ -158,8 +175,7 @@ def read_bounded(path: str | Path, *, source: str | None = None) -> Any:
     path = Path(path)
     source = source or str(path)
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_STATE_BYTES + 1)
+        raw = read_regular(path, MAX_STATE_BYTES)
     except FileNotFoundError:
         raise
     except OSError as exc:

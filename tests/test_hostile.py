@@ -388,7 +388,8 @@ def test_meta_with_nan_literal_and_deep_nesting(run_copy):
     hostile("meta JSON", "NaN literal")
     hostile("meta JSON", "10^5 nested lists")
     path = _dir(run_copy, "ridge") / "model_meta.json"
-    path.write_text(path.read_text()[:-1] + ', "interval_minutes": NaN}')
+    meta = {**json.loads(path.read_text()), "interval_minutes": "NAN"}
+    path.write_text(json.dumps(meta).replace('"NAN"', "NaN"))
     with pytest.raises(ModelLoadError, match="positive number"):
         ModelLoader(run_copy).load(TARGET, "ridge")
     path.write_text("[" * 100_000 + "]" * 100_000)  # deeper than the recursion limit

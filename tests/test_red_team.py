@@ -593,3 +593,167 @@ def test_cli_bad_arguments_exit_2_naming_the_problem(small_run, tmp_path):
         hostile("red team: CLI", case)
         result = runner.invoke(main, args)
         assert result.exit_code == 2 and match in result.output, (case, result.output)
+
+
+# ---------------------------------------------------------------- defects found by the red team, fixed
+
+
+FIFO_LOAD_CHILD = textwrap.dedent(
+    """
+    import logging, os, sys
+    from pathlib import Path
+    logging.disable(logging.CRITICAL)
+    from fastinfer.errors import StateError
+    from fastinfer.loader import ModelLoader
+
+    root, target, case = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    folder = root / "targets" / target / "models" / "view=CROSS_SECTIONAL"
+    path = {"meta": folder / "family=ridge" / "model_meta.json", "graph": folder / "family=ridge" / "model.onnx",
+            "lock": root / "fastinfer.lock.json"}[case]
+    path.unlink()
+    os.mkfifo(path)
+    try:
+        loader = ModelLoader(root)
+    except StateError as exc:
+        print("StateError", "not a regular file" in str(exc))
+        raise SystemExit(0)
+    models = loader.load_all()
+    print(sorted(f for _, f in models), "not a regular file" in loader.errors[(target, "ridge")].reason)
+    """
+)
+
+
+@pytest.mark.parametrize("case", ["meta", "graph", "lock"])
+def test_fifo_in_the_run_is_refused_not_waited_on(run, case):
+    """D1: a FIFO where model_meta.json, model.onnx or the lock belongs used to block forever."""
+    hostile("red team: run directory", f"{case} is a FIFO")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", FIFO_LOAD_CHILD, str(run), TARGET, case], capture_output=True, text=True, timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"ModelLoader waited on a FIFO {case}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    want = "StateError True" if case == "lock" else "['lightgbm', 'xgboost'] True"
+    assert done.stdout.strip() == want
+
+
+def test_big_endian_rows_to_native_xgboost(small_run):
+    """D2: XGBoost's DMatrix read non-native byte order as native: wrong numbers, no error."""
+    hostile("red team: feature array", "big-endian rows to native XGBoost")
+    model = ModelLoader(small_run, prefer_onnx=False).load(TARGET, "xgboost")
+    X = np.random.default_rng(5).standard_normal((32, 8))
+    want = model.predict(X.astype(np.float32))
+    np.testing.assert_array_equal(model.predict(X.astype(">f4")), want)
+    np.testing.assert_array_equal(model.predict(X.astype(">f8")), model.predict(X))
+
+
+@pytest.mark.parametrize("index", [5, [[1]], 2.5, True], ids=["int", "nested list", "float", "bool"])
+def test_manifest_target_index_of_another_type(run, index):
+    """D3: list_targets took set(target_index): a TypeError that stopped load_all (every model)."""
+    hostile("red team: run directory", f"manifest.json target_index {index!r}")
+    (run / "manifest.json").write_text(json.dumps({"target_index": index}))
+    loader = ModelLoader(run)
+    assert loader.list_targets() == [TARGET]
+    assert sorted(loader.load_all()) == sorted((TARGET, f) for f in FAMILIES)
+
+
+def test_read_only_out_is_an_inference_error():
+    """D4: a read-only out reached numba, which raised its TypingError (a page of compiler text)."""
+    buf = SeqBufferManager(4, 3, symbols=["A", "B"])
+    for call, shape, args in [
+        ("get_sequence", (1, 4, 3), ("A",)),
+        ("get_batch", (2, 4, 3), (None,)),
+        ("push_and_get_sequence", (1, 4, 3), ("A", np.ones(3))),
+        ("push_all_and_get_batch", (2, 4, 3), (np.ones((2, 3)),)),
+    ]:
+        hostile("red team: SeqBufferManager", f"read-only out to {call}")
+        out = np.zeros(shape, np.float32)
+        out.setflags(write=False)
+        with pytest.raises(InferenceError, match="read-only"):
+            getattr(buf, call)(*args, out=out)
+    assert buf.count("A") == buf.count("B") == 0  # nothing was pushed
+
+
+def test_attach_to_a_hostile_segment_is_a_state_error():
+    """D5: untyped ValueError / TypeError / OSError, and counters no ring can have were served."""
+    names = []
+    try:
+        for case, words, nbytes in [
+            ("16 bytes", {0: MAGIC, 1: 1}, 16),
+            ("tail past head", {0: MAGIC, 1: 1, 2: 4, 3: 2, 4: 1, HEAD: 0, TAIL: 10}, 4096),
+            ("head 2**40 ahead of a 4-slot ring", {0: MAGIC, 1: 1, 2: 4, 3: 2, 4: 1, HEAD: 1 << 40}, 4096),
+        ]:
+            hostile("red team: SPSC ring", f"segment {case}")
+            names.append(f"fi_red_pending_{os.getpid()}_{len(names)}")
+            data = bytearray(nbytes)
+            view = np.frombuffer(data, dtype=np.int64, count=nbytes // 8)
+            for i, v in words.items():
+                if i < len(view):
+                    view[i] = v
+            (Path("/dev/shm") / names[-1]).write_bytes(bytes(data))
+            with pytest.raises(StateError, match=names[-1]):
+                SPSCRing.attach(names[-1])
+        hostile("red team: SPSC ring", "invalid name")
+        with pytest.raises(StateError, match="cannot attach"):
+            SPSCRing.attach("a/b")
+    finally:
+        for name in names:
+            (Path("/dev/shm") / name).unlink(missing_ok=True)
+
+
+def test_len_of_a_ring_corrupted_after_attach():
+    hostile("red team: SPSC ring", "tail past head after attach: len()")
+    ring = SPSCRing.create(4, 2, name=f"fi_red_len_{os.getpid()}")
+    try:
+        ring._ctrl[TAIL] = ring._ctrl[HEAD] + 5
+        assert len(ring) == 0
+    finally:
+        ring.close()
+        ring.unlink()
+
+
+def test_unhashable_symbol():
+    """D6: push(['A'], row) and ['A'] in buffer were TypeErrors."""
+    hostile("red team: SeqBufferManager", "unhashable symbol")
+    buf = SeqBufferManager(4, 3, symbols=["A"])
+    with pytest.raises(InferenceError, match="names must be strings"):
+        buf.push(["A"], np.ones(3))
+    with pytest.raises(InferenceError, match="names must be strings"):
+        buf.push_and_get_sequence({"A": 1}, np.ones(3))
+    assert ["A"] not in buf and buf.count("A") == 0
+
+
+def test_config_string_with_a_lone_surrogate(tmp_path):
+    """D7: "\\ud800" passed the config check and failed later as a UnicodeEncodeError."""
+    hostile("red team: YAML config", "lone surrogate in a path")
+    path = tmp_path / "bad.yaml"
+    path.write_text('models:\n  trusted_public_key: "\\ud800.pub"\n')
+    with pytest.raises(ConfigError, match=r"trusted_public_key.*lone surrogate"):
+        config.load_config(path)
+
+
+def test_meta_family_and_model_file_are_not_echoed_whole(run):
+    """D8 and D10: a 3 MiB family was echoed whole; a 300,000-component model_file took seconds in
+    Path.resolve (quadratic) and was echoed whole."""
+    hostile("red team: run directory", "model_meta.json family of 3 MiB")
+    hostile("red team: run directory", "model_file of 300,000 components")
+    meta = json.loads(_meta(run).read_text())
+    _meta(run).write_text(json.dumps({**meta, "family": "x" * (3 << 20)}))
+    with pytest.raises(ModelLoadError, match="meta says family") as info:
+        ModelLoader(run).load(TARGET, "ridge")
+    assert len(str(info.value)) < 1000
+    _meta(run).write_text(json.dumps({**meta, "model_file": "a/" * 300_000 + "model.joblib"}))
+    with pytest.raises(ModelLoadError, match=r"model_file .* is over 4096 characters") as info:
+        ModelLoader(run).load(TARGET, "ridge")
+    assert len(str(info.value)) < 1000
+    assert _dir(run, "ridge").is_dir()
+
+
+def test_duplicate_keys_in_meta(run):
+    """D9: a key given twice was taken silently (the last one)."""
+    hostile("red team: run directory", "model_meta.json with a key given twice")
+    text = _meta(run).read_text().rstrip()
+    _meta(run).write_text(text[:-1] + ', "interval_minutes": 60}')
+    with pytest.raises(ModelLoadError, match="key 'interval_minutes' is given twice"):
+        ModelLoader(run).load(TARGET, "ridge")

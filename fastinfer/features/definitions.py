@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from .. import artifacts, config
+from ..atomic import read_regular
 from ..state import short_repr
 from .errors import FeatureDefinitionError
 from .grammar import Expr, parse, unparse
@@ -189,7 +190,7 @@ class FeatureDefinitions:
             size = path.stat().st_size
             if size > MAX_BYTES:
                 raise FeatureDefinitionError(f"{path}: {size} bytes (a definitions file is at most {MAX_BYTES})")
-            raw = path.read_bytes()
+            raw = read_regular(path, MAX_BYTES)
         except OSError as e:
             raise FeatureDefinitionError(f"{path}: cannot be read ({e.strerror or e})") from None
         return cls.loads(raw, fmt="json" if path.suffix.lower() == ".json" else "yaml", where=str(path))

@@ -51,7 +51,8 @@ the ring as a ``with`` block, which unlinks it. If the owner dies for good, any 
 ``attach`` and ``unlink()`` it (``SPSCRing.remove(name)`` does both); a ring nobody unlinks
 stays in ``/dev/shm`` until reboot.
 
-Leaf module: imports nothing from the rest of fastinfer.
+Leaf module apart from ``errors``: a segment that is not a sound ring is a ``StateError`` (a
+``ValueError``) naming it.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ import numpy as np
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from ..errors import StateError
 
 MAGIC = 0x5350_5343_5249_4E47  # "SPSCRING"
 VERSION = 1
@@ -317,16 +320,26 @@ class SPSCRing:
         self.timeout = float(timeout)
         self.spin = int(spin)
         self.yields = int(yields)
+        if shm.size < _SEQS_OFFSET:
+            raise StateError(f"shared memory {shm.name!r}: {shm.size} bytes, smaller than an SPSC ring's header")
         ctrl = np.ndarray((_CTRL_WORDS,), dtype=np.int64, buffer=shm.buf)
         if ctrl[0] != MAGIC or ctrl[1] != VERSION:
-            raise ValueError(f"shared memory {shm.name!r} is not an SPSC ring of version {VERSION}")
+            raise StateError(f"shared memory {shm.name!r} is not an SPSC ring of version {VERSION}")
         capacity, width, code = int(ctrl[_CAPACITY]), int(ctrl[_WIDTH]), int(ctrl[_DTYPE])
         if code not in _DTYPES or capacity < 1 or capacity & (capacity - 1) or width < 1:
-            raise ValueError(f"shared memory {shm.name!r}: corrupt SPSC header")
+            raise StateError(f"shared memory {shm.name!r}: corrupt SPSC header")
         dtype = _DTYPES[code]
         payload_offset, size = _segment_size(capacity, width, dtype)
         if shm.size < size:
-            raise ValueError(f"shared memory {shm.name!r}: {shm.size} bytes, header needs {size}")
+            raise StateError(f"shared memory {shm.name!r}: {shm.size} bytes, header needs {size}")
+        head, tail, dropped = int(ctrl[HEAD]), int(ctrl[TAIL]), int(ctrl[DROPPED])
+        # The counters only grow from 0 and head is never more than a ring ahead of tail; other
+        # values would have the consumer read slots nobody published.
+        if not (0 <= tail <= head <= tail + capacity) or dropped < 0:
+            raise StateError(
+                f"shared memory {shm.name!r}: corrupt SPSC counters (head {head}, tail {tail}, "
+                f"dropped {dropped}, capacity {capacity})"
+            )
         self._ctrl = ctrl
         self._seqs = np.ndarray((capacity,), dtype=np.int64, buffer=shm.buf, offset=_SEQS_OFFSET)
         self._payload = np.ndarray((capacity, width), dtype=dtype, buffer=shm.buf, offset=payload_offset)
@@ -361,8 +374,16 @@ class SPSCRing:
 
     @classmethod
     def attach(cls, name: str, **options) -> SPSCRing:
-        """Open an existing ring by name (either side). Consumption resumes at ``tail``."""
-        shm = _open_segment(name)
+        """Open an existing ring by name (either side). Consumption resumes at ``tail``.
+
+        ``FileNotFoundError`` when no ring has that name; ``StateError`` when the name is not
+        usable or the segment is not a sound ring."""
+        try:
+            shm = _open_segment(name)
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError) as exc:  # a bad name (EINVAL), an empty segment (mmap refuses it)
+            raise StateError(f"shared memory {str(name)[:200]!r}: cannot attach ({exc})") from None
         try:
             return cls(shm, owner=False, **options)
         except BaseException:
@@ -540,8 +561,8 @@ class SPSCRing:
         return int(self._ctrl[DROPPED])
 
     def __len__(self) -> int:
-        """Records published and not yet consumed."""
-        return self.head - self.tail
+        """Records published and not yet consumed (0 if the other side wrote nonsense since attach)."""
+        return max(0, self.head - self.tail)
 
     def close(self) -> None:
         """Detach this process (the segment lives on until the owner unlinks it)."""
