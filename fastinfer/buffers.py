@@ -69,7 +69,6 @@ from typing import Any
 import numpy as np
 
 from . import state as _state
-from .atomic import write_atomic_json
 from .config import MAX_SEQ_LEN, ModelSettings
 from .errors import ConfigError, InferenceError, StateError
 from .kernels import ring as _ring
@@ -809,8 +808,9 @@ class SeqBufferManager:
         return self
 
     def save(self, path: str | Path) -> None:
-        """Write ``to_dict()`` atomically (temp file, fsync, rename): a crash keeps the old file."""
-        write_atomic_json(path, self.to_dict())
+        """Write ``to_dict()`` atomically (temp file, fsync, rename): a crash keeps the old file; a
+        path that cannot take it is a ``StateError``."""
+        _state.write_envelope(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path, *, seq_len: int | None = None, n_features: int | None = None) -> SeqBufferManager:

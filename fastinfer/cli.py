@@ -256,12 +256,9 @@ def predict(
     predictions per symbol."""
     import numpy as np
 
-    from .errors import FeatureBuildError
     from .research import RunPredictor, symbol_groups
     from .tables import read_table, write_table
 
-    if not ohlcv_path.is_file():
-        raise FeatureBuildError(f"{ohlcv_path}: no such file")
     frame = read_table(ohlcv_path, "bars")
     runner = RunPredictor(run_root, interval_minutes=interval_minutes, config_path=config_path)
     table = runner.predict_bars(frame, symbol_column=symbol_column, where=str(ohlcv_path))

@@ -18,19 +18,27 @@ from .errors import InferenceError
 from .loader import LoadedModel
 
 
+def _family(name: Any) -> fam.Family:
+    """The family named; an unknown one is an ``InferenceError`` (a ``ValueError``, as the spec raises)."""
+    try:
+        return fam.resolve(name)
+    except ValueError as exc:
+        raise InferenceError(str(exc)) from None
+
+
 class InferenceEngine:
     def predict(self, model: Any, features: Any, family: str) -> np.ndarray:
         """Tree, linear, Keras (non-sequential input or an explicit (N, T, F) array), probabilistic, meta."""
-        f = fam.resolve(family)
+        f = _family(family)
         if f.category is fam.Category.SEQUENTIAL:
-            raise ValueError(f"Use predict_sequential for {f.name}")
+            raise InferenceError(f"Use predict_sequential for {f.name}")
         return self._run(model, features, f)
 
     def predict_sequential(self, model: Any, buffer: Any, family: str, symbol: Any = None) -> np.ndarray:
         """A sequence model on ``buffer.get_sequence()`` (a SeqBufferManager) or an (N, T, F) array."""
-        f = fam.resolve(family)
+        f = _family(family)
         if not f.sequential:
-            raise ValueError(f"{f.name} is not a sequence model: use predict")
+            raise InferenceError(f"{f.name} is not a sequence model: use predict")
         if hasattr(buffer, "get_sequence"):
             sequence = buffer.get_sequence() if symbol is None else buffer.get_sequence(symbol)
         else:

@@ -44,10 +44,20 @@ _OPT_LEVELS = {
 
 
 def select_providers(wanted: Sequence[str], available: Sequence[str] | None = None) -> list[str]:
-    """``wanted`` in order, keeping those onnxruntime offers; CPU is always the last resort."""
-    if available is None:
-        import onnxruntime
+    """``wanted`` in order, keeping those onnxruntime offers; CPU is always the last resort.
 
+    A name onnxruntime does not know at all (a typo such as ``CUDAExecutionProvidr``) is a
+    ``ConfigError``: silently dropped, it would leave a GPU deployment on the CPU.
+    """
+    import onnxruntime
+
+    unknown = [p for p in wanted if p not in onnxruntime.get_all_providers()]
+    if unknown:
+        raise ConfigError(
+            f"executor.providers: {', '.join(map(repr, unknown[:5]))} is not an ONNX Runtime execution provider "
+            f"(known: {', '.join(onnxruntime.get_all_providers())})"
+        )
+    if available is None:
         available = onnxruntime.get_available_providers()
     chosen = [p for p in wanted if p in available and p != CPU]
     return [*chosen, CPU]

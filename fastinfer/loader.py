@@ -92,7 +92,10 @@ class LoadedModel:
 
     def run(self, X: np.ndarray) -> np.ndarray:
         """The model on rows already in ``feature_order``; a failure inside the backend (ONNX
-        Runtime or the library) is an ``InferenceError`` naming the model."""
+        Runtime or the library) is an ``InferenceError`` naming the model. No rows give no rows
+        from every backend (scikit-learn refuses an empty batch, ONNX Runtime does not)."""
+        if X.shape[0] == 0:
+            return np.empty((0, len(self.columns)), dtype=np.float32)
         try:
             return self._run(X)
         except InferenceError:

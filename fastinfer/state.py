@@ -164,7 +164,16 @@ def unwrap(obj: Any, kind: str, versions: Collection[int], *, source: str = "sta
 
 def save(path: str | Path, kind: str, version: int, payload: dict[str, Any]) -> None:
     """Write ``wrap(kind, version, payload)`` atomically: a crash keeps the previous file."""
-    write_atomic_json(path, wrap(kind, version, payload))
+    write_envelope(path, wrap(kind, version, payload))
+
+
+def write_envelope(path: str | Path, envelope: dict[str, Any]) -> None:
+    """Write a ``wrap``ped state atomically; a path that cannot take it (a folder, a missing or
+    read-only folder, a full disk) is a ``StateError`` naming it, and the previous file stays."""
+    try:
+        write_atomic_json(path, envelope)
+    except OSError as exc:
+        raise StateError(f"{path}: cannot write state ({exc.strerror or exc})") from None
 
 
 def read_bounded(path: str | Path, *, source: str | None = None) -> Any:

@@ -14,6 +14,10 @@ def read_table(path: Path, what: str = "table"):
     """A CSV or Parquet file as a DataFrame (``FeatureBuildError`` naming the file otherwise)."""
     import pandas as pd
 
+    if not path.exists():
+        raise FeatureBuildError(f"{path}: no such file")
+    if not path.is_file():  # a folder, a FIFO (pandas would wait on it), a device
+        raise FeatureBuildError(f"{path}: not a regular file")
     try:
         return pd.read_parquet(path) if path.suffix.lower() in PARQUET else pd.read_csv(path)
     except ImportError:

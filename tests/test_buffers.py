@@ -452,7 +452,7 @@ def test_crash_between_temp_write_and_rename_keeps_old_state(tmp_path, monkeypat
         raise OSError("simulated crash before rename")
 
     monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError, match="simulated crash"):
+    with pytest.raises(StateError, match=r"buffer.json: cannot write state \(simulated crash"):
         buffer.save(path)
     monkeypatch.undo()
     assert path.read_bytes() == old_bytes

@@ -757,3 +757,66 @@ def test_duplicate_keys_in_meta(run):
     _meta(run).write_text(text[:-1] + ', "interval_minutes": 60}')
     with pytest.raises(ModelLoadError, match="key 'interval_minutes' is given twice"):
         ModelLoader(run).load(TARGET, "ridge")
+
+
+# ---------------------------------------------------------------- lower-priority findings, fixed
+
+
+def test_an_empty_batch_gives_no_rows_from_every_backend(small_run):
+    """scikit-learn refuses an empty batch where ONNX Runtime returns one: both give (0,) now."""
+    hostile("red team: feature array", "no rows")
+    for prefer_onnx in (True, False):
+        for family in FAMILIES:
+            model = ModelLoader(small_run, prefer_onnx=prefer_onnx).load(TARGET, family)
+            out = model.predict(np.empty((0, 8)))
+            assert out.shape == (0,) and out.dtype == np.float64, (family, model.backend)
+
+
+def test_inference_engine_names_an_unknown_family_with_a_typed_value_error(served):
+    """The spec's dispatch raises ValueError; fastinfer's InferenceError is one, and names the family."""
+    hostile("red team: InferenceEngine", "unknown family")
+    engine = InferenceEngine()
+    X = np.zeros((2, 8))
+    with pytest.raises(InferenceError, match="Unknown family: 'gbdt'"):
+        engine.predict(served["ridge", "onnx"], X, "gbdt")
+    with pytest.raises(InferenceError, match="Use predict_sequential for tab_lstm"):
+        engine.predict(served["ridge", "onnx"], X, "tab_lstm")
+    with pytest.raises(InferenceError, match="ridge is not a sequence model"):
+        engine.predict_sequential(served["ridge", "onnx"], X, "ridge")
+
+
+def test_a_misspelt_execution_provider_is_a_config_error():
+    """Silently dropped, a typo in executor.providers would leave a GPU deployment on the CPU."""
+    from fastinfer import executor
+
+    hostile("red team: config", "misspelt execution provider")
+    with pytest.raises(ConfigError, match=r"executor.providers: 'CUDAExecutionProvidr' is not an ONNX Runtime"):
+        executor.select_providers(("CUDAExecutionProvidr", "CPUExecutionProvider"))
+    assert executor.select_providers(("CUDAExecutionProvider",), ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+def test_buffer_state_saved_onto_a_folder_is_a_state_error(tmp_path):
+    hostile("red team: state file", "save onto a folder")
+    buffer = SeqBufferManager(4, 2, symbols=["A"])
+    (tmp_path / "state.json").mkdir()
+    with pytest.raises(StateError, match=r"state.json: cannot write state"):
+        buffer.save(tmp_path / "state.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]  # no temp file left behind
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "missing"])
+def test_bars_file_that_is_not_a_regular_file_is_named(tmp_path, kind):
+    """`predict --ohlcv` and `features build` read bars through one function: a FIFO is refused at
+    once (pandas would wait for a writer), a folder or a missing file named as such."""
+    from fastinfer.errors import FeatureBuildError
+    from fastinfer.tables import read_table
+
+    hostile("red team: bars file", kind)
+    path = tmp_path / "bars.csv"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    expected = "no such file" if kind == "missing" else "not a regular file"
+    with pytest.raises(FeatureBuildError, match=rf"bars.csv: {expected}"):
+        read_table(path, "bars")

@@ -84,8 +84,6 @@ def build(
         from .runs import training_run_root
 
         record = training_run_root(run_root)
-    if not bars.is_file():
-        raise FeatureBuildError(f"{bars}: no such file")
     frame = read_table(bars, "bars")
     keys = [c for c in (time_column(frame), symbol_column) if c is not None]
     clash = [k for k in keys if k in program.features]
