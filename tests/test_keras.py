@@ -10,6 +10,7 @@ are imported by the fixtures only).
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from fastinfer import families as fam
@@ -154,6 +155,17 @@ def _sequential_activations_mlp(keras, layers, data):
     )
 
 
+def _sequential_masked_lstm(keras, layers, data):
+    """Steps of all zeros (a symbol's history padded in front) are skipped by the LSTM."""
+    return keras.Sequential([keras.Input((SEQ_LEN, N_FEATURES)), layers.Masking(0.0), layers.LSTM(6), layers.Dense(1)])
+
+
+def _functional_masked_bidirectional_gru(keras, layers, data):
+    inp = keras.Input((SEQ_LEN, N_FEATURES))
+    h = layers.Bidirectional(layers.GRU(4))(layers.Masking(0.0)(inp))
+    return keras.Model(inp, layers.Dense(1)(h))
+
+
 def _functional_around_sequential(keras, layers, data):
     block = keras.Sequential([keras.Input((SEQ_LEN, N_FEATURES)), layers.GRU(6, return_sequences=True)], name="block")
     inp = keras.Input((SEQ_LEN, N_FEATURES))
@@ -232,6 +244,8 @@ CASES = {
     "sequential_bidirectional_gru": ("lstm", _sequential_bidirectional_gru),
     "functional_bidirectional_lstm": ("tab_lstm", _functional_bidirectional_lstm),
     "sequential_backwards_lstm": ("lstm", _sequential_backwards_lstm),
+    "sequential_masked_lstm": ("lstm", _sequential_masked_lstm),
+    "functional_masked_bidirectional_gru": ("tab_lstm", _functional_masked_bidirectional_gru),
     "functional_around_sequential": ("tab_lstm", _functional_around_sequential),
     "sequential_cnn": ("cnn1d", _sequential_cnn),
     "sequential_average_pooling_cnn": ("cnn1d", _sequential_average_pooling_cnn),
@@ -242,9 +256,9 @@ CASES = {
     "functional_attention": ("tab_transformer", _functional_attention),
     "functional_cnn_transformer": ("cnn1d_transformer", _functional_cnn_transformer),
 }
-# Keras 3 saves these to .h5 but cannot rebuild them from it: keras.layers.Attention, and `h + a`
-# between Keras tensors (saved as an Add layer, which takes a list).
-H5_UNREADABLE = {"functional_attention", "functional_cnn_transformer"}
+# Keras 3 saves these to .h5 but cannot rebuild them from it: keras.layers.Attention, `h + a`
+# between Keras tensors (saved as an Add layer, which takes a list), and Masking in a functional model.
+H5_UNREADABLE = {"functional_attention", "functional_cnn_transformer", "functional_masked_bidirectional_gru"}
 FORMATS = {"keras": KERAS_FILE, "h5": H5_FILE}
 CONVERTIBLE = [(case, "keras") for case in CASES] + [(case, "h5") for case in CASES if case not in H5_UNREADABLE]
 
@@ -363,13 +377,30 @@ def test_gru_and_simple_rnn_layers_are_unrolled_on_a_copy_and_the_model_is_left_
     np.testing.assert_array_equal(before, after)
 
 
+@pytest.mark.parametrize("case", ["sequential_masked_lstm", "functional_masked_bidirectional_gru"])
+def test_masked_steps_are_skipped_as_keras_skips_them(case, converted):
+    """Masking(0.0): rows padded with zero steps in front, in the middle, or all zeros give Keras's
+    outputs (the recurrent layers are unrolled, each step keeping the state where the mask is off)."""
+    model, graph = converted(case, "keras")
+    assert not {"Loop", "Scan", "Expand", "ConstantOfShape"} & _ops(graph)
+    rows = _rows(np.random.default_rng(7), 16, fam.resolve("lstm"))
+    rows[:4, :3] = 0.0  # history padded in front
+    rows[4:8, 2:4] = 0.0  # a gap
+    rows[8] = 0.0  # nothing at all
+    session = ort.InferenceSession(graph.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: rows})[0].ravel()
+    want = KERAS_ADAPTER.predict(model, rows).ravel()
+    # float32 recurrences over 6 steps: 1e-5 of the output scale (the parity gate's order of error)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * max(1.0, float(np.abs(want).max())))
+
+
 @pytest.mark.parametrize("case", sorted(H5_UNREADABLE))
 def test_h5_file_keras_cannot_rebuild_is_refused_naming_the_fix(case, saved, tmp_path):
     import keras
 
     path = tmp_path / "model.h5"
     path.write_bytes(saved[case][1]["h5"])
-    with pytest.raises(TypeError):  # control: Keras itself fails to rebuild the file it saved
+    with pytest.raises((TypeError, ValueError)):  # control: Keras itself fails to rebuild the file it saved
         keras.models.load_model(str(path), compile=False)
     with pytest.raises(ModelLoadError, match=r"cannot rebuild this model from \.h5.*save it as \.keras"):
         H5_FILE.load(path.read_bytes())

@@ -50,10 +50,12 @@ if TYPE_CHECKING:
 
 # Keras 3's .h5 reader rebuilds some models with arguments their classes do not take (a TypeError):
 # keras.layers.Attention (its score_mode comes back as a function) and arithmetic written as operators
-# on Keras tensors (``x + y`` is saved as an ``Add`` layer, which takes a list). ``.keras`` reloads them.
+# on Keras tensors (``x + y`` is saved as an ``Add`` layer, which takes a list); and it knows no layer
+# for the ops a functional model's Masking leaves in the file (a ValueError, "Unknown layer:
+# 'NotEqual'"). ``.keras`` reloads them all.
 H5_REBUILD_FAILED = (
-    "Keras 3 cannot rebuild this model from .h5 (its .h5 reader fails on keras.layers.Attention and on "
-    "operators such as x + y between Keras tensors): save it as .keras"
+    "Keras 3 cannot rebuild this model from .h5 (its .h5 reader fails on keras.layers.Attention, on "
+    "operators such as x + y between Keras tensors and on Masking in a functional model): save it as .keras"
 )
 
 
@@ -68,8 +70,8 @@ def _load_from_private_copy(data: bytes, suffix: str) -> Any:
             f.write(data)
         try:
             return keras.models.load_model(str(path), compile=False, safe_mode=True)
-        except TypeError as exc:
-            if suffix != ".h5":
+        except (TypeError, ValueError) as exc:
+            if suffix != ".h5" or (isinstance(exc, ValueError) and "Unknown layer" not in str(exc)):
                 raise
             raise ModelLoadError(None, None, f"{H5_REBUILD_FAILED}; Keras said: {exc}") from exc
     finally:
@@ -104,13 +106,15 @@ def _check_input(shape: tuple, family: Family, n_features: int, seq_len: int | N
     return (None, *expected)
 
 
-def _needs_unrolling(layer: Any) -> bool:
+def _needs_unrolling(layer: Any, masked: bool) -> bool:
     """A recurrent layer tf2onnx leaves as a ``Loop`` or a run-time ``Expand``: GRU and SimpleRNN,
-    an LSTM that reads the sequence backwards (``go_backwards``), and a ``Bidirectional`` wrapper
-    around one of them (a Bidirectional LSTM fuses into one ONNX ``LSTM``)."""
+    an LSTM that reads the sequence backwards (``go_backwards``) or in a model with masks
+    (``masked``: it steps through the mask), and a ``Bidirectional`` wrapper around one of them
+    (an unmasked Bidirectional LSTM fuses into one ONNX ``LSTM``)."""
     import keras
 
-    loops = (keras.layers.GRU, keras.layers.SimpleRNN)
+    recurrent = (keras.layers.GRU, keras.layers.SimpleRNN, keras.layers.LSTM)
+    loops = recurrent if masked else recurrent[:2]
     if isinstance(layer, keras.layers.Bidirectional):  # its backward LSTM fuses with the forward one
         return any(isinstance(d, loops) and not d.unroll for d in (layer.forward_layer, layer.backward_layer))
     if isinstance(layer, loops):
@@ -118,8 +122,8 @@ def _needs_unrolling(layer: Any) -> bool:
     return isinstance(layer, keras.layers.LSTM) and layer.go_backwards and not layer.unroll
 
 
-def _recurrent_layers_to_unroll(model: Any) -> list:
-    """The layers `_needs_unrolling` names, nested models included."""
+def _all_layers(model: Any) -> list:
+    """Every layer, nested models' included (a nested model itself is not listed)."""
     import keras
 
     found, stack = [], list(model.layers)
@@ -127,9 +131,18 @@ def _recurrent_layers_to_unroll(model: Any) -> list:
         layer = stack.pop()
         if isinstance(layer, keras.Model):
             stack.extend(layer.layers)
-        elif _needs_unrolling(layer):
+        else:
             found.append(layer)
     return found
+
+
+def _recurrent_layers_to_unroll(model: Any) -> list:
+    """The layers `_needs_unrolling` names, nested models included."""
+    import keras
+
+    layers = _all_layers(model)
+    masked = any(isinstance(layer, keras.layers.Masking) or getattr(layer, "mask_zero", False) for layer in layers)
+    return [layer for layer in layers if _needs_unrolling(layer, masked)]
 
 
 def _unrolled_config(layer: Any) -> dict:
@@ -191,9 +204,23 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | None]:
 _BROADCASTING_OPS = frozenset({"MatMul", "Mul", "Add", "Sub"})
 
 
+def _zeros_source(node: onnx.NodeProto, constants: dict) -> np.ndarray | None:
+    """The value a run-time-sized fill repeats: ``Expand(constant, shape)`` or
+    ``ConstantOfShape(shape)`` (Keras's ``zeros_like`` of a masked step); None for other nodes."""
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "Expand" and node.input[0] in constants:
+        return numpy_helper.to_array(constants[node.input[0]])
+    if node.op_type == "ConstantOfShape":
+        fill = next((a.t for a in node.attribute if a.name == "value"), None)
+        return numpy_helper.to_array(fill) if fill is not None else np.zeros(1, dtype=np.float32)
+    return None
+
+
 def broadcast_zero_states(model: onnx.ModelProto) -> int:
-    """Replace ``Expand(0, [N, d1, ...])``, a recurrent layer's zero initial state that tf2onnx
-    sizes from the batch at run time, with a constant zero tensor ``[1, d1, ...]``.
+    """Replace ``Expand(0, [N, d1, ...])`` or ``ConstantOfShape([N, d1, ...])`` of zeros, a
+    recurrent layer's zero initial state (or a masked step's ``zeros_like``) that tf2onnx sizes
+    from the batch at run time, with a constant zero tensor ``[1, d1, ...]``.
 
     ``check_graph`` refuses an ``Expand`` whose shape is computed at run time (its output size
     is set by input values). Only states read by broadcasting arithmetic alone (``MatMul``,
@@ -210,9 +237,9 @@ def broadcast_zero_states(model: onnx.ModelProto) -> int:
             readers.setdefault(name, set()).add(node.op_type)
     replaced = []
     for node in model.graph.node:
-        if node.op_type != "Expand" or node.domain not in ("", "ai.onnx") or node.input[0] not in constants:
+        value = _zeros_source(node, constants)
+        if value is None:
             continue
-        value = numpy_helper.to_array(constants[node.input[0]])
         dims = shapes.get(node.output[0])
         # Only the batch dimension may be unknown: every other size is fixed by the signature.
         if value.any() or not dims or dims[0] is not None or any(d is None for d in dims[1:]):
