@@ -24,11 +24,12 @@ reaches the caller, and the bar is not kept for replay.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +40,9 @@ from .errors import FeatureBuildError, InferenceError
 from .features import FeatureDefinitions
 from .features.streaming import check_bar_input
 from .layout import OutputLayout
+
+if TYPE_CHECKING:
+    from .predictor import RunFailures
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +90,19 @@ class _Shard:
             raise self.error
 
     def describe(self) -> dict[str, Any]:
-        """The predictor's output layout and declared external columns (the same on every shard)."""
+        """The predictor's output layout, declared external columns and the models it left out with
+        why (the same on every shard)."""
         self._check()
-        return {"layout": self.predictor.layout.to_dict(), "externals": list(self.predictor.externals)}
+        return {
+            "layout": self.predictor.layout.to_dict(),
+            "externals": list(self.predictor.externals),
+            "unavailable": sorted((*key, why) for key, why in self.predictor.unavailable.items()),
+        }
+
+    def health(self) -> dict[str, Any]:
+        """Bars refused per symbol, and the models that failed at run time (``LivePredictor``'s)."""
+        self._check()
+        return {"rejected_bars": self.predictor.rejected_bars.copy(), "run_failures": dict(self.predictor.run_failures)}
 
     def restore(self, state: dict[str, Any]) -> int:
         self._check()
@@ -132,7 +146,8 @@ class ShardedPredictor:
     not answer in time is stopped, the bar is undone on every shard and ``ShardFailedError``
     raised (the next bar starts a new actor for it from its checkpoint). ``targets``,
     ``families``, ``settings``, ``definitions`` and ``bars_per_day`` go to each shard's
-    ``LivePredictor`` as they are.
+    ``LivePredictor`` as they are. ``unavailable``, ``rejected_bars`` and ``run_failures`` report
+    what ``LivePredictor``'s do, gathered from the shards.
     """
 
     def __init__(
@@ -203,6 +218,8 @@ class ShardedPredictor:
             raise
         self.layout = OutputLayout.from_dict(described[0]["layout"])  # every shard's: same models and columns
         self.externals = tuple(described[0]["externals"])
+        # Models left out (failed to load, interval mismatch): (target, family) -> why, as LivePredictor's.
+        self.unavailable = {(target, family): why for target, family, why in described[0]["unavailable"]}
         self.columns = self.layout.columns
         self.column_index = {col: j for j, col in enumerate(self.columns)}
         self.out = np.full((len(self.symbols), len(self.columns)), np.nan, dtype=np.float32)
@@ -387,6 +404,31 @@ class ShardedPredictor:
         except ValueError:
             raise InferenceError(f"unknown symbol {symbol!r}") from None
         return self.layout.view(self.out[i])
+
+    @property
+    def rejected_bars(self) -> np.ndarray:
+        """Per symbol (in ``symbols`` order): bars refused by ``bar_check``, as ``LivePredictor``'s."""
+        health = self._get([a.health.remote() for a in self.actors], "health")
+        return np.concatenate([h["rejected_bars"] for h in health])
+
+    @property
+    def run_failures(self) -> dict[tuple[str, str], RunFailures]:
+        """Models that failed at run time on some bar (their columns NaN for the symbols of the shard
+        where it failed, for that bar), as ``LivePredictor.run_failures``. Merged over the shards: a
+        model's count is the most bars it failed on in one shard (a broken model fails in every
+        shard on the same bars), its last error the latest bar's. A shard restarted from its
+        checkpoint starts counting again."""
+        merged: dict[tuple[str, str], RunFailures] = {}
+        for health in self._get([a.health.remote() for a in self.actors], "health"):
+            for key, record in health["run_failures"].items():
+                best = merged.get(key)
+                if best is None:
+                    merged[key] = dataclasses.replace(record)
+                    continue
+                if record.last_bar > best.last_bar:
+                    best.last_bar, best.last_error = record.last_bar, record.last_error
+                best.count = max(best.count, record.count)
+        return merged
 
     def latency(self) -> list[dict[str, float]]:
         """Each shard's own on_bar latency summary (inside the actor, without Ray's round trip)."""

@@ -340,3 +340,67 @@ def test_external_columns_are_refused_before_any_shard_as_live_refuses_them(clus
             assert np.array_equal(
                 sharded.on_bar(*b[:5], timestamp=b[5], external=external), reference[t], equal_nan=True
             )
+
+
+def test_left_out_models_refused_bars_and_run_time_failures_are_reported_as_live_reports_them(
+    cluster, market_run, bars, tmp_path
+):
+    """One model's meta is unreadable (left out of every shard, named with why, as LivePredictor
+    says); one symbol's bar is impossible (counted for that symbol); one model fails inside shard 1
+    on two bars (NaN for that model and shard 1's symbols on those bars only, recorded)."""
+    import shutil
+
+    from fastinfer.distributed import ShardedPredictor
+    from fastinfer.runtime import AGREEMENT_RTOL
+
+    run = tmp_path / "run" / market_run.name
+    shutil.copytree(market_run, run)
+    next(run.glob("targets/*/models/*/family=ridge/model_meta.json")).write_text("{")
+    single = LivePredictor(run, SYMBOLS, DAILY)
+    victim = next(m for m in single.models if m.family.name == "lightgbm")
+    key = (victim.target, "lightgbm")
+    mine = [j for j, (t, f, _) in enumerate(single.columns) if (t, f) == key]
+    others = [j for j in range(len(single.columns)) if j not in mine]
+
+    def break_model(broken: bool):
+        def apply(shard):
+            def explode(*args, **kwargs):
+                raise RuntimeError("bad allocation")
+
+            p = shard.predictor
+            model = next(m for m in p.models if (m.target, m.family.name) == key)
+            for _, bound, _ in p.plan._groups:  # every fused group fails, then each model runs alone
+                if broken:
+                    bound.run = explode
+                else:
+                    vars(bound).pop("run", None)
+            if broken:
+                model._run = explode
+            else:
+                vars(model).pop("_run", None)
+
+        return apply
+
+    with ShardedPredictor(run, SYMBOLS, DAILY, shards=2, checkpoint_every=1000) as sharded:
+        assert sharded.unavailable == single.unavailable
+        assert [f for _, f in sharded.unavailable] == ["ridge"]
+        for t, b in enumerate(bars):
+            bar = [a.copy() for a in b[:5]]
+            if t == 30:
+                bar[1][5] = bar[2][5] * 0.5  # SYM5: high below low
+            if t in (60, 62):
+                ray.get(sharded.actors[1].__ray_call__.remote(break_model(t == 60)))
+            out = sharded.on_bar(*bar, timestamp=b[5])
+            want = single.on_bar(*bar, timestamp=b[5])
+            if t not in (60, 61):
+                assert np.array_equal(out, want, equal_nan=True), t
+                continue
+            assert np.array_equal(out[:4], want[:4], equal_nan=True)  # shard 0 never failed
+            assert np.isnan(out[4:, mine]).all() and np.isfinite(want[4:, mine]).any()  # it had values to lose
+            scale = np.nanmax(np.abs(want[4:, others]), axis=0)  # each model alone on its own backend
+            close = np.abs(out[4:, others] - want[4:, others]) <= AGREEMENT_RTOL * scale
+            assert (close | (np.isnan(out[4:, others]) & np.isnan(want[4:, others]))).all()
+        assert list(sharded.rejected_bars) == list(single.rejected_bars) == [0, 0, 0, 0, 0, 1, 0, 0]
+        failures = sharded.run_failures
+        assert set(failures) == {key} and (failures[key].count, failures[key].last_bar) == (2, 61)
+        assert "bad allocation" in failures[key].last_error
