@@ -505,7 +505,7 @@ def test_odd_but_valid_ohlcv_files_predict(small_run, bars_frame, tmp_path):
 
 def test_ohlcv_paths_that_are_not_files(small_run, tmp_path):
     for case, path, match in (
-        ("a folder", tmp_path, "not a regular file"),
+        ("a folder", tmp_path, "not a regular file"),  # 'no such file' before 0d37a44
         ("a character device", Path("/dev/zero"), "not a regular file"),
         ("no such file", tmp_path / "missing.csv", "no such file"),
         ("a Parquet name over CSV bytes", tmp_path / "fake.parquet", "cannot read bars"),
