@@ -256,10 +256,13 @@ def predict(
     predictions per symbol."""
     import numpy as np
 
+    from .errors import FeatureBuildError
     from .research import RunPredictor, symbol_groups
     from .tables import read_table, write_table
 
     frame = read_table(ohlcv_path, "bars")
+    if frame.empty:  # a header and no rows: there is no last bar to report
+        raise FeatureBuildError(f"{ohlcv_path}: no bars (the file has a header but no rows)")
     runner = RunPredictor(run_root, interval_minutes=interval_minutes, config_path=config_path)
     table = runner.predict_bars(frame, symbol_column=symbol_column, where=str(ohlcv_path))
     if out is not None:

@@ -148,12 +148,22 @@ def compile_run(
     run_root = loader.run_root
     wanted_targets = set(targets) if targets is not None else None
     wanted_families = {fam.resolve(f).name for f in families} if families is not None else None
+    everything = loader.locations()
     locations = [
         loc
-        for loc in loader.locations()
+        for loc in everything
         if (wanted_targets is None or loc.target in wanted_targets)
         and (wanted_families is None or loc.family.name in wanted_families)
     ]
+    for what, wanted, present in (
+        ("target", wanted_targets, {loc.target for loc in everything}),
+        ("family", wanted_families, {loc.family.name for loc in everything}),
+    ):
+        unknown = sorted(wanted - present) if wanted is not None else []
+        if unknown:  # a typo must not rewrite the lock without the models it meant
+            raise ModelLoadError(
+                None, None, f"no {what} {unknown[0]!r} in the run (it has: {sorted(present)[:20]})", run_root
+            )
     for stale in _stale_temp_files(run_root, {loc.path for loc in locations}):
         stale.unlink(missing_ok=True)
         log.info("removed %s, left by a convert that did not finish", stale)
@@ -176,6 +186,10 @@ def compile_run(
         log.info("%s/%s: %s %s", loc.target, loc.family.name, entry.status, entry.reason)
         if progress:
             progress(CompileEvent(entry, i, len(locations)))
+    if targets is not None or families is not None:  # a partial convert keeps the other models' entries
+        done = {e.key for e in entries}
+        kept = [e for e in (loader.lock.entries if loader.lock else []) if e.key not in done]
+        entries = [*kept, *entries]
     lock = Lock(
         entries,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

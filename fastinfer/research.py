@@ -206,6 +206,9 @@ class RunPredictor:
         missing = [f for f in self.feature_order if f not in frame.columns]
         if missing:
             raise InferenceError(f"frame: missing feature column(s) {missing[:10]} (of {len(self.feature_order)})")
+        twice = [f for f in self.feature_order if np.count_nonzero(frame.columns == f) > 1]
+        if twice:  # frame[name] would be a DataFrame: which column is the feature?
+            raise InferenceError(f"frame: feature column(s) {twice[:10]} given more than once")
         for name in self.feature_order:
             if frame[name].dtype.kind not in "fiu":
                 raise InferenceError(f"frame: column {name!r} is {frame[name].dtype}, not numbers")
@@ -308,9 +311,16 @@ def symbol_groups(frame: Any, symbol_column: Any, where: str = "bars") -> dict[A
 
     if symbol_column is None:
         return {None: np.arange(len(frame))}
-    if symbol_column not in frame.columns:
+    try:
+        known = symbol_column in frame.columns
+    except TypeError:  # a list or another unhashable name
+        known = False
+    if not known:
         raise FeatureBuildError(f"{where}: no symbol column {symbol_column!r}; columns: {list(frame.columns)[:20]}")
-    groups = {k: np.asarray(v) for k, v in frame.groupby(symbol_column, sort=False, dropna=False).indices.items()}
+    try:
+        groups = {k: np.asarray(v) for k, v in frame.groupby(symbol_column, sort=False, dropna=False).indices.items()}
+    except TypeError as exc:  # lists or other unhashable values as symbols
+        raise FeatureBuildError(f"{where}: {symbol_column!r} holds values that are not symbol names ({exc})") from None
     for symbol, rows in groups.items():
         if pd.isna(symbol):
             raise FeatureBuildError(f"{where}: {symbol_column!r} is missing at row {int(rows[0])}")

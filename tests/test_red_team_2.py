@@ -26,7 +26,7 @@ from click.testing import CliRunner
 
 from fastinfer import testing
 from fastinfer.cli import main
-from fastinfer.errors import FeatureBuildError, InferenceError, SignatureError, StateError
+from fastinfer.errors import FeatureBuildError, InferenceError, ModelLoadError, SignatureError, StateError
 from fastinfer.features import (
     FeatureDefinitionError,
     FeatureDefinitions,
@@ -36,6 +36,7 @@ from fastinfer.features import (
     default_feature_set,
 )
 from fastinfer.loader import ModelLoader
+from fastinfer.lock import read_lock
 from fastinfer.predictor import LivePredictor
 from fastinfer.signing import SIG_FILE, generate_keypair, load_private_key, pae, sign_run, verify_run
 
@@ -745,3 +746,198 @@ def test_predict_without_home_and_with_an_unusable_cache_dir(small_run, bars_fra
     expected = json.loads(_invoke(["predict", small_run, "--ohlcv", path, "--interval", DAILY]).output)
     assert json.loads(done.stdout) == expected
     assert path.read_text() == bars_frame.to_csv(index=False)  # the file in the cache's place is untouched
+
+
+# ================================================================ defects found by the red team, fixed
+
+
+# ---------------------------------------------------------------- 01: state memory bomb
+
+
+def test_long_windows_beyond_the_state_bound_are_refused_before_allocating():
+    """5,000 definitions of rolling_max(close * k, 20000) (200 KB of YAML) asked for 2.1 GB of
+    state per symbol (2.7 GB to compile); now a FeatureDefinitionError naming the feature that
+    crossed the 32 MiB-per-symbol bound, raised while the program is still small."""
+    hostile("red team 2: feature definitions", "5,000 distinct 20,000-bar windows")
+    import tracemalloc
+
+    features = {f"f{k}": f"rolling_max(close * {k + 2}, 20000)" for k in range(5000)}
+    defs = FeatureDefinitions.from_dict({"features": features})
+    tracemalloc.start()
+    try:
+        with pytest.raises(FeatureDefinitionError, match="state values per symbol") as info:
+            compile_features(list(features), defs)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert info.value.feature is not None and info.value.feature.startswith("f")
+    assert peak < 256 << 20
+    sixty = {f"f{k}": f"rolling_max(close * {k + 2}, 20000)" for k in range(60)}
+    program = compile_features(list(sixty), FeatureDefinitions.from_dict({"features": sixty}))  # control
+    assert (program.fstate_init.size + program.n_int) * 8 < 32 << 20
+
+
+def test_run_with_a_state_bomb_is_a_model_load_error(run):
+    hostile("red team 2: feature definitions", "state bomb in a run's feature_definitions.yaml")
+    # 100 windows of 20,000 bars on distinct series: 5.3 M state values per symbol, 42 MB
+    lines = "".join(f"  g{k}: rolling_max(close * {k + 2}, 20000)\n" for k in range(100))
+    (run / "feature_definitions.yaml").write_text(
+        "features:\n  gap: open / lag(close, 1) - 1 + " + " + ".join(f"g{k} * 0" for k in range(100)) + "\n" + lines
+    )
+    with pytest.raises(ModelLoadError, match="state values per symbol"):
+        LivePredictor(run, ["A", "B"], DAILY)
+
+
+# ---------------------------------------------------------------- 02: OverflowError from durations
+
+
+@pytest.mark.parametrize(
+    "case, call",
+    [
+        (
+            "lag(close, 1e308d) daily",
+            lambda: compile_features(
+                ["a"], FeatureDefinitions.from_dict({"features": {"a": "lag(close, 1e308d)"}}), interval_minutes=DAILY
+            ),
+        ),
+        (
+            "lag(close, 1e305m) on 0.0001-minute bars",
+            lambda: compile_features(
+                ["a"], FeatureDefinitions.from_dict({"features": {"a": "lag(close, 1e305m)"}}), interval_minutes=1e-4
+            ),
+        ),
+        ("vocabulary ret_<400 digits>", lambda: compile_features(["ret_" + "9" * 400], interval_minutes=DAILY)),
+        ("vocabulary vol_<400 digits>d", lambda: compile_features(["vol_" + "9" * 400 + "d"], interval_minutes=DAILY)),
+    ],
+)
+def test_a_window_of_infinitely_many_bars_is_a_typed_error(case, call):
+    hostile("red team 2: feature definitions", case)
+    with pytest.raises(FeatureDefinitionError, match="not a finite number of bars") as info:
+        call()
+    assert len(str(info.value)) < 2000
+
+
+def test_run_with_an_infinite_duration_is_a_model_load_error(run):
+    hostile("red team 2: feature definitions", "lag(close, 1e308d) in a run")
+    (run / "feature_definitions.yaml").write_text("features:\n  gap: open / lag(close, 1e308d) - 1\n")
+    with pytest.raises(ModelLoadError, match="not a finite number of bars"):
+        LivePredictor(run, ["A"], DAILY)
+
+
+def test_features_explain_of_an_infinite_window_is_one_line():
+    hostile("red team 2: CLI", "features explain ret_<400 digits>")
+    result = CliRunner().invoke(main, ["features", "explain", "ret_" + "9" * 400, "--interval", "1440"])
+    assert result.exit_code == 2 and result.output.startswith("error: "), result.output
+
+
+# ---------------------------------------------------------------- 03: RecursionError
+
+
+def test_long_chain_in_one_expression_is_a_typed_error():
+    """A sum of 999 terms (2 KB, within every length and token limit) recursed past Python's
+    limit in ``unparse``; now refused by the grammar's tree-depth bound, naming the feature."""
+    hostile("red team 2: feature definitions", "a + a + ... (999 terms)")
+    text = "external: [c]\nfeatures:\n  a: " + " + ".join(["c"] * 999) + "\n"
+    with pytest.raises(FeatureDefinitionError, match="levels deep") as info:
+        FeatureDefinitions.loads(text)
+    assert info.value.feature == "a"
+    ok = FeatureDefinitions.loads("external: [c]\nfeatures:\n  a: " + " + ".join(["c"] * 100) + "\n")  # control
+    assert compile_features(["a"], ok).features == ("a",)
+
+
+@pytest.mark.parametrize("length", [400, 3000])
+def test_long_chain_of_definitions_is_a_typed_error(length):
+    hostile("red team 2: feature definitions", f"a chain of {length} definitions")
+    features = {f"f{i}": f"f{i + 1} + 1" for i in range(length)} | {f"f{length}": "close"}
+    with pytest.raises(FeatureDefinitionError, match="nest more than") as info:
+        compile_features(["f0"], FeatureDefinitions.from_dict({"features": features}))
+    assert info.value.feature == "f0" and len(str(info.value)) < 1000
+    short = {f"f{i}": f"f{i + 1} + 1" for i in range(40)} | {"f40": "close"}  # control
+    assert compile_features(["f0"], FeatureDefinitions.from_dict({"features": short})).features == ("f0",)
+
+
+def test_run_with_a_deep_chain_is_a_model_load_error(run):
+    hostile("red team 2: feature definitions", "a chain of 400 definitions in a run")
+    text = "features:\n  gap: g0\n" + "".join(f"  g{i}: g{i + 1} + 0\n" for i in range(400))
+    (run / "feature_definitions.yaml").write_text(text + "  g400: open / lag(close, 1) - 1\n")
+    with pytest.raises(ModelLoadError, match="nest more than"):
+        LivePredictor(run, ["A"], DAILY)
+
+
+def test_feature_state_whose_definitions_nest_too_deeply_is_a_state_error():
+    from fastinfer import state as _state
+    from fastinfer.errors import StateError
+    from fastinfer.features import StreamingFeatures
+
+    hostile("red team 2: predictor state", "feature state carrying a 999-term definition")
+    live = StreamingFeatures(["A"], ["close"])
+    _, payload = _state.unwrap(live.state_dict(), "features", {2})
+    payload["definitions"] = {"features": {"a": " + ".join(["1"] * 999)}}  # 3,993 characters, 1,997 tokens
+    forged = _state.wrap("features", 2, payload)  # the checksum is recomputed: accidents only
+    with pytest.raises(StateError):
+        StreamingFeatures.from_state_dict(forged)
+
+
+# ---------------------------------------------------------------- 04: header-only CSV
+
+
+def test_predict_on_a_header_only_csv_is_one_clear_line(small_run, tmp_path):
+    hostile("red team 2: research files", "a header and no rows")
+    path = tmp_path / "bars.csv"
+    path.write_text("Date,Open,High,Low,Close,Volume\n")
+    result = CliRunner().invoke(main, ["predict", str(small_run), "--ohlcv", str(path), "--interval", "1440"])
+    assert result.exit_code == 2 and "no bars" in result.output, (result.output, result.exception)
+
+
+# ---------------------------------------------------------------- 05: partial convert
+
+
+def _lock_keys(root):
+    return sorted((e.target, e.family, e.status) for e in read_lock(root).entries)
+
+
+def test_convert_of_an_unknown_target_leaves_the_lock_as_it_was(run):
+    hostile("red team 2: CLI", "convert --targets <typo>")
+    before = (run / "fastinfer.lock.json").read_bytes()
+    result = CliRunner().invoke(main, ["convert", str(run), "--targets", "fwd_ret_1day"])
+    assert result.exit_code == 2 and "no target 'fwd_ret_1day'" in result.output, result.output
+    assert (run / "fastinfer.lock.json").read_bytes() == before
+
+
+def test_partial_convert_keeps_the_other_models_entries(run):
+    hostile("red team 2: CLI", "convert --targets one of two")
+    hostile("red team 2: CLI", "convert --families one of two")
+    before = _lock_keys(run)
+    assert len(before) == 4
+    for args in (["--targets", "fwd_ret_1d"], ["--families", "ridge"]):
+        result = CliRunner().invoke(main, ["convert", str(run), *args])
+        assert result.exit_code == 0, result.output
+        assert _lock_keys(run) == before, args
+
+
+# ---------------------------------------------------------------- 06: research frames
+
+
+def test_feature_frame_with_a_column_twice_is_an_inference_error(small_run):
+    from fastinfer.research import RunPredictor
+
+    hostile("red team 2: research files", "a feature column given twice")
+    runner = RunPredictor(small_run, interval_minutes=DAILY)
+    X = pd.DataFrame(np.zeros((5, len(runner.feature_order))), columns=runner.feature_order)
+    twice = pd.concat([X, X[[runner.feature_order[0]]]], axis=1)
+    with pytest.raises(InferenceError, match="more than once"):
+        runner.predict(twice)
+
+
+def test_symbols_that_are_not_names_are_a_feature_build_error(small_run, goog):
+    from fastinfer.research import RunPredictor
+
+    runner = RunPredictor(small_run, interval_minutes=DAILY)
+    bars = goog.iloc[600:630]
+    for case, frame, column in (
+        ("symbols that are lists", bars.assign(s=[[1]] * len(bars)), "s"),
+        ("a list as the symbol column", bars.assign(s="A"), ["s"]),
+    ):
+        hostile("red team 2: research files", case)
+        with pytest.raises(FeatureBuildError):
+            runner.predict_bars(frame, symbol_column=column)

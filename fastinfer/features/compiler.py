@@ -28,6 +28,10 @@ from .graph import OHLCV, Graph, Ref
 from .program import FeatureProgram
 
 MAX_FEATURES = 10_000
+# Lowering recurses through expressions and the definitions they read (up to three frames per
+# level, plus a constant sub-expression's walk of at most grammar.MAX_TREE_DEPTH frames):
+# bounded well below Python's recursion limit (1000), so a deep file is an error, not a crash.
+MAX_LOWERING_DEPTH = 160
 
 
 def compile_features(
@@ -47,7 +51,16 @@ def compile_features(
     defs = _as_definitions(definitions)
     interval, per_day = resolution(defs, interval_minutes, bars_per_day)
     lowering = _Lowering(defs, interval, per_day)
-    outputs = tuple(lowering.feature(name) for name in names)
+    outputs = []
+    for name in names:
+        try:
+            outputs.append(lowering.feature(name))
+        except FeatureDefinitionError as e:
+            if e.feature is not None:
+                raise
+            # a bound of the whole program (operations, state) was crossed while adding this feature
+            raise FeatureDefinitionError(e.reason, feature=name, understood=e.understood, hint=e.hint) from None
+    outputs = tuple(outputs)
     return FeatureProgram.build(
         lowering.graph,
         names,
@@ -115,6 +128,7 @@ class _Lowering:
     done: dict[str, Ref] = field(default_factory=dict)
     stack: list[str] = field(default_factory=list)
     trees: dict[str, Expr] = field(default_factory=dict)
+    depth: int = 0
 
     def __post_init__(self):
         self.graph = Graph(self.defs.external)
@@ -169,6 +183,20 @@ class _Lowering:
     # ------------------------------------------------------------ expressions
 
     def lower(self, expr: Expr, owner: str, found: vocabulary.Match | None = None) -> Ref:
+        if self.depth >= MAX_LOWERING_DEPTH:
+            names = self.stack if len(self.stack) <= 8 else [*self.stack[:4], "...", *self.stack[-3:]]
+            raise FeatureDefinitionError(
+                f"definitions nest more than {MAX_LOWERING_DEPTH} operations deep (through "
+                f"{' -> '.join(names)}); flatten the chain of definitions",
+                feature=self.stack[0] if self.stack else owner,
+            )
+        self.depth += 1
+        try:
+            return self._lower(expr, owner, found)
+        finally:
+            self.depth -= 1
+
+    def _lower(self, expr: Expr, owner: str, found: vocabulary.Match | None = None) -> Ref:
         g = self.graph
         if isinstance(expr, Num):
             return g.const(expr.value)

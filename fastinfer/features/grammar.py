@@ -26,6 +26,9 @@ from .errors import FeatureDefinitionError
 MAX_EXPRESSION_CHARS = 4000
 MAX_TOKENS = 2000
 MAX_DEPTH = 64
+# Depth of the tree (a chain a + b + c is a left-deep tree: one level per operator). Everything
+# that walks a tree (unparse, the compiler) recurses, so it is bounded well below Python's limit.
+MAX_TREE_DEPTH = 128
 
 UNITS = {"m": "minutes", "h": "hours", "d": "days"}
 _TOKEN = re.compile(
@@ -227,7 +230,34 @@ class _Parser:
 
 def parse(text: str, where: str | None = None) -> Expr:
     """The tree of ``text``; ``where`` (a feature name) is named in errors."""
-    return _Parser(text, where).parse()
+    tree = _Parser(text, where).parse()
+    if tree_depth(tree) > MAX_TREE_DEPTH:
+        raise FeatureDefinitionError(
+            f"expression is more than {MAX_TREE_DEPTH} levels deep (each operator of a long chain such as "
+            "a + b + c + ... is one level); split it into several definitions",
+            feature=where,
+        )
+    return tree
+
+
+def _children(expr: Expr) -> tuple[Expr, ...]:
+    if isinstance(expr, Call):
+        return expr.args
+    if isinstance(expr, Neg):
+        return (expr.operand,)
+    if isinstance(expr, BinOp):
+        return (expr.left, expr.right)
+    return ()
+
+
+def tree_depth(expr: Expr) -> int:
+    """Levels of the tree (a leaf is 1), found without recursion."""
+    deepest, stack = 0, [(expr, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in _children(node))
+    return deepest
 
 
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}

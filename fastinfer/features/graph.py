@@ -20,6 +20,9 @@ from .errors import FeatureDefinitionError
 
 OHLCV = ("open", "high", "low", "close", "volume")
 MAX_NODES = 20_000  # a definitions file is small; far beyond any real feature set
+# State values (rings, sums, min/max deques) one symbol keeps: 32 MiB of float64 per symbol.
+# Each window is bounded, but a small file could still ask for thousands of them.
+MAX_STATE_WORDS = 1 << 22
 
 # Ops reading their first input's history, and how far back (in bars) for a window/lag p.
 _RING_LAG = {
@@ -85,6 +88,7 @@ class Graph:
     externals: tuple[str, ...] = ()
     nodes: list[Node] = field(default_factory=list)
     _index: dict[tuple, int] = field(default_factory=dict)
+    state_words: int = 0  # an upper bound of the per-symbol state of the nodes so far
 
     def __post_init__(self):
         for name in (*OHLCV, *self.externals):
@@ -122,6 +126,14 @@ class Graph:
         key = ("op", op, inputs, iparams, tuple(p.hex() for p in fparams))
         n_out = _OUTPUTS.get(op, 1)
         node = Node("op", op, inputs, iparams, fparams, n_out, warmups=self._warmups(op, inputs, iparams))
+        if key not in self._index:
+            n_float, n_int = K.state_width(op, iparams[0] if iparams else 0)
+            self.state_words += n_float + n_int + 2 * node.ring_lag()  # a ring is a power of two >= lag + 1
+            if self.state_words > MAX_STATE_WORDS:
+                raise FeatureDefinitionError(
+                    f"the features need more than {MAX_STATE_WORDS:,} state values per symbol "
+                    f"({MAX_STATE_WORDS * 8 >> 20} MiB): too many long windows"
+                )
         index = self._add(key, node)
         return tuple(Ref(index, p) for p in range(n_out))
 

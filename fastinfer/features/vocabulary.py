@@ -238,6 +238,8 @@ def duration_bars(
             minutes = amount * {"m": 1.0, "h": 60.0, "d": 1440.0}[unit]
             bars = minutes / interval_minutes
     of = f" of {interval_minutes:g}-minute bars" if unit else ""
+    if not math.isfinite(bars):  # round(inf) raises OverflowError: say what is wrong instead
+        raise ValueError(f"{text} is not a finite number of bars{of}")
     if not math.isclose(bars, round(bars), rel_tol=1e-9, abs_tol=1e-9):
         raise ValueError(f"{text} is {bars:g} bars{of}, not a whole number of bars")
     if round(bars) < 1:
