@@ -9,9 +9,7 @@ reference from the library version that saved the model, independent of the one 
 
 Each servable file goes into one run (its own target), ``compile_run`` once, ``ModelLoader.load``,
 ``predict`` on the reference rows, against that reference and, for trees, the installed library too.
-Files no library here can serve are refused with a ``ModelLoadError`` naming the file. Files that
-fastinfer should serve but does not yet are listed in ``PENDING`` (their tests and the defects:
-the RW2 report).
+Files no library here can serve are refused with a ``ModelLoadError`` naming the file.
 """
 
 from __future__ import annotations
@@ -51,8 +49,8 @@ SERVED: dict[str, tuple[str, str, str]] = {
     "xgb16_binary_categorical.ubj": ("xgboost", "onnx", ""),
     "xgb20_reg_categorical.json": ("xgboost", "onnx", ""),
     "xgb20_binary_categorical.ubj": ("xgboost", "onnx", ""),
-    "xgb20_one_output_per_tree3.ubj": ("xgboost", "native", MULTI_OUTPUT),
-    "xgb20_quantile3.ubj": ("xgboost", "native", MULTI_OUTPUT),
+    "xgb20_one_output_per_tree3.ubj": ("xgboost", "onnx", ""),
+    "xgb20_quantile3.ubj": ("xgboost", "onnx", ""),
     "catboost122_rmse.cbm": ("catboost", "onnx", ""),
     "catboost122_poisson.cbm": ("catboost", "onnx", ""),
     "catboost122_logloss_nan_max.cbm": ("catboost", "onnx", ""),
@@ -61,23 +59,19 @@ SERVED: dict[str, tuple[str, str, str]] = {
     "catboost122_multirmse2.cbm": ("catboost", "native", "MultiRMSE"),
     "catboost_inference_iris_named.cbm": ("catboost", "onnx", ""),
     "catboost_inference_churn_mixed.cbm": ("catboost", "native", CATEGORICAL),
+    # Keras 2 layer arguments Keras 3 no longer takes (time_major, a one-axis list), dropped on load
+    "tfkeras215_lstm_stacked.h5": ("lstm", "onnx", ""),
+    "tfkeras215_lstm_stacked_keras2format.keras": ("lstm", "onnx", ""),
+    "tfkeras215_gru_functional.h5": ("lstm", "onnx", ""),
+    "tfkeras215_gru_reset_after_false.h5": ("lstm", "onnx", ""),
+    "tfkeras215_bidirectional_lstm_gru.h5": ("lstm", "onnx", ""),
+    "tfkeras215_mlp_sequential_keras2format.keras": ("mlp", "onnx", ""),
 }
 # Keras 3 cannot rebuild these from .h5 with or without fastinfer (keras.layers.Attention's score_mode
 # comes back as a function; MultiHeadAttention cannot be built from the legacy config): refused.
 KERAS3_CANNOT_REBUILD = ("tfkeras215_dot_attention.h5", "tfkeras215_multihead_attention.h5")
 # Saved by XGBoost 2.1.4 with multi_strategy="multi_output_tree": XGBoost 3.x dies reading it.
 XGB21_VECTOR_LEAF = "xgb21_multi_output_tree3.json"
-# Served wrongly or refused today although they should serve: /work/briefs/out/RW2 (defects D1, D2).
-PENDING: dict[str, str] = {
-    "tfkeras215_lstm_stacked.h5": "D1 Keras 2 recurrent layers (time_major)",
-    "tfkeras215_lstm_stacked_keras2format.keras": "D1 Keras 2 recurrent layers (time_major)",
-    "tfkeras215_gru_functional.h5": "D1 Keras 2 recurrent layers (time_major)",
-    "tfkeras215_gru_reset_after_false.h5": "D1 Keras 2 recurrent layers (time_major)",
-    "tfkeras215_bidirectional_lstm_gru.h5": "D1 Keras 2 recurrent layers (time_major)",
-    "tfkeras215_mlp_sequential_keras2format.keras": "D1 Keras 2 BatchNormalization axis list in .keras",
-    "catboost_inference_multilabel.cbm": "D2 MultiLogloss served as raw margins",
-    "catboost122_multiclass_one_vs_all.cbm": "D2 MultiClassOneVsAll served as raw margins",
-}
 MADE_BY = ("made_by_keras2.py", "made_by_xgboost.py", "made_by_catboost.py")
 # Relative to each output column's scale (max |reference|): the adapters' parity tolerance. Keras: float32
 # on both sides, other kernels (observed <= 3e-7); trees: float32 sums in another order (observed <= 1e-6).
@@ -201,7 +195,7 @@ def test_every_file_is_listed():
     readme = (PUBLIC2.parent / "README.md").read_text()
     files = sorted(p.name for p in PUBLIC2.iterdir())
     models = [f for f in files if not f.endswith(".reference.npz") and f not in MADE_BY]
-    assert sorted(models) == sorted([*SERVED, *KERAS3_CANNOT_REBUILD, XGB21_VECTOR_LEAF, *PENDING])
+    assert sorted(models) == sorted([*SERVED, *KERAS3_CANNOT_REBUILD, XGB21_VECTOR_LEAF, *MULTI_LABEL])
     assert [f for f in models if f"| public2/{f} |" not in readme] == []
     stems = {m.rsplit(".", 1)[0] for m in models}
     assert {f.removesuffix(".reference.npz") for f in files if f.endswith(".reference.npz")} <= stems
@@ -285,3 +279,107 @@ def test_xgboost_2_vector_leaf_file_that_kills_xgboost_3_is_refused_in_process(t
     with pytest.raises(ModelLoadError) as info:
         ModelLoader(root).load(_target(XGB21_VECTOR_LEAF), "xgboost")
     assert info.value.path.endswith("model.json")
+
+
+# ---------------------------------------------------------------- what the sweep found, fixed
+
+
+# D1: Keras 2 / tf.keras 2.15 files Keras 3 refuses for arguments it no longer takes.
+KERAS2 = {
+    "tfkeras215_lstm_stacked.h5": "lstm",
+    "tfkeras215_lstm_stacked_keras2format.keras": "lstm",
+    "tfkeras215_gru_functional.h5": "lstm",
+    "tfkeras215_gru_reset_after_false.h5": "lstm",
+    "tfkeras215_bidirectional_lstm_gru.h5": "lstm",
+    "tfkeras215_mlp_sequential_keras2format.keras": "mlp",
+}
+
+
+@pytest.fixture(scope="module")
+def keras2_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("keras2") / "run" / "20260101T000000"
+    for name, family in KERAS2.items():
+        _write(root, name, family)
+    lock = compile_run(root)
+    return ModelLoader(root), {e.target: e for e in lock.entries}
+
+
+@pytest.mark.parametrize("name", list(KERAS2))
+def test_d1_keras2_file_converts_and_predicts_as_tf_keras_215(name, keras2_run):
+    """Recurrent layers of tf.keras 2.x carry ``time_major`` (and Keras 2's .keras a BatchNormalization axis
+    list), which Keras 3 refuses: the config is rewritten, weights untouched, and the graph is tf.keras's."""
+    loader, entries = keras2_run
+    entry = entries[_target(name)]
+    assert entry.status == "onnx", entry.reason
+    served = loader.load(_target(name), KERAS2[name])
+    X, want = _reference(name)
+    got = served.predict(X)
+    want = want[:, 0] if want.shape[1] == 1 else want
+    assert got.shape == want.shape
+    assert (_scaled_error(got, want) <= TOLERANCE).all()
+
+
+def test_d3_keras_h5_refusal_quotes_keras_and_names_the_saving_version(tmp_path):
+    """The refusal does not guess a cause the file does not have (it named Attention and ``x + y`` for a
+    MultiHeadAttention model): it names the Keras that saved the file and quotes Keras's reason."""
+    name = "tfkeras215_multihead_attention.h5"
+    hostile("public model file", f"{name}: refusal names its cause")
+    root = tmp_path / "run" / "20260101T000000"
+    _write(root, name, "lstm")
+    with pytest.raises(ModelLoadError) as info:
+        ModelLoader(root).load(_target(name), "lstm")
+    assert "saved by Keras 2.15.0" in info.value.reason
+    assert "MultiHeadAttention" in info.value.reason
+    assert "x + y" not in info.value.reason
+
+
+# D2: CatBoost losses with one independent probability per label / class.
+MULTI_LABEL = (
+    "catboost_inference_multilabel.cbm",
+    "catboost122_multiclass_one_vs_all.cbm",
+)
+
+
+@pytest.mark.parametrize("name", MULTI_LABEL)
+def test_d2_catboost_multi_label_losses_serve_probabilities(name, tmp_path):
+    """MultiLogloss / MultiClassOneVsAll serve CatBoost's predict_proba (sigmoid per label), as Logloss and
+    MultiClass serve probabilities, not the raw margins, under ``p_<label>`` columns."""
+    import catboost
+
+    model = catboost.CatBoostClassifier()
+    model.load_model(str(PUBLIC2 / name))
+    X = np.random.default_rng(0).normal(size=(80, len(model.feature_names_))) * 2
+    X[::7, 1] = np.nan
+    root = tmp_path / "run" / "20260101T000000"
+    _write(root, name, "catboost")
+    served = ModelLoader(root).load(_target(name), "catboost")
+    assert served.columns == tuple(f"p_{c}" for c in model.classes_)
+    X = X[~np.isnan(X).any(axis=1)]  # the loader's default nan_policy refuses NaN rows
+    # served natively: CatBoost's own numbers, exactly
+    np.testing.assert_allclose(served.predict(X), model.predict_proba(X), rtol=1e-12, atol=0)
+
+
+# D5: XGBoost multi-target models with one scalar-leaf tree per target.
+@pytest.mark.parametrize("name", ["xgb20_one_output_per_tree3.ubj", "xgb20_quantile3.ubj"])
+def test_d5_xgboost_multi_target_scalar_leaf_models_convert(name, tmp_path):
+    """Like multiclass without the softmax: K scores, one intercept each; the graph is XGBoost 2.0.3's."""
+    root = tmp_path / "run" / "20260101T000000"
+    _write(root, name, "xgboost")
+    entry = compile_run(root).entries[0]
+    assert entry.status == "onnx", entry.reason
+    X, want = _reference(name)
+    complete = ~np.isnan(X).any(axis=1)  # the loader's default nan_policy refuses NaN rows
+    got = ModelLoader(root).load(_target(name), "xgboost").predict(X[complete])
+    assert got.shape == (complete.sum(), 3)
+    assert (_scaled_error(got, want[complete]) <= TOLERANCE).all()
+
+
+def test_d4_xgboost_2_vector_leaf_refusal_says_what_the_file_is(tmp_path):
+    """Not 'malformed XGBoost model (no loss_changes)': a multi_output_tree file XGBoost 2.1.4 saved, which
+    XGBoost 3 cannot open, and what to do."""
+    root = tmp_path / "run" / "20260101T000000"
+    _write(root, XGB21_VECTOR_LEAF, "xgboost")
+    with pytest.raises(ModelLoadError) as info:
+        ModelLoader(root).load(_target(XGB21_VECTOR_LEAF), "xgboost")
+    assert "multi_output_tree" in info.value.reason and "2.1.4" in info.value.reason
+    assert "XGBoost 3 cannot open" in info.value.reason

@@ -58,6 +58,8 @@ def _load(data: bytes) -> Any:
 CBM = FileFormat(CATBOOST_CBM, _load, crash_probe=True)
 
 _CLASSIFIER_LOSSES = ("Logloss", "CrossEntropy", "MultiClass")
+# One independent probability per label / class (sigmoid of each raw score): CatBoost's predict_proba.
+_MULTI_LABEL_LOSSES = ("MultiLogloss", "MultiCrossEntropy", "MultiClassOneVsAll")
 _EXP_LOSSES = ("Poisson", "Tweedie")
 _MULTI_OUTPUT_LOSSES = ("MultiQuantile", "MultiRMSE", "MultiClassOneVsAll", "MultiLogloss", "MultiCrossEntropy")
 
@@ -73,7 +75,7 @@ def _described(model: Any) -> tuple[str, tuple[int, ...]]:
 
 
 def _prediction_type(loss: str) -> str:
-    if loss in _CLASSIFIER_LOSSES:
+    if loss in _CLASSIFIER_LOSSES or loss in _MULTI_LABEL_LOSSES:
         return "Probability"
     return "Exponent" if loss in _EXP_LOSSES else "RawFormulaVal"
 
@@ -122,7 +124,7 @@ class CatBoostAdapter(Adapter):
 
     def output_columns(self, model: Any) -> tuple[str, ...]:
         loss, _ = _described(model)
-        if loss in _CLASSIFIER_LOSSES:
+        if loss in _CLASSIFIER_LOSSES or loss in _MULTI_LABEL_LOSSES:
             return class_columns(model.classes_)
         if loss.startswith(_MULTI_OUTPUT_LOSSES):  # CatBoost names no output count: one row tells
 

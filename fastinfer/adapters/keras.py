@@ -28,10 +28,13 @@ and run once in ONNX Runtime before it is returned; exact GELU's ``Erfc`` is rew
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import shutil
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,15 +51,76 @@ if TYPE_CHECKING:
     from ..converters import ConvertedGraph
     from ..families import Family
 
-# Keras 3's .h5 reader rebuilds some models with arguments their classes do not take (a TypeError):
-# keras.layers.Attention (its score_mode comes back as a function) and arithmetic written as operators
-# on Keras tensors (``x + y`` is saved as an ``Add`` layer, which takes a list); and it knows no layer
-# for the ops a functional model's Masking leaves in the file (a ValueError, "Unknown layer:
-# 'NotEqual'"). ``.keras`` reloads them all.
-H5_REBUILD_FAILED = (
-    "Keras 3 cannot rebuild this model from .h5 (its .h5 reader fails on keras.layers.Attention, on "
-    "operators such as x + y between Keras tensors and on Masking in a functional model): save it as .keras"
-)
+# Keras 3's .h5 reader cannot rebuild some models: a TypeError for keras.layers.Attention (its score_mode
+# comes back as a function), MultiHeadAttention saved by Keras 2, arithmetic written as operators on Keras
+# tensors (``x + y`` is saved as an ``Add`` layer, which takes a list) and layers of Keras before 2.3
+# ("Could not locate class 'LSTM'"); a ValueError ("Unknown layer: 'NotEqual'") for the ops a functional
+# model's Masking leaves in the file. Which one it was is Keras's message, quoted after this; ``.keras``
+# saved by Keras 3 reloads them all.
+H5_REBUILD_FAILED = "Keras 3 cannot rebuild this model from .h5: save it as .keras with Keras 3"
+
+
+# Keras 2 (tf.keras 2.x) layer arguments that Keras 3's layers no longer take and that change nothing
+# when dropped: RNN layers' time_major (always False in a model saved by Keras), and the input shapes
+# MultiHeadAttention recorded for its lazy build. Keras 3 refuses them ("Unrecognized keyword arguments").
+_KERAS2_ONLY_ARGUMENTS = {
+    "LSTM": ("time_major",),
+    "GRU": ("time_major",),
+    "SimpleRNN": ("time_major",),
+    "MultiHeadAttention": ("query_shape", "key_shape", "value_shape"),
+}
+
+
+def keras3_config(node: Any) -> Any:
+    """A Keras 2 model config as Keras 3 builds it: the arguments above dropped from every layer (nested
+    ones too: a Bidirectional's layer), and BatchNormalization's one-axis list (Keras 2's ``.keras``) an int."""
+    if isinstance(node, list):
+        return [keras3_config(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: keras3_config(v) for k, v in node.items()}
+    config, kind = node.get("config"), node.get("class_name")
+    if isinstance(config, dict) and isinstance(kind, str):
+        for key in _KERAS2_ONLY_ARGUMENTS.get(kind, ()):
+            config.pop(key, None)
+        axis = config.get("axis")
+        if kind == "BatchNormalization" and isinstance(axis, list) and len(axis) == 1:
+            config["axis"] = axis[0]
+    return node
+
+
+def _keras_version(data: bytes, suffix: str) -> str:
+    """The Keras version that saved the file ("" when it does not say)."""
+    import h5py
+
+    try:
+        if suffix == ".h5":
+            with h5py.File(io.BytesIO(data), "r") as f:
+                version = f.attrs.get("keras_version", "")
+                return version.decode() if isinstance(version, bytes) else str(version)
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            return str(json.loads(z.read("metadata.json")).get("keras_version", ""))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return ""  # Keras's own reader then says what is wrong with the file
+
+
+def _as_keras3(path: Path, suffix: str) -> None:
+    """Rewrite the private copy of a Keras 2 file's model config with `keras3_config` (weights untouched)."""
+    import h5py
+
+    if suffix == ".h5":
+        with h5py.File(path, "r+") as f:
+            if "model_config" in f.attrs:
+                raw = f.attrs["model_config"]
+                config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+                f.attrs["model_config"] = json.dumps(keras3_config(config))
+        return
+    with zipfile.ZipFile(path) as z:
+        members = {name: z.read(name) for name in z.namelist()}
+    members["config.json"] = json.dumps(keras3_config(json.loads(members["config.json"]))).encode()
+    with zipfile.ZipFile(path, "w") as z:
+        for name, content in members.items():
+            z.writestr(name, content)
 
 
 def _load_from_private_copy(data: bytes, suffix: str) -> Any:
@@ -68,12 +132,16 @@ def _load_from_private_copy(data: bytes, suffix: str) -> Any:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        version = _keras_version(data, suffix)
+        if version.startswith("2."):
+            _as_keras3(path, suffix)
         try:
             return keras.models.load_model(str(path), compile=False, safe_mode=True)
         except (TypeError, ValueError) as exc:
             if suffix != ".h5" or (isinstance(exc, ValueError) and "Unknown layer" not in str(exc)):
                 raise
-            raise ModelLoadError(None, None, f"{H5_REBUILD_FAILED}; Keras said: {exc}") from exc
+            saved_by = f" (saved by Keras {version})" if version else ""
+            raise ModelLoadError(None, None, f"{H5_REBUILD_FAILED}{saved_by}; Keras said: {exc}") from exc
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

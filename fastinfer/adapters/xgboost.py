@@ -267,9 +267,14 @@ def xgboost_graph(native: Any, n_features: int) -> onnx.ModelProto:
     learner = json.loads(booster.save_raw("json"))["learner"]
     params = learner["learner_model_param"]
     name = learner["objective"]["name"]
-    if int(params.get("num_target", 1)) > 1:
-        raise ConversionError(f"XGBoost multi-output model ({params['num_target']} targets, {name!r}) is not converted")
     objective = parse_objective(name, int(params.get("num_class", 0)))
+    n_target = int(params.get("num_target", 1))
+    if n_target > 1:
+        # One scalar-leaf tree per target and round (one_output_per_tree, several quantile alphas): K raw
+        # scores, each with its own intercept, no link. Vector-leaf trees stay refused below.
+        if name not in _IDENTITY:
+            raise ConversionError(f"XGBoost multi-output model ({n_target} targets, {name!r}) is not converted")
+        objective = Objective(name, n_target)
     intercept = _margins(params["base_score"], name, objective.raw_scores)
     base = [0.0, *intercept] if objective.binary else intercept
     gb = learner["gradient_booster"]

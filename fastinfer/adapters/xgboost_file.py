@@ -204,10 +204,22 @@ def _ints(values: Any, what: str, n: int | None = None) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def _check_tree(k: int, tree: Any, n_features: int, n_groups: int) -> None:
+# Vector-leaf (multi_strategy="multi_output_tree") trees as XGBoost 3 reads them; XGBoost 2.x wrote them
+# without these, and XGBoost 3 dies (SIGSEGV, or an abort) opening such a file.
+_VECTOR_LEAF_KEYS = ("loss_changes", "sum_hessian", "leaf_weights")
+
+
+def _check_tree(k: int, tree: Any, n_features: int, n_groups: int, version: str) -> None:
     where = f"tree {k}"
     n = _int(_get(tree, "tree_param", "num_nodes"), f"{where}: num_nodes", 1, MAX_NODES)
     leaf_size = _int(tree["tree_param"].get("size_leaf_vector", 1), f"{where}: size_leaf_vector", 0, n_groups)
+    missing = [key for key in _VECTOR_LEAF_KEYS if key not in tree]
+    if leaf_size > 1 and missing:
+        raise Malformed(
+            f"{where}: a multi_strategy='multi_output_tree' (vector-leaf) tree without {', '.join(missing)}, "
+            f"as XGBoost {version or '< 3'} saved them: XGBoost 3 cannot open such a file (it crashes); "
+            "re-train the model with XGBoost >= 3"
+        )
     left = _ints(_get(tree, "left_children"), f"{where}: left_children", n)
     right = _ints(_get(tree, "right_children"), f"{where}: right_children", n)
     parents = _ints(_get(tree, "parents"), f"{where}: parents", n)
@@ -297,5 +309,7 @@ def check_model(doc: Any) -> None:
             raise Malformed("iteration_indptr is not a non-decreasing 0..num_trees")
     if name == "dart" and len(_get(booster, "weight_drop")) != n_trees:
         raise Malformed(f"dart weight_drop has {len(booster['weight_drop'])} weights for {n_trees} trees")
+    saved_by = doc.get("version") if isinstance(doc, dict) else None
+    version = ".".join(str(v) for v in saved_by) if isinstance(saved_by, list) else ""
     for k, tree in enumerate(trees):
-        _check_tree(k, tree, n_features, n_groups)
+        _check_tree(k, tree, n_features, n_groups, version)
