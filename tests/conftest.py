@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter
 # Backend choices calibrated in this session only (fastinfer.runtime): none from earlier runs.
@@ -56,12 +57,17 @@ def compiled_run(tmp_path_factory, full_run):
     return dest
 
 
+def copy_run(run: Path, into: Path) -> Path:
+    """A private copy of ``run`` that a test may damage: ``into/run/<run id>``."""
+    dest = into / "run" / run.name
+    shutil.copytree(run, dest)
+    return dest
+
+
 @pytest.fixture
 def compiled_copy(tmp_path, compiled_run):
     """A private copy of ``compiled_run`` that a test may damage."""
-    dest = tmp_path / "crun" / compiled_run.name
-    shutil.copytree(compiled_run, dest)
-    return dest
+    return copy_run(compiled_run, tmp_path)
 
 
 MARKET_FAMILIES = ["lightgbm", "xgboost", "ridge", "mlp", "lstm"]

@@ -18,7 +18,7 @@ from fastinfer.features import ohlcv_arrays
 from fastinfer.predictor import LivePredictor
 
 from ._hardening import hostile
-from .conftest import MARKET_TRAIN_BARS
+from .conftest import MARKET_TRAIN_BARS, copy_run
 
 ray = pytest.importorskip("ray", reason="ray is the [distributed] extra")
 
@@ -348,13 +348,10 @@ def test_left_out_models_refused_bars_and_run_time_failures_are_reported_as_live
     """One model's meta is unreadable (left out of every shard, named with why, as LivePredictor
     says); one symbol's bar is impossible (counted for that symbol); one model fails inside shard 1
     on two bars (NaN for that model and shard 1's symbols on those bars only, recorded)."""
-    import shutil
-
     from fastinfer.distributed import ShardedPredictor
     from fastinfer.runtime import AGREEMENT_RTOL
 
-    run = tmp_path / "run" / market_run.name
-    shutil.copytree(market_run, run)
+    run = copy_run(market_run, tmp_path)
     next(run.glob("targets/*/models/*/family=ridge/model_meta.json")).write_text("{")
     single = LivePredictor(run, SYMBOLS, DAILY)
     victim = next(m for m in single.models if m.family.name == "lightgbm")

@@ -31,6 +31,7 @@ from fastinfer.lock import LOCK_FILE
 from fastinfer.state import wrap
 
 from ._hardening import hostile
+from .conftest import copy_run
 
 TARGET = "fwd_ret_5m"
 FAMILIES = ("ridge", "lightgbm", "xgboost")  # a linear model and two tree libraries: seconds to train
@@ -49,9 +50,7 @@ def small_run(tmp_path_factory):
 
 @pytest.fixture
 def run(tmp_path, small_run):
-    dest = tmp_path / "run" / small_run.name
-    shutil.copytree(small_run, dest)
-    return dest
+    return copy_run(small_run, tmp_path)
 
 
 def _dir(root: Path, family: str) -> Path:

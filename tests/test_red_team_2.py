@@ -41,6 +41,7 @@ from fastinfer.predictor import LivePredictor
 from fastinfer.signing import SIG_FILE, generate_keypair, load_private_key, pae, sign_run, verify_run
 
 from ._hardening import hostile
+from .conftest import copy_run
 
 DAILY = 1440.0
 SYMBOLS = ["A", "B"]
@@ -67,9 +68,7 @@ def small_run(tmp_path_factory, goog):
 
 @pytest.fixture
 def run(tmp_path, small_run):
-    dest = tmp_path / "run" / small_run.name
-    shutil.copytree(small_run, dest)
-    return dest
+    return copy_run(small_run, tmp_path)
 
 
 def _compile(features: dict, names=None, **kwargs):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from fastinfer.integrity import sha256_file
 from fastinfer.loader import ModelLoader
 
 from ._hardening import hostile
-from .conftest import TARGET
+from .conftest import TARGET, copy_run
 
 
 def test_optimized_model_dir_is_usable(compiled_copy, tmp_path):
@@ -103,9 +102,7 @@ def _truncate_model(run: Path, family: str, name: str) -> Path:
 
 @pytest.fixture
 def market_copy(tmp_path, market_run):
-    dest = tmp_path / "run" / market_run.name
-    shutil.copytree(market_run, dest)
-    return dest
+    return copy_run(market_run, tmp_path)
 
 
 def test_a_model_that_fails_to_load_is_recorded_and_the_rest_of_the_run_stays_servable(market_copy, goog):
