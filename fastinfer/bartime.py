@@ -3,12 +3,16 @@
 Every predictor (live, sharded, batch) takes bars oldest first: a bar older than the newest one
 accepted is refused before anything changes; an equal one is accepted as one more bar (a
 coarse clock may stamp two bars alike): nothing is replaced, so a caller must not resend a bar.
-``timestamp_ns`` reads a bar time as int nanoseconds since the epoch (UTC).
+``timestamp_ns`` reads a bar time as int nanoseconds since the epoch (UTC). A bar accepted with a
+wrong time far in the future makes every later bar older than it: the refusal names both times, and
+``load_state_dict`` of a state saved before it is the way back.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
 
 from .buffers import timestamp_ns
 from .errors import InferenceError
@@ -26,6 +30,11 @@ def interval_problem(trained: float | None, data: float | None, tol: float) -> s
     return f"trained on {trained:g}-minute bars, data is {data:g}-minute bars"
 
 
+def _iso(stamp: int) -> str:
+    """An int ns bar time as UTC text (a previous bar far in the future shows at once)."""
+    return f"{np.datetime64(stamp, 'ns')} UTC"
+
+
 class BarClock:
     """The newest bar time accepted so far (``last``, int ns, or None before any)."""
 
@@ -40,7 +49,7 @@ class BarClock:
         stamp = timestamp_ns(timestamp)
         if self.last is not None and stamp < self.last:
             raise InferenceError(
-                f"bar timestamp {stamp} ns is older than the previous bar's ({self.last} ns); "
+                f"bar timestamp {_iso(stamp)} is older than the previous bar's ({_iso(self.last)}); "
                 "bar refused, nothing changed"
             )
         return stamp
