@@ -257,6 +257,7 @@ def predict(
     import numpy as np
 
     from .errors import FeatureBuildError
+    from .features.frames import time_column
     from .research import RunPredictor, symbol_groups
     from .tables import read_table, write_table
 
@@ -270,6 +271,9 @@ def predict(
         written.columns = ["/".join(c) for c in table.columns]
         if symbol_column is not None:
             written.insert(0, symbol_column, frame[symbol_column].to_numpy())
+        stamp = time_column(frame)  # the bar time, as `features build` keeps it: rows join back to bars
+        if stamp is not None and stamp not in written.columns:
+            written.insert(0, stamp, frame[stamp].to_numpy())
         write_table(written.reset_index(), out)
         click.echo(f"wrote {len(written)} bars × {len(table.columns)} columns to {out}")
 

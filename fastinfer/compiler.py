@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -190,10 +190,28 @@ def compile_run(
         done = {e.key for e in entries}
         kept = [e for e in (loader.lock.entries if loader.lock else []) if e.key not in done]
         entries = [*kept, *entries]
+    definitions_sha256 = loader.definitions_sha256()
+    previous = loader.lock
+    if (
+        previous is not None
+        and previous.definitions_sha256 == definitions_sha256
+        and _unchanged(previous.entries, entries)
+    ):  # a second convert of an unchanged run: the lock (and a signature over it) stays as it is
+        log.info("%s: every model converted as the lock records: lock left unchanged", run_root)
+        return previous
     lock = Lock(
         entries,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        definitions_sha256=loader.definitions_sha256(),
+        definitions_sha256=definitions_sha256,
     )
     write_lock(run_root, lock)
     return lock
+
+
+def _unchanged(old: list[LockEntry], new: list[LockEntry]) -> bool:
+    """The same entries in the same order, but for how long each conversion took."""
+
+    def content(entries: list[LockEntry]) -> list[dict]:
+        return [{k: v for k, v in asdict(e).items() if k != "convert_seconds"} for e in entries]
+
+    return content(old) == content(new)

@@ -55,9 +55,11 @@ def parity_table(lock: Lock, title: str) -> Table:
     from rich.table import Table
 
     table = Table(title=title)
+    scoped = any(e.symbol is not None or e.universe is not None for e in lock.entries)
     for col, justify in (
         ("target", "left"),
         ("family", "left"),
+        *((("scope", "left"),) if scoped else ()),
         ("status", "left"),
         ("max rel err", "right"),
         ("tolerance", "right"),
@@ -65,12 +67,25 @@ def parity_table(lock: Lock, title: str) -> Table:
         ("reason", "left"),
     ):
         table.add_column(col, justify=justify)
+    # Names are never cut (rich assumes 80 columns off a terminal: fwd_ret_1… read as fwd_ret_1d and
+    # fwd_ret_10d alike); the numbers and the reason (whole below the table) give way first.
+    names = [(e.target, e.family, _scope(e)) if scoped else (e.target, e.family) for e in lock.entries]
+    for column, values in zip(table.columns, zip(*names, strict=True)):
+        column.min_width = max(len(v) for v in values)
     for e in lock.entries:
         err = f"{e.parity['max_rel']:.2e}" if e.parity else "-"
         tol = f"{e.parity['tolerance']:.0e}" if e.parity else "-"
         reason = e.reason if len(e.reason) <= 60 else e.reason[:57] + "..."  # in full below the table
-        table.add_row(e.target, e.family, e.status, err, tol, f"{e.convert_seconds:.2f}", reason)
+        row = (e.target, e.family, *((_scope(e),) if scoped else ()), e.status, err, tol, f"{e.convert_seconds:.2f}")
+        table.add_row(*row, reason)
     return table
+
+
+def _scope(entry) -> str:
+    """``symbol=AAPL`` / ``universe=SP500`` for a scoped model, else empty."""
+    if entry.symbol is not None:
+        return f"symbol={entry.symbol}"
+    return f"universe={entry.universe}" if entry.universe is not None else ""
 
 
 def latency_table(rows: Mapping[str, Mapping[str, float]], title: str) -> Table:

@@ -440,6 +440,9 @@ class ModelLoader:
                     continue
                 if model is not None:
                     models[(target, model.family.name)] = model
+                elif any(loc.target == target and loc.family is fam.resolve(name) for loc in self._locations.values()):
+                    # only symbol/universe-scoped models of this pair: load(..., symbol=...) opens them
+                    log.warning("%s/%s: only symbol/universe-scoped models (load with symbol=/universe=)", target, name)
         return models
 
     def is_loaded(self, target: str, family: str, view: str | None = None) -> bool:

@@ -21,6 +21,7 @@ import numpy as np
 from numba import njit
 
 from . import executor
+from . import families as fam
 from . import state as _state
 from .bartime import BarClock, interval_problem
 from .buffers import SeqBufferManager
@@ -133,6 +134,20 @@ def usable_models(
         else:
             log.warning("%s/%s left out: %s", m.target, m.family.name, problem)
             unavailable[(m.target, m.family.name)] = f"interval mismatch: {problem}"
+    wanted_families = None if families is None else {fam.resolve(f).name for f in families}
+    scoped: dict[tuple[str, str], list[str]] = {}
+    for loc in loader.locations():  # symbol/universe-scoped models: not served here, and said so
+        if (loc.symbol is None and loc.universe is None) or (targets is not None and loc.target not in targets):
+            continue
+        if wanted_families is None or loc.family.name in wanted_families:
+            scope = f"symbol={loc.symbol}" if loc.symbol is not None else f"universe={loc.universe}"
+            scoped.setdefault((loc.target, loc.family.name), []).append(scope)
+    served = {(m.target, m.family.name) for m in models}
+    for key, scopes in scoped.items():
+        why = f"{', '.join(scopes)}: symbol/universe-scoped models are not served by the live and research predictors"
+        log.warning("%s/%s left out (%s)", *key, why)
+        if key not in served and key not in unavailable:
+            unavailable[key] = why
     if not models:
         raise ModelLoadError(None, None, "no usable model in the run for these targets/families", loader.run_root)
     return models, unavailable

@@ -20,6 +20,8 @@ predict for the models.
 from __future__ import annotations
 
 import json
+import shutil
+import time
 
 import numpy as np
 import pandas as pd
@@ -27,8 +29,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from fastinfer import FeatureBuilder, InferenceEngine, LivePredictor, ModelLoader, SeqBufferManager, warmup
+from fastinfer import FeatureBuilder, InferenceEngine, LivePredictor, ModelLoader, SeqBufferManager, testing, warmup
 from fastinfer.cli import main
+from fastinfer.compiler import compile_run
 from fastinfer.features import FeatureDefinitions, StreamingFeatures
 from fastinfer.integrity import sha256_file
 from fastinfer.research import RunPredictor
@@ -515,3 +518,88 @@ def test_a_corrupted_model_leaves_the_others_serving(pipeline, replay, tmp_path)
     for j, col in enumerate(live.columns):
         assert np.array_equal(out[:, j], want[:, full.column_index[col]], equal_nan=True), col
     assert "FAIL fwd_ret_5d/lightgbm" in CliRunner().invoke(main, ["verify", str(copy)]).output
+
+
+# ---------------------------------------------------------------- what the run found, fixed
+
+
+def _invoke(*args) -> str:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_symbol_scoped_models_are_named_when_the_predictors_leave_them_out(tmp_path, caplog):
+    """Patch 1_symbol_scoped_models.patch: a symbol-scoped model the live and research predictors
+    do not serve is in ``unavailable`` with why (and logged), not silently dropped."""
+    X, targets = testing.synthetic_features(n_rows=300, n_features=8)
+    root = testing.write_training_run(tmp_path, X, {"fwd_ret_5m": targets["fwd_ret_5m"]}, ["ridge"], interval_minutes=5)
+    source = root / "targets" / "fwd_ret_5m" / "models" / "view=CROSS_SECTIONAL" / "family=ridge"
+    for symbol in ("AAPL", "MSFT"):
+        scoped = root / "targets" / "fwd_ret_15m" / "models" / "view=CROSS_SECTIONAL" / f"symbol={symbol}"
+        scoped.mkdir(parents=True)
+        shutil.copytree(source, scoped / "family=ridge")
+    compile_run(root)
+    assert ModelLoader(root).load("fwd_ret_15m", "ridge", symbol="AAPL") is not None  # servable when asked for
+    runner = RunPredictor(root, interval_minutes=5)
+    assert [c[0] for c in runner.columns] == ["fwd_ret_5m"]
+    why = runner.unavailable[("fwd_ret_15m", "ridge")]
+    assert "symbol=AAPL" in why and "symbol=MSFT" in why
+    assert "symbol=AAPL" in caplog.text
+
+
+def test_a_second_convert_of_an_unchanged_signed_run_keeps_its_signature(tmp_path):
+    """Patch 2_second_convert_rewrites_lock.patch: converting an unchanged run again leaves the lock
+    byte for byte as it was, so its signature still verifies."""
+    X, targets = testing.synthetic_features(n_rows=300, n_features=8)
+    root = testing.write_training_run(tmp_path, X, targets, ["lightgbm", "ridge"])
+    _invoke("convert", root)
+    _invoke("keygen", tmp_path / "k")
+    _invoke("sign", root, "--key", tmp_path / "k.key")
+    lock = (root / "fastinfer.lock.json").read_bytes()
+    time.sleep(1.1)  # the lock's "created" has one-second resolution
+    _invoke("convert", root)
+    assert (root / "fastinfer.lock.json").read_bytes() == lock
+    assert "0 problem(s)" in _invoke("verify", root, "--public-key", tmp_path / "k.pub")
+
+
+def test_predict_out_keeps_the_bar_time(tmp_path, goog):
+    """Patch 5_predict_out_drops_bar_time.patch: the predictions file carries the bars' time column
+    as `features build` does, so rows join back to their bars by (symbol, time)."""
+    root = testing.write_market_run(tmp_path, goog.iloc[:800], ["ridge"], horizons=(5,))
+    bars = pd.concat(
+        [goog.iloc[800:900].rename_axis("date").reset_index().assign(symbol=s) for s in ("A", "B")],
+        ignore_index=True,
+    )
+    bars.to_parquet(tmp_path / "bars.parquet", index=False)
+    out = tmp_path / "p.parquet"
+    _invoke(
+        "predict",
+        root,
+        "--ohlcv",
+        tmp_path / "bars.parquet",
+        "--interval",
+        "1440",
+        "--symbol-column",
+        "symbol",
+        "--out",
+        out,
+    )
+    written = pd.read_parquet(out)
+    assert (written["date"].to_numpy() == bars["date"].to_numpy()).all()
+    assert (written["symbol"].to_numpy() == bars["symbol"].to_numpy()).all()
+
+
+def test_convert_table_names_every_model_whole_off_a_terminal(tmp_path):
+    """Patch 6_convert_table_cuts_names.patch: piped (80 columns), the parity table prints target
+    names whole (fwd_ret_10d is not fwd_ret_1…) and a scoped model's symbol."""
+    X, targets = testing.synthetic_features(n_rows=300, n_features=8)
+    root = testing.write_training_run(
+        tmp_path, X, {"fwd_ret_1d": targets["fwd_ret_5m"], "fwd_ret_10d": targets["fwd_ret_15m"]}, ["ridge"]
+    )
+    scoped = root / "targets" / "fwd_ret_1d" / "models" / "view=CROSS_SECTIONAL" / "symbol=AAPL"
+    scoped.mkdir()
+    shutil.copytree(scoped.parent / "family=ridge", scoped / "family=ridge")
+    output = _invoke("convert", root)
+    assert "fwd_ret_10d" in output and "fwd_ret_1…" not in output
+    assert "symbol=AAPL" in output
