@@ -33,7 +33,11 @@ from fastinfer import families
 family = families.resolve(sys.argv[1])
 fmt = family.file_format(sys.argv[2])
 n_features = int(sys.argv[3])
-model = fmt.load(sys.stdin.buffer.read())
+from fastinfer.errors import MalformedFile
+try:
+    model = fmt.load(sys.stdin.buffer.read())
+except MalformedFile as exc:
+    sys.exit(str(exc))  # the format check's own reason, worded as in the parent process
 rows = np.array([[0.0], [1.0], [-1e30], [1e30], [np.nan]]) * np.ones((1, n_features))
 if not family.handles_nan:
     rows = rows[:-1]

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from . import artifacts
-from .atomic import write_atomic_bytes
+from .atomic import read_regular, write_atomic_bytes
 from .errors import SignatureError, StateError
 from .features.definitions import DEFINITIONS_FILE
 from .integrity import sha256_file
@@ -118,7 +118,7 @@ def _read_key_file(path: str | Path, what: str) -> bytes:
     try:
         if path.stat().st_size > 64 << 10:
             raise _fail(f"{what} file is too large to be a PEM key", path)
-        return path.read_bytes()
+        return read_regular(path, 64 << 10)
     except OSError as exc:
         raise _fail(f"cannot read {what} ({exc.strerror})", path) from None
 
@@ -227,9 +227,11 @@ def sign_run(run_root: str | Path, private_key: str | Path | Ed25519PrivateKey, 
     key = private_key if isinstance(private_key, Ed25519PrivateKey) else load_private_key(private_key, password)
     lock_path = _confined(root, LOCK_FILE)
     try:
-        lock_bytes = lock_path.read_bytes()
+        lock_bytes = read_regular(lock_path, artifacts.MAX_META_BYTES)
     except FileNotFoundError:
         raise _fail("run has no fastinfer.lock.json to sign: run `fastinfer convert` first", lock_path) from None
+    except OSError as exc:  # a FIFO or folder in its place: refused, never waited on
+        raise _fail(f"cannot read fastinfer.lock.json ({exc.strerror})", lock_path) from None
     lock = parse_lock(root, lock_bytes)
     for e in lock.entries:
         if e.status == "failed":
@@ -297,7 +299,11 @@ def verify_run(run_root: str | Path, public_key: str | Path | bytes | Ed25519Pub
     if sig_path.stat().st_size > MAX_SIG_BYTES:
         raise _fail(f"signature file is larger than {MAX_SIG_BYTES} bytes", sig_path)
     try:
-        bundle = parse_json(sig_path.read_bytes(), max_bytes=MAX_SIG_BYTES, max_depth=16)
+        raw = read_regular(sig_path, MAX_SIG_BYTES)
+    except OSError as exc:  # swapped for a FIFO after the check above: refused, never waited on
+        raise _fail(f"cannot read the signature ({exc.strerror})", sig_path) from None
+    try:
+        bundle = parse_json(raw, max_bytes=MAX_SIG_BYTES, max_depth=16)
         hint = _field(bundle, "verificationMaterial", "publicKey", "hint")
         envelope = _field(bundle, "dsseEnvelope", kind=dict)
         payload_type = _field(envelope, "payloadType")
@@ -334,9 +340,11 @@ def verify_run(run_root: str | Path, public_key: str | Path | bytes | Ed25519Pub
     for rel in sorted(files):
         if rel == LOCK_FILE:
             try:
-                lock_bytes = _confined(root, LOCK_FILE).read_bytes()
+                lock_bytes = read_regular(_confined(root, LOCK_FILE), artifacts.MAX_META_BYTES)
             except FileNotFoundError:
                 raise _fail("signed file is missing", root / LOCK_FILE) from None
+            except OSError as exc:  # a FIFO or folder in its place: refused, never waited on
+                raise _fail(f"cannot read signed file ({exc.strerror})", root / LOCK_FILE) from None
             actual = hashlib.sha256(lock_bytes).hexdigest()
         else:
             actual = _hash_confined(root, rel)

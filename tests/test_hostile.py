@@ -271,7 +271,7 @@ def test_probe_reports_crashes_and_errors(tmp_path, monkeypatch):
     real_run, envs = subprocess.run, []
     monkeypatch.setattr(subprocess, "run", lambda *a, **kw: envs.append(kw["env"]) or real_run(*a, **kw))
     monkeypatch.syspath_prepend(str(tmp_path / "checkout"))  # e.g. fastinfer run from a source checkout
-    assert native.probe_in_subprocess(lightgbm, "model.txt", b"tree\n", 3).startswith("cannot open: ValueError")
+    assert native.probe_in_subprocess(lightgbm, "model.txt", b"tree\n", 3).startswith("cannot open: malformed LightGBM")
     assert str(tmp_path / "checkout") in envs[0]["PYTHONPATH"].split(os.pathsep)  # the child imports the same code
     with pytest.raises(ValueError, match="never probed"):
         native.probe_in_subprocess(lightgbm, "model.pkl", b"", 3)

@@ -637,6 +637,42 @@ def test_fifo_in_the_run_is_refused_not_waited_on(run, case):
     assert done.stdout.strip() == want
 
 
+SIGNED_FIFO_CHILD = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    from fastinfer.errors import SignatureError
+    from fastinfer.loader import ModelLoader
+
+    root, public = Path(sys.argv[1]), sys.argv[2]
+    (root / "fastinfer.lock.json").unlink()
+    os.mkfifo(root / "fastinfer.lock.json")
+    try:
+        ModelLoader(root, verify_signature=True, trusted_public_key=public)
+    except SignatureError as exc:
+        print("SignatureError", "cannot read signed file" in str(exc))
+    """
+)
+
+
+def test_fifo_lock_in_a_signed_run_is_refused_not_waited_on(run, tmp_path):
+    """A signed run reads its lock after checking the signature: a FIFO swapped in there (the
+    signature covers the statement, not the file type) is refused, never waited on."""
+    from fastinfer.signing import generate_keypair, sign_run
+
+    hostile("red team: run directory", "signed run, lock is a FIFO")
+    private, public = generate_keypair(tmp_path / "keys")
+    sign_run(run, private)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", SIGNED_FIFO_CHILD, str(run), str(public)], capture_output=True, text=True, timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the signed loader waited on a FIFO lock")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "SignatureError True"
+
+
 def test_big_endian_rows_to_native_xgboost(small_run):
     """D2: XGBoost's DMatrix read non-native byte order as native: wrong numbers, no error."""
     hostile("red team: feature array", "big-endian rows to native XGBoost")

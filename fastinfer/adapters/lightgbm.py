@@ -92,7 +92,7 @@ def _load_text(data: bytes) -> Any:
     try:
         text = _model_text(data)
     except Malformed as exc:
-        raise ValueError(f"malformed LightGBM model ({exc})") from None
+        raise Malformed(f"malformed LightGBM model ({exc})") from None
     return lightgbm.Booster(model_str=text)  # the very text that was checked
 
 

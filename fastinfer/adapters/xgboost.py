@@ -91,7 +91,7 @@ def _load(data: bytes) -> Any:
     try:
         read_model(data)
     except Malformed as exc:
-        raise ValueError(_why(exc)) from None
+        raise Malformed(_why(exc)) from None
     # The scikit-learn wrapper the file was saved from (XGBoost refuses to load a classifier's file
     # into a regressor); it predicts up to the best iteration of an early-stopped model.
     booster = xgboost.Booster()
