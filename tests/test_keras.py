@@ -9,6 +9,9 @@ are imported by the fixtures only).
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -479,3 +482,31 @@ def test_trainer_writes_sequential_and_functional_models_that_convert(name, trai
     probes = probe_rows(family, N_FEATURES, rng_seed=1, seq_len=SEQ_LEN if family.sequential else None)
     report = check_parity(model, graph, probes, family)
     assert report.passed, report.reason
+
+
+def test_a_keras2_archive_is_rewritten_without_unpacking_it_in_memory(tmp_path):
+    """A Keras 2 .keras file gets its config rewritten for Keras 3 on a private copy: the other
+    entries are streamed across, so an entry that unpacks to 256 MiB (1 MB on disk) costs no memory."""
+    import tracemalloc
+    import zipfile
+
+    from fastinfer.adapters.keras import _as_keras3
+
+    hostile("Keras file", "Keras 2 .keras archive padded with an entry of 256 MiB of zeros")
+    source = Path(__file__).parent / "data" / "models" / "public2" / "tfkeras215_mlp_sequential_keras2format.keras"
+    path = tmp_path / "model.keras"
+    shutil.copyfile(source, path)
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as z, z.open("pad", "w") as pad:
+        for _ in range(256):
+            pad.write(bytes(1 << 20))
+    tracemalloc.start()
+    try:
+        _as_keras3(path, ".keras")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, peak
+    with zipfile.ZipFile(path) as z:
+        assert z.getinfo("pad").file_size == 256 << 20
+        assert '"time_major"' not in z.read("config.json").decode()
+    KERAS_FILE.load(path.read_bytes())  # Keras 3 opens the rewritten archive

@@ -89,6 +89,9 @@ def keras3_config(node: Any) -> Any:
     return node
 
 
+_MAX_KERAS_JSON = 16 << 20  # a model's config.json / metadata.json: KBs, a few MB for huge models
+
+
 def _keras_version(data: bytes, suffix: str) -> str:
     """The Keras version that saved the file ("" when it does not say)."""
     import h5py
@@ -99,7 +102,10 @@ def _keras_version(data: bytes, suffix: str) -> str:
                 version = f.attrs.get("keras_version", "")
                 return version.decode() if isinstance(version, bytes) else str(version)
         with zipfile.ZipFile(io.BytesIO(data)) as z:
-            return str(json.loads(z.read("metadata.json")).get("keras_version", ""))
+            if z.getinfo("metadata.json").file_size > _MAX_KERAS_JSON:
+                return ""
+            metadata = json.loads(z.read("metadata.json"))
+            return str(metadata.get("keras_version", "")) if isinstance(metadata, dict) else ""
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return ""  # Keras's own reader then says what is wrong with the file
 
@@ -115,12 +121,22 @@ def _as_keras3(path: Path, suffix: str) -> None:
                 config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
                 f.attrs["model_config"] = json.dumps(keras3_config(config))
         return
-    with zipfile.ZipFile(path) as z:
-        members = {name: z.read(name) for name in z.namelist()}
-    members["config.json"] = json.dumps(keras3_config(json.loads(members["config.json"]))).encode()
-    with zipfile.ZipFile(path, "w") as z:
-        for name, content in members.items():
-            z.writestr(name, content)
+    # Entries are streamed across with their own compression: nothing is held whole in memory but
+    # config.json, whose declared size is bounded first (ZipFile reads no further than it).
+    rewritten = path.with_name("keras3" + suffix)
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(rewritten, "w") as dst:
+        config = src.getinfo("config.json")
+        if config.file_size > _MAX_KERAS_JSON:
+            raise ModelLoadError(
+                None, None, f"config.json unpacks to {config.file_size} bytes (limit {_MAX_KERAS_JSON})"
+            )
+        for info in src.infolist():
+            if info.filename == "config.json":
+                dst.writestr(info, json.dumps(keras3_config(json.loads(src.read(info)))))
+                continue
+            with src.open(info) as r, dst.open(info, "w") as w:
+                shutil.copyfileobj(r, w)
+    os.replace(rewritten, path)
 
 
 def _load_from_private_copy(data: bytes, suffix: str) -> Any:
