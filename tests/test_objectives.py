@@ -470,6 +470,16 @@ UNSUPPORTED = {
     "XGBoost binary:hinge": ("xgboost", _xgb({"objective": "binary:hinge"}, "binary"), "binary:hinge"),
     "XGBoost survival:cox": ("xgboost", _xgb({"objective": "survival:cox"}, "positive"), "survival:cox"),
     "CatBoost MultiRMSE": ("catboost", None, "MultiRMSE"),
+    "HistGradientBoosting poisson (skl2onnx drops the log link)": (
+        "random_forest",
+        _est("ensemble.HistGradientBoostingRegressor", "count", loss="poisson", **_HGB),
+        "predicts through a LogLink",
+    ),
+    "HistGradientBoosting gamma": (
+        "random_forest",
+        _est("ensemble.HistGradientBoostingRegressor", "positive", loss="gamma", **_HGB),
+        "predicts through a LogLink",
+    ),
 }
 
 

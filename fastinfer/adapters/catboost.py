@@ -61,7 +61,7 @@ _CLASSIFIER_LOSSES = ("Logloss", "CrossEntropy", "MultiClass")
 # One independent probability per label / class (sigmoid of each raw score): CatBoost's predict_proba.
 _MULTI_LABEL_LOSSES = ("MultiLogloss", "MultiCrossEntropy", "MultiClassOneVsAll")
 _EXP_LOSSES = ("Poisson", "Tweedie")
-_MULTI_OUTPUT_LOSSES = ("MultiQuantile", "MultiRMSE", "MultiClassOneVsAll", "MultiLogloss", "MultiCrossEntropy")
+_MULTI_OUTPUT_LOSSES = ("MultiQuantile", "MultiRMSE", *_MULTI_LABEL_LOSSES)
 
 
 def _described(model: Any) -> tuple[str, tuple[int, ...]]:

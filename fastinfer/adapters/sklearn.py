@@ -120,8 +120,15 @@ def _check_supported(native: Any) -> None:
                 )
 
 
-def _check_numeric_splits(estimator: Any) -> None:
-    """skl2onnx writes a HistGradientBoosting categorical split as a numeric one (a wrong graph)."""
+def _check_hist_gradient_boosting(estimator: Any) -> None:
+    """What skl2onnx converts wrongly: a categorical split (written as a numeric one), and a
+    regressor's log link (poisson, gamma: the graph would give the raw log prediction)."""
+    link = getattr(getattr(estimator, "_loss", None), "link", None)
+    if not hasattr(estimator, "classes_") and link is not None and type(link).__name__ != "IdentityLink":
+        raise ConversionError(
+            f"{type(estimator).__name__}(loss={estimator.loss!r}) predicts through a {type(link).__name__}, "
+            "which skl2onnx leaves out: the native model serves"
+        )
     for iteration in estimator._predictors:
         for predictor in iteration:
             if predictor.nodes["is_categorical"].any():
@@ -175,7 +182,7 @@ def sklearn_graph(native: Any, n_features: int) -> onnx.ModelProto:
     if seen != n_features:
         raise ConversionError(f"{type(native).__name__} was fitted on {seen} features, expected {n_features}")
     if _is(_final(native), HIST_GRADIENT_BOOSTING):
-        _check_numeric_splits(_final(native))
+        _check_hist_gradient_boosting(_final(native))
     classes = _classes(native)
     model = convert_sklearn(
         native,
