@@ -428,9 +428,10 @@ class ModelLoader:
     ) -> dict[tuple[str, str], LoadedModel]:
         """Every (target, family) asked for that exists; failures are logged and kept in ``errors``."""
         targets = list(targets) if targets is not None else self.list_targets()
+        families = list(families) if families is not None else None  # read once: a generator serves every target
         models: dict[tuple[str, str], LoadedModel] = {}
         for target in targets:
-            names = list(families) if families is not None else self.list_families(target, view)
+            names = families if families is not None else self.list_families(target, view)
             for name in names:
                 try:
                     model = self.load(target, name, view)
@@ -440,7 +441,7 @@ class ModelLoader:
                     continue
                 if model is not None:
                     models[(target, model.family.name)] = model
-                elif any(loc.target == target and loc.family is fam.resolve(name) for loc in self._locations.values()):
+                elif any(loc.target == target and loc.family is fam.find(name) for loc in self._locations.values()):
                     # only symbol/universe-scoped models of this pair: load(..., symbol=...) opens them
                     log.warning("%s/%s: only symbol/universe-scoped models (load with symbol=/universe=)", target, name)
         return models

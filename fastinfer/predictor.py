@@ -118,6 +118,8 @@ def usable_models(
     ``ModelLoadError``.
     """
     pred = settings.predictor
+    targets = None if targets is None else list(targets)  # read twice below: a generator must not run dry
+    families = None if families is None else list(families)
     unavailable: dict[tuple[str, str], str] = {}
     loaded = loader.load_all(targets, families)
     for key, err in loader.errors.items():
@@ -134,7 +136,7 @@ def usable_models(
         else:
             log.warning("%s/%s left out: %s", m.target, m.family.name, problem)
             unavailable[(m.target, m.family.name)] = f"interval mismatch: {problem}"
-    wanted_families = None if families is None else {fam.resolve(f).name for f in families}
+    wanted_families = None if families is None else {f.name for f in map(fam.find, families) if f is not None}
     scoped: dict[tuple[str, str], list[str]] = {}
     for loc in loader.locations():  # symbol/universe-scoped models: not served here, and said so
         if (loc.symbol is None and loc.universe is None) or (targets is not None and loc.target not in targets):

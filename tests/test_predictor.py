@@ -448,3 +448,15 @@ def test_a_native_library_failing_at_run_time_costs_its_columns_for_that_bar_onl
         scale = np.abs(want[:, others]).max(axis=0)  # each model alone on its own backend: its agreement
         assert (np.abs(got[:, others] - want[:, others]) <= AGREEMENT_RTOL * scale).all()
     assert broken.bars == normal.bars == 90 and broken.run_failures[(victim.target, "ridge")].count == 1
+
+
+def test_families_given_as_a_generator_serve_every_target(market_run):
+    """load_all and usable_models read the families once: a generator (or any one-pass iterable)
+    asked for every target, not only the first, and an unknown name is simply not in the run."""
+    as_list = LivePredictor(market_run, ["GOOG"], DAILY, families=["ridge", "nope"])
+    as_generator = LivePredictor(market_run, ["GOOG"], DAILY, families=(f for f in ["ridge", "nope"]))
+    targets = {m.target for m in as_list.models}
+    assert len(targets) > 1 and {m.family.name for m in as_list.models} == {"ridge"}
+    assert [(m.target, m.family.name) for m in as_generator.models] == [
+        (m.target, m.family.name) for m in as_list.models
+    ]

@@ -159,6 +159,12 @@ def _cli(*args: str) -> str:
     return result.output
 
 
+def _predict_out(run, bars, out) -> pd.DataFrame:
+    """`fastinfer predict --ohlcv BARS --symbol-column symbol --out OUT` on daily bars, OUT read back."""
+    _cli("predict", run, "--ohlcv", bars, "--interval", "1440", "--symbol-column", "symbol", "--out", out)
+    return pd.read_parquet(out)
+
+
 def _write(root, target, view, folder_name, family, file_name, save, order, n_train, seq_len=None):
     """The pipeline's writer: the spec's layout and meta (feature_list = the training order)."""
     folder = root / "targets" / target / "models" / f"view={view}" / f"family={folder_name}"
@@ -451,19 +457,7 @@ def test_live_equals_research_equals_the_cli_and_the_state_round_trips(pipeline,
         assert np.nanmax(np.abs(r[..., j] - outs[..., j])) <= tol, (target, family, column)
     out = tmp_path / "predictions.parquet"
     bars.to_parquet(tmp_path / "bars.parquet", index=False)
-    _cli(
-        "predict",
-        run_id,
-        "--ohlcv",
-        tmp_path / "bars.parquet",
-        "--interval",
-        "1440",
-        "--symbol-column",
-        "symbol",
-        "--out",
-        out,
-    )
-    written = pd.read_parquet(out)
+    written = _predict_out(run_id, tmp_path / "bars.parquet", out)
     cols = ["/".join(c) for c in research.columns]
     np.testing.assert_array_equal(written[cols].to_numpy(), research.to_numpy())
     assert (written["symbol"].to_numpy() == bars["symbol"].to_numpy()).all()
@@ -523,12 +517,6 @@ def test_a_corrupted_model_leaves_the_others_serving(pipeline, replay, tmp_path)
 # ---------------------------------------------------------------- what the run found, fixed
 
 
-def _invoke(*args) -> str:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
 def test_symbol_scoped_models_are_named_when_the_predictors_leave_them_out(tmp_path, caplog):
     """Patch 1_symbol_scoped_models.patch: a symbol-scoped model the live and research predictors
     do not serve is in ``unavailable`` with why (and logged), not silently dropped."""
@@ -553,14 +541,14 @@ def test_a_second_convert_of_an_unchanged_signed_run_keeps_its_signature(tmp_pat
     byte for byte as it was, so its signature still verifies."""
     X, targets = testing.synthetic_features(n_rows=300, n_features=8)
     root = testing.write_training_run(tmp_path, X, targets, ["lightgbm", "ridge"])
-    _invoke("convert", root)
-    _invoke("keygen", tmp_path / "k")
-    _invoke("sign", root, "--key", tmp_path / "k.key")
+    _cli("convert", root)
+    _cli("keygen", tmp_path / "k")
+    _cli("sign", root, "--key", tmp_path / "k.key")
     lock = (root / "fastinfer.lock.json").read_bytes()
     time.sleep(1.1)  # the lock's "created" has one-second resolution
-    _invoke("convert", root)
+    _cli("convert", root)
     assert (root / "fastinfer.lock.json").read_bytes() == lock
-    assert "0 problem(s)" in _invoke("verify", root, "--public-key", tmp_path / "k.pub")
+    assert "0 problem(s)" in _cli("verify", root, "--public-key", tmp_path / "k.pub")
 
 
 def test_predict_out_keeps_the_bar_time(tmp_path, goog):
@@ -573,19 +561,7 @@ def test_predict_out_keeps_the_bar_time(tmp_path, goog):
     )
     bars.to_parquet(tmp_path / "bars.parquet", index=False)
     out = tmp_path / "p.parquet"
-    _invoke(
-        "predict",
-        root,
-        "--ohlcv",
-        tmp_path / "bars.parquet",
-        "--interval",
-        "1440",
-        "--symbol-column",
-        "symbol",
-        "--out",
-        out,
-    )
-    written = pd.read_parquet(out)
+    written = _predict_out(root, tmp_path / "bars.parquet", out)
     assert (written["date"].to_numpy() == bars["date"].to_numpy()).all()
     assert (written["symbol"].to_numpy() == bars["symbol"].to_numpy()).all()
 
@@ -600,6 +576,6 @@ def test_convert_table_names_every_model_whole_off_a_terminal(tmp_path):
     scoped = root / "targets" / "fwd_ret_1d" / "models" / "view=CROSS_SECTIONAL" / "symbol=AAPL"
     scoped.mkdir()
     shutil.copytree(scoped.parent / "family=ridge", scoped / "family=ridge")
-    output = _invoke("convert", root)
+    output = _cli("convert", root)
     assert "fwd_ret_10d" in output and "fwd_ret_1…" not in output
     assert "symbol=AAPL" in output
