@@ -129,6 +129,25 @@ def test_damaged_model_file_of_every_format(run_copy, fmt, how):
     assert kind == "ModelLoadError" and error_path == str(path) and target == TARGET
 
 
+def test_cbm_cut_inside_its_core_is_refused_before_catboost_reads_it(run_copy, monkeypatch):
+    """A verified .cbm is opened in process: one cut inside its model core made CatBoost read past
+    the end (the full suite's forked child died of it once). The header's core size is checked first."""
+    import catboost
+
+    hostile("damaged model file", "verified model.cbm cut inside its core")
+    family, path = _as_format(run_copy, "model.cbm")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    _set_meta(run_copy, family, model_checksum=sha256_file(path))
+
+    def never(*args, **kwargs):
+        raise AssertionError("CatBoost was handed the truncated bytes")
+
+    monkeypatch.setattr(catboost.CatBoost, "load_model", never)
+    with pytest.raises(ModelLoadError, match=r"cannot open: malformed CatBoost model \(truncated: the model core is"):
+        ModelLoader(run_copy).load(TARGET, family)
+
+
 def _load_error(root: Path, family: str) -> tuple[str, str | None, str | None]:
     try:
         ModelLoader(root).load(TARGET, family)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..converters.graph import finish
-from ..errors import ConversionError
+from ..errors import ConversionError, MalformedFile
 from .base import (
     BINARY,
     CATBOOST_CBM,
@@ -46,16 +46,32 @@ if TYPE_CHECKING:
     from ..families import Family
 
 
+def _check(data: bytes) -> str | None:
+    """Why the bytes cannot be a whole .cbm file, or None. The file is b"CBM1", the model core's
+    size (uint32, little-endian), the core, then optional parts (categorical statistics): a file cut
+    inside its core made CatBoost's loader read past the end (a crash, now and then)."""
+    if len(data) < 8 or data[:4] != b"CBM1":
+        return "not a CatBoost model file (no CBM1 header)"
+    core = int.from_bytes(data[4:8], "little")
+    if 8 + core > len(data):
+        return f"truncated: the model core is {core} bytes, the file holds {len(data) - 8} after its header"
+    return None
+
+
 def _load(data: bytes) -> Any:
+    """The model of bytes `_check` accepts (verified ones too: a truncated core is not CatBoost's to read)."""
     import catboost
 
+    problem = _check(data)
+    if problem:
+        raise MalformedFile(f"malformed CatBoost model ({problem})")
     model = catboost.CatBoost()
     model.load_model(blob=data)
     return model
 
 
-# CatBoost's binary parser was not fuzzed: probed when unverified, to be safe.
-CBM = FileFormat(CATBOOST_CBM, _load, crash_probe=True)
+# CatBoost's binary parser was not fuzzed: structure-checked, and probed when unverified, to be safe.
+CBM = FileFormat(CATBOOST_CBM, _load, check=_check, crash_probe=True)
 
 _CLASSIFIER_LOSSES = ("Logloss", "CrossEntropy", "MultiClass")
 # One independent probability per label / class (sigmoid of each raw score): CatBoost's predict_proba.
